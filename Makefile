@@ -1,0 +1,58 @@
+# Every target bootstraps its own virtual environment (.venv) from the project's files.
+# torch is installed first, pinned to the CPU wheel this platform provides (2.13.0), so that no
+# resolver reaches for a multi-GB CUDA build; on a GPU machine install the CUDA wheel of the same
+# version into the venv first (TORCH_SPEC), the rest is identical.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HNDSR := $(VENV)/bin/hndsr
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= dev
+RUN_DIR ?= runs/quick
+export MLFLOW_DISABLE_TELEMETRY := true
+
+.PHONY: venv test lint run sample train-quick evaluate-quick sr-sample benchmark release-train clean
+
+$(VENV)/.installed-$(EXTRAS): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+venv: $(VENV)/.installed-$(EXTRAS)
+
+## make test: the whole test suite (unit + integration), ruff and mypy
+test: venv
+	$(VENV)/bin/ruff check hndsr tests benchmarks
+	$(VENV)/bin/mypy
+	$(PY) -m pytest
+
+lint: venv
+	$(VENV)/bin/ruff check hndsr tests benchmarks
+	$(VENV)/bin/ruff format --check hndsr tests benchmarks
+	$(VENV)/bin/mypy
+
+## make run: the main job on embedded defaults — sample imagery, quick training, evaluation, one SR image
+run: venv
+	$(HNDSR) data sample --out data/raw
+	$(HNDSR) train --stage all --profile quick --out $(RUN_DIR) --no-progress
+	$(HNDSR) evaluate --data data/raw --split test --checkpoint $(RUN_DIR) --scale 4 --json $(RUN_DIR)/eval_x4.json
+	$(HNDSR) evaluate --data data/raw --split test --scale 4 --json $(RUN_DIR)/eval_release_x4.json
+	mkdir -p outputs
+	$(HNDSR) sr data/raw/neon/SOAP_031.png outputs/SOAP_031_x4.png --scale 4
+	@echo "quick model:    $(RUN_DIR) (evaluation: $(RUN_DIR)/eval_x4.json)"
+	@echo "release model:  $(RUN_DIR)/eval_release_x4.json"
+	@echo "sample output:  outputs/SOAP_031_x4.png"
+
+## make benchmark: speed and memory of the release checkpoint on this machine
+benchmark: venv
+	$(PY) benchmarks/speed_memory.py
+
+## make release-train: the recipe of the shipped checkpoint (params.yaml base values)
+release-train: venv
+	$(HNDSR) train --stage all --out runs/release
+
+clean:
+	rm -rf $(VENV) runs/quick outputs .pytest_cache .mypy_cache .ruff_cache

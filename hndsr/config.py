@@ -1,0 +1,159 @@
+"""``params.yaml``, parsed once into typed objects at the entry points.
+
+Profiles (e.g. ``quick``) are dotted-key overrides applied on top of the base values, so one file
+holds the release recipe and the small CI/quickstart recipe side by side.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hndsr.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataParams:
+    train_dir: str = "data/raw"
+    val_fraction: float = 0.05
+    test_fraction: float = 0.10
+    patch_size: int = 96
+    scale_min: float = 2.0
+    scale_max: float = 4.0
+    val_images: int = 16
+    val_crop: int = 192
+
+
+@dataclass(frozen=True)
+class StageParams:
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    steps_per_epoch: int = 100
+    grad_clip: float = 1.0
+    latent_weight: float = 0.0  # AE: L2 on the latent; operator: match the encoder's latent
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # 0 = torch's default
+    autoencoder: StageParams = field(default_factory=StageParams)
+    operator: StageParams = field(default_factory=StageParams)
+    diffusion: StageParams = field(default_factory=StageParams)
+
+    def stage(self, name: str) -> StageParams:
+        params: StageParams = getattr(self, name)
+        return params
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    scales: tuple[float, ...] = (2.0, 3.0, 4.0)
+    steps: int = 0
+    limit: int = 0
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams = field(default_factory=DataParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    model: dict[str, dict[str, Any]] = field(default_factory=dict)
+    profile: str = "base"
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ConfigError(
+            f"unknown keys {sorted(unknown)} in params section {where!r}; known: {sorted(known)}"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        default = known[name].default
+        if name in ("autoencoder", "operator", "diffusion") and cls is TrainParams:
+            kwargs[name] = _build(StageParams, value or {}, f"{where}.{name}")
+        elif isinstance(default, tuple) or name == "scales":
+            kwargs[name] = tuple(float(v) for v in value)
+        else:
+            kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"invalid params section {where!r}: {exc}") from exc
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+    node[leaf] = value
+
+
+def parse_params(
+    raw: dict[str, Any], *, profile: str | None = None, overrides: dict[str, Any] | None = None
+) -> Params:
+    tree = copy.deepcopy({k: v for k, v in raw.items() if k != "profiles"})
+    profiles = raw.get("profiles") or {}
+    if profile and profile != "base":
+        if profile not in profiles:
+            raise ConfigError(
+                f"unknown profile {profile!r}; params.yaml defines {sorted(profiles) or 'none'}"
+            )
+        for dotted, value in (profiles[profile] or {}).items():
+            _set_dotted(tree, dotted, value)
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(tree, dotted, value)
+    unknown = set(tree) - {"data", "train", "evaluate", "model"}
+    if unknown:
+        raise ConfigError(f"unknown top-level params sections {sorted(unknown)}")
+    params = Params(
+        data=_build(DataParams, tree.get("data") or {}, "data"),
+        train=_build(TrainParams, tree.get("train") or {}, "train"),
+        evaluate=_build(EvaluateParams, tree.get("evaluate") or {}, "evaluate"),
+        model=tree.get("model") or {},
+        profile=profile or "base",
+    )
+    _check(params)
+    return params
+
+
+def _check(params: Params) -> None:
+    d = params.data
+    if not 2.0 <= d.scale_min <= d.scale_max <= 4.0:
+        raise ConfigError(
+            f"data.scale_min/scale_max must satisfy 2 <= min <= max <= 4, got {d.scale_min}, {d.scale_max}"
+        )
+    if d.patch_size % 4 or d.patch_size < 32:
+        raise ConfigError(f"data.patch_size must be a multiple of 4 and >= 32, got {d.patch_size}")
+    if not 0 <= d.val_fraction + d.test_fraction < 1:
+        raise ConfigError("data.val_fraction + data.test_fraction must be in [0, 1)")
+    for name in ("autoencoder", "operator", "diffusion"):
+        s = params.train.stage(name)
+        if s.steps < 1 or s.batch_size < 1 or s.lr <= 0 or s.steps_per_epoch < 1:
+            raise ConfigError(f"train.{name}: steps, batch_size, steps_per_epoch must be >= 1 and lr > 0")
+
+
+def load_params(
+    path: str | Path = "params.yaml", *, profile: str | None = None, overrides: dict[str, Any] | None = None
+) -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file {path} not found: run from the project root or pass --params PATH")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"params file {path} is not valid YAML: {exc}") from exc
+    return parse_params(raw, profile=profile, overrides=overrides)

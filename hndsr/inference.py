@@ -1,0 +1,211 @@
+"""The inference engine: LR image -> bicubic canvas -> batched tiles through the model -> stitched SR.
+
+One engine for the CLI, evaluation and the servers. Bicubic upsampling is computed per tile from the
+LR rows and columns it needs (exactly equal to the whole-image bicubic), so memory stays bounded by
+the tile size plus the output canvas.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from hndsr.errors import ImageTooSmallError, InputError, OutputValidationError
+from hndsr.imageio import Raster
+from hndsr.models.hndsr_model import HNDSR
+from hndsr.resample import check_scale, resize, sr_size, taps
+from hndsr.tiling import Stitcher, Tile, plan_tiles, round_up
+
+logger = logging.getLogger(__name__)
+
+MIN_INPUT_SIDE = 8
+MAX_STEPS = 1000
+DEFAULT_TILE = 512  # output pixels
+DEFAULT_OVERLAP = 32  # output pixels blended between neighbouring tiles
+DEFAULT_HALO = 32  # output pixels of context on interior tile sides (>= the effective receptive field)
+
+
+@dataclass
+class InferenceStats:
+    tiles: int = 0
+    seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def validate_output(sr: torch.Tensor, *, tolerance: float = 0.05) -> torch.Tensor:
+    """Refuse non-finite or wildly out-of-range outputs; clamp the small overshoot of a residual model."""
+    if not bool(torch.isfinite(sr).all()):
+        raise OutputValidationError(
+            "model produced non-finite values: the checkpoint is broken or the device failed; "
+            "re-run on CPU or with a verified checkpoint"
+        )
+    lo, hi = float(sr.min()), float(sr.max())
+    if lo < -tolerance - 1.0 or hi > 2.0 + tolerance:
+        raise OutputValidationError(f"model output range [{lo:.3f}, {hi:.3f}] is far outside [0, 1]")
+    return sr.clamp(0.0, 1.0)
+
+
+class Upscaler:
+    """Runs an :class:`HNDSR` model over images of any size."""
+
+    def __init__(
+        self,
+        model: HNDSR,
+        *,
+        device: str | torch.device | None = None,
+        batch_size: int = 4,
+        tile: int = DEFAULT_TILE,
+        overlap: int = DEFAULT_OVERLAP,
+        halo: int = DEFAULT_HALO,
+        half: bool = False,
+    ) -> None:
+        self.device = pick_device(str(device) if device is not None else None)
+        self.model = model.to(self.device).eval()
+        self.batch_size = max(1, batch_size)
+        self.tile = tile
+        self.overlap = overlap
+        self.halo = halo
+        # fp16 autocast only on CUDA; the spectral convolutions run their FFTs in fp32 regardless.
+        self.half = half and self.device.type == "cuda"
+
+    @torch.no_grad()
+    def upscale(
+        self,
+        lr: torch.Tensor,
+        *,
+        scale: float | None = None,
+        out_size: tuple[int, int] | None = None,
+        steps: int | None = None,
+        strength: float | None = None,
+        eta: float = 0.0,
+        seed: int = 0,
+        tile: int | None = None,
+        overlap: int | None = None,
+        halo: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        stats: InferenceStats | None = None,
+    ) -> torch.Tensor:
+        """``lr`` ``(3, h, w)`` in [0, 1] -> SR ``(3, H, W)`` in [0, 1].
+
+        ``out_size`` (H, W) overrides the size implied by ``scale``; the scale the model is
+        conditioned on is then the actual ratio.
+        """
+        started = time.perf_counter()
+        if lr.ndim != 3 or lr.shape[0] != 3:
+            raise InputError(f"expected an RGB image (3, h, w), got shape {tuple(lr.shape)}")
+        h, w = int(lr.shape[1]), int(lr.shape[2])
+        if min(h, w) < MIN_INPUT_SIDE:
+            raise ImageTooSmallError(
+                f"input image {h}x{w} px is too small: each side needs at least {MIN_INPUT_SIDE} px"
+            )
+        if not bool(torch.isfinite(lr).all()):
+            raise InputError("input image contains non-finite values (NaN or Inf): fix or mask them first")
+        if out_size is None:
+            if scale is None:
+                raise InputError("give a scale or an output size")
+            out_size = sr_size((h, w), check_scale(scale))
+        out_h, out_w = out_size
+        effective = check_scale(min(max(0.5 * (out_h / h + out_w / w), 2.0), 4.0)) if scale is None else scale
+        steps = self.model.default_steps if steps is None else steps
+        strength = self.model.default_strength if strength is None else strength
+        if not 0 <= steps <= MAX_STEPS:
+            raise InputError(f"steps must be in [0, {MAX_STEPS}] (0 = deterministic path), got {steps}")
+
+        factor = self.model.factor
+        canvas_h, canvas_w = round_up(out_h, factor), round_up(out_w, factor)
+        tile = self.tile if tile is None else tile
+        overlap = self.overlap if overlap is None else overlap
+        halo = self.halo if halo is None else halo
+        tiles = plan_tiles(canvas_h, canvas_w, tile=tile, overlap=overlap, halo=halo, align=factor)
+
+        lr = lr.to(self.device, torch.float32)
+        rows_taps, cols_taps = taps(h, out_h), taps(w, out_w)
+        noise = self._noise(canvas_h // factor, canvas_w // factor, steps, eta, seed)
+        stitcher = Stitcher(3, canvas_h, canvas_w, overlap=overlap, halo=halo, device=str(self.device))
+        scale_t = torch.full((1,), float(effective), device=self.device)
+        model_seconds = 0.0
+        for start in range(0, len(tiles), self.batch_size):
+            batch = tiles[start : start + self.batch_size]
+            up = torch.stack(
+                [self._bicubic_tile(lr, t, rows_taps.index.shape[0], cols_taps.index.shape[0]) for t in batch]
+            )
+            t0 = time.perf_counter()
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.half):
+                sr = self.model.render(
+                    up,
+                    scale_t.expand(len(batch)),
+                    steps=steps,
+                    strength=strength,
+                    eta=eta,
+                    initial_noise=self._slice_noise(noise[0], batch) if noise else None,
+                    step_noise=(lambda i, b=batch: self._slice_noise(noise[i + 1], b)) if eta > 0 else None,
+                )
+            model_seconds += time.perf_counter() - t0
+            sr = validate_output(sr.float())
+            for t, values in zip(batch, sr, strict=True):
+                stitcher.add(t, values)
+            if progress is not None:
+                progress(min(start + len(batch), len(tiles)), len(tiles))
+        out = stitcher.result()[:, :out_h, :out_w].clamp(0.0, 1.0)
+        if stats is not None:
+            stats.tiles += len(tiles)
+            stats.seconds += time.perf_counter() - started
+            stats.stage_seconds["model"] = stats.stage_seconds.get("model", 0.0) + model_seconds
+        return out
+
+    def _bicubic_tile(self, lr: torch.Tensor, t: Tile, out_h: int, out_w: int) -> torch.Tensor:
+        # Rows/cols past the output size (canvas padding to the latent factor) replicate the last one.
+        rows = torch.arange(t.y0, t.y1).clamp(max=out_h - 1)
+        cols = torch.arange(t.x0, t.x1).clamp(max=out_w - 1)
+        return resize(lr, (out_h, out_w), rows=rows, cols=cols)
+
+    def _noise(self, lh: int, lw: int, steps: int, eta: float, seed: int) -> list[torch.Tensor]:
+        if steps == 0:
+            return []
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        count = 1 + (steps if eta > 0 else 0)
+        c = self.model.latent_channels
+        return [torch.randn(c, lh, lw, generator=generator).to(self.device) for _ in range(count)]
+
+    def _slice_noise(self, field_: torch.Tensor, batch: list[Tile]) -> torch.Tensor:
+        f = self.model.factor
+        return torch.stack([field_[:, t.y0 // f : t.y1 // f, t.x0 // f : t.x1 // f] for t in batch])
+
+
+def upscale_raster(
+    upscaler: Upscaler,
+    raster: Raster,
+    *,
+    scale: float,
+    steps: int | None = None,
+    strength: float | None = None,
+    seed: int = 0,
+) -> Raster:
+    """Super-resolve the R,G,B bands with the model; bands beyond them (e.g. NIR) are upsampled
+    bicubically and carried in their original order. Georeferencing keeps its CRS and origin, with
+    the pixel size divided by the actual scale of each axis."""
+    check_scale(scale)
+    rgb = torch.from_numpy(raster.rgb().copy())
+    out_size = sr_size((raster.height, raster.width), scale)
+    sr = upscaler.upscale(
+        rgb, scale=scale, out_size=out_size, steps=steps, strength=strength, seed=seed
+    ).cpu()
+    bands = [sr]
+    extra = raster.extra_bands()
+    if extra is not None:
+        bands.append(resize(torch.from_numpy(extra.copy()), out_size).clamp(0.0, 1.0))
+    data = torch.cat(bands).numpy()
+    profile = None
+    if raster.profile is not None:
+        profile = raster.profile.scaled(out_size[1] / raster.width, out_size[0] / raster.height)
+    return Raster(data=data, dtype=raster.dtype, profile=profile, band_names=raster.band_names)

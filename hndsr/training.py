@@ -1,0 +1,307 @@
+"""Staged training: autoencoder, then neural operator (autoencoder frozen), then diffusion (both frozen).
+
+Every stage is seeded and resumable (a state file per stage, written at each epoch end), reports
+per-epoch metrics through callbacks (the MLflow adapter plugs in there; the core never imports it)
+and ends by writing a verified checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from hndsr.checkpoint import load_checkpoint, save_checkpoint
+from hndsr.config import Params, StageParams
+from hndsr.data import Batch, PatchSampler, images_in_split, validation_batches
+from hndsr.errors import CheckpointError, ConfigError
+from hndsr.metrics import psnr_y
+from hndsr.models.hndsr_model import HNDSR, STAGES
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingCallback(Protocol):
+    def __call__(self, stage: str, epoch: int, step: int, metrics: dict[str, float]) -> None: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _lr_at(step: int, cfg: StageParams) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _freeze(model: HNDSR, stage: str) -> list[torch.nn.Parameter]:
+    trainable = model.stage_parameters(stage)
+    ids = {id(p) for p in trainable}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in ids)
+    return trainable
+
+
+def stage_loss(
+    model: HNDSR, stage: str, batch: Batch, cfg: StageParams
+) -> tuple[torch.Tensor, dict[str, float]]:
+    hr, up, scale = batch.hr, batch.up, batch.scale
+    ae = model.autoencoder
+    if stage == "autoencoder":
+        recon, latent = ae(hr, up)
+        l1 = F.l1_loss(recon, hr)
+        reg = latent.pow(2).mean()
+        return l1 + cfg.latent_weight * reg, {"l1": l1.item(), "latent_l2": reg.item()}
+    if stage == "operator":
+        with torch.no_grad():
+            target = ae.encode(hr, up)
+        prior = model.prior(up, scale)
+        l1 = F.l1_loss(ae.decode(prior, up), hr)
+        latent = F.mse_loss(prior, target)
+        return l1 + cfg.latent_weight * latent, {"l1": l1.item(), "latent_mse": latent.item()}
+    if stage == "diffusion":
+        with torch.no_grad():
+            std = model.residual_std.view(1, -1, 1, 1)
+            prior = model.prior(up, scale)
+            x0 = (ae.encode(hr, up) - prior) / std
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, model.scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
+        x_t = model.scheduler.add_noise(x0, noise, t)
+        eps = model.unet(x_t, t, prior / std, scale)
+        mse = F.mse_loss(eps, noise)
+        return mse, {"eps_mse": mse.item()}
+    raise ConfigError(f"unknown stage {stage!r}: use one of {', '.join(STAGES)}")
+
+
+@torch.no_grad()
+def calibrate_residual_std(
+    model: HNDSR, sampler: PatchSampler, *, batches: int, batch_size: int, device: torch.device
+) -> None:
+    """Per-channel std of (encoder latent - operator prior): the diffusion's unit of noise."""
+    sq = torch.zeros(model.latent_channels, device=device)
+    n = 0
+    for _ in range(batches):
+        b = _to(sampler.sample(batch_size), device)
+        r = model.autoencoder.encode(b.hr, b.up) - model.prior(b.up, b.scale)
+        sq += r.pow(2).mean(dim=(0, 2, 3))
+        n += 1
+    model.residual_std.copy_((sq / n).sqrt().clamp_min(1e-4))
+    logger.info("calibrated residual std: %s", [round(float(v), 4) for v in model.residual_std])
+
+
+def _to(batch: Batch, device: torch.device) -> Batch:
+    return Batch(hr=batch.hr.to(device), up=batch.up.to(device), scale=batch.scale.to(device))
+
+
+@torch.no_grad()
+def validate(model: HNDSR, stage: str, val: dict[float, Batch], device: torch.device) -> dict[str, float]:
+    """Y-PSNR (border = scale) of the stage's output vs bicubic on fixed validation crops."""
+    model.eval()
+    out: dict[str, float] = {}
+    for scale, batch in val.items():
+        b = _to(batch, device)
+        border = math.ceil(scale)
+        sr = model.autoencoder(b.hr, b.up)[0] if stage == "autoencoder" else model.render(b.up, b.scale)
+        tag = f"x{scale:g}"
+        out[f"val_psnr_y_{tag}"] = psnr_y(sr.clamp(0, 1).cpu(), b.hr.cpu(), border=border)
+        out[f"val_bicubic_psnr_y_{tag}"] = psnr_y(b.up.clamp(0, 1).cpu(), b.hr.cpu(), border=border)
+    model.train()
+    return out
+
+
+def _state_path(out_dir: Path, stage: str) -> Path:
+    return out_dir / "state" / f"{stage}.pt"
+
+
+def train_stage(
+    model: HNDSR,
+    stage: str,
+    params: Params,
+    sampler: PatchSampler,
+    val: dict[float, Batch],
+    out_dir: Path,
+    *,
+    device: torch.device,
+    callbacks: Iterable[TrainingCallback] = (),
+    resume: bool = True,
+    progress: bool = True,
+) -> dict[str, float]:
+    cfg = params.train.stage(stage)
+    model.to(device).train()
+    trainable = _freeze(model, stage)
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start_step = 0
+    state_file = _state_path(out_dir, stage)
+    if resume and state_file.is_file():
+        state = torch.load(state_file, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        sampler.set_state(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        start_step = int(state["step"])
+        logger.info("resuming stage %s at step %d from %s", stage, start_step, state_file)
+    elif stage == "diffusion":
+        calibrate_residual_std(model, sampler, batches=8, batch_size=cfg.batch_size, device=device)
+
+    metrics: dict[str, float] = {}
+    running: dict[str, float] = {}
+    bar = tqdm(total=cfg.steps, initial=start_step, desc=stage, disable=not progress, dynamic_ncols=True)
+    started = time.perf_counter()
+    for step in range(start_step, cfg.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, cfg)
+        batch = _to(sampler.sample(cfg.batch_size), device)
+        loss, parts = stage_loss(model, stage, batch, cfg)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"stage {stage}: non-finite loss at step {step}; lower train.{stage}.lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+        optimizer.step()
+        for k, v in parts.items():
+            running[k] = running.get(k, 0.0) + v
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.4g}" for k, v in parts.items()})
+        done = step + 1
+        if done % cfg.steps_per_epoch == 0 or done == cfg.steps:
+            n = done - (math.ceil(done / cfg.steps_per_epoch) - 1) * cfg.steps_per_epoch
+            metrics = {f"train_{k}": v / n for k, v in running.items()}
+            running = {}
+            if stage != "diffusion":
+                metrics |= validate(model, stage, val, device)
+            metrics["lr"] = _lr_at(step, cfg)
+            metrics["seconds"] = time.perf_counter() - started
+            epoch = math.ceil(done / cfg.steps_per_epoch)
+            logger.info(
+                "stage %s epoch %d step %d: %s",
+                stage,
+                epoch,
+                done,
+                {k: round(v, 4) for k, v in metrics.items()},
+            )
+            for cb in callbacks:
+                cb(stage, epoch, done, metrics)
+            state_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = state_file.with_suffix(".tmp")
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "sampler": sampler.state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "step": done,
+                },
+                tmp,
+            )
+            tmp.replace(state_file)
+    bar.close()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.eval()
+    return metrics
+
+
+def train(
+    params: Params,
+    out_dir: str | Path,
+    *,
+    stages: list[str] | None = None,
+    init_checkpoint: str | Path | None = None,
+    callbacks: Iterable[TrainingCallback] = (),
+    resume: bool = True,
+    progress: bool = True,
+    on_stage_end: Callable[[str, Path], None] | None = None,
+) -> Path:
+    """Run ``stages`` in order and write a checkpoint to ``out_dir`` after each one.
+
+    A later stage without ``init_checkpoint`` starts from the checkpoint already in ``out_dir``
+    (the earlier stages' result); a stage's prerequisites missing there is an error.
+    """
+    out = Path(out_dir)
+    stages = stages or list(STAGES)
+    for s in stages:
+        if s not in STAGES:
+            raise ConfigError(f"unknown stage {s!r}: use one of {', '.join(STAGES)} or all")
+    seed_everything(params.train.seed)
+    if params.train.threads > 0:
+        torch.set_num_threads(params.train.threads)
+    device = resolve_device(params.train.device)
+    done: list[str] = []
+    meta: dict[str, Any] = {}
+    source = Path(init_checkpoint) if init_checkpoint else (out if (out / "config.json").is_file() else None)
+    if source is not None:
+        model, cfg = load_checkpoint(source)
+        done = list(cfg.get("stages", []))
+        meta = dict(cfg.get("metadata", {}))
+    else:
+        model = HNDSR(**params.model)
+    first = STAGES.index(stages[0])
+    missing = [s for s in STAGES[:first] if s not in done]
+    if missing:
+        raise CheckpointError(
+            f"stage {stages[0]} needs the {', '.join(missing)} stage(s) first: run `hndsr train --stage "
+            f"{missing[0]}` into {out} (or pass --init-checkpoint DIR)"
+        )
+    d = params.data
+    paths = images_in_split(d.train_dir, "train", val_fraction=d.val_fraction, test_fraction=d.test_fraction)
+    val_paths = images_in_split(
+        d.train_dir, "val", val_fraction=d.val_fraction, test_fraction=d.test_fraction
+    )
+    logger.info("training on %d images from %s (%d for validation)", len(paths), d.train_dir, len(val_paths))
+    sampler = PatchSampler(
+        paths, patch_size=d.patch_size, scale_min=d.scale_min, scale_max=d.scale_max, seed=params.train.seed
+    )
+    val = validation_batches(val_paths or paths[:2], crop=d.val_crop, scales=(4.0,), limit=d.val_images)
+    for stage in stages:
+        state_file = _state_path(out, stage)
+        if resume and stage in done and state_file.is_file():
+            finished = int(torch.load(state_file, map_location="cpu", weights_only=False)["step"])
+            if finished >= params.train.stage(stage).steps:
+                logger.info("stage %s is already trained in %s (pass --no-resume to retrain it)", stage, out)
+                continue
+        metrics = train_stage(
+            model,
+            stage,
+            params,
+            sampler,
+            val,
+            out,
+            device=device,
+            callbacks=callbacks,
+            resume=resume,
+            progress=progress,
+        )
+        # Later stages were trained on top of the old weights of this one: they are stale now.
+        done = [s for s in STAGES[: STAGES.index(stage) + 1] if s in set(done) | {stage}]
+        meta[stage] = {"final_metrics": metrics, "params": asdict(params.train.stage(stage))}
+        meta["data"] = {
+            "train_dir": str(d.train_dir),
+            "train_images": len(paths),
+            "val_images": len(val_paths),
+        }
+        meta["profile"] = params.profile
+        save_checkpoint(model.cpu(), out, stages=done, metadata=meta)
+        model.to(device)
+        if on_stage_end is not None:
+            on_stage_end(stage, out)
+    return out
