@@ -24,6 +24,9 @@ class DataParams:
     patch_size: int = 96
     scale_min: float = 2.0
     scale_max: float = 4.0
+    # Scale density: s = min + (max - min) * u ** (1 / scale_power); 1 = uniform, 2 = density rising
+    # linearly towards max (x4 is the hardest factor, x2 gains come easily).
+    scale_power: float = 1.0
     val_images: int = 16
     val_crop: int = 192
 
@@ -136,6 +139,8 @@ def _check(params: Params) -> None:
         raise ConfigError(
             f"data.scale_min/scale_max must satisfy 2 <= min <= max <= 4, got {d.scale_min}, {d.scale_max}"
         )
+    if d.scale_power <= 0:
+        raise ConfigError(f"data.scale_power must be > 0, got {d.scale_power}")
     if d.patch_size % 4 or d.patch_size < 32:
         raise ConfigError(f"data.patch_size must be a multiple of 4 and >= 32, got {d.patch_size}")
     if not 0 <= d.val_fraction + d.test_fraction < 1:

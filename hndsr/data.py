@@ -83,11 +83,13 @@ class PatchSampler:
         scale_min: float,
         scale_max: float,
         seed: int,
+        scale_power: float = 1.0,
     ) -> None:
         if not paths:
             raise InputError("no training images found: check data.train_dir and the split fractions")
         self.patch = patch_size
         self.scale_min, self.scale_max = scale_min, scale_max
+        self.scale_power = scale_power
         self.images: list[torch.Tensor] = []
         for p in paths:
             img = load_rgb(p)
@@ -126,7 +128,7 @@ class PatchSampler:
             crops.append(torch.rot90(crop, k & 3, dims=(-2, -1)))
         hr = torch.stack(crops).float() / 255.0
         u = float(torch.rand((), generator=g))
-        scale = self.scale_min + u * (self.scale_max - self.scale_min)
+        scale = self.scale_min + u ** (1.0 / self.scale_power) * (self.scale_max - self.scale_min)
         return make_batch(hr, scale)
 
 

@@ -269,7 +269,12 @@ def train(
     )
     logger.info("training on %d images from %s (%d for validation)", len(paths), d.train_dir, len(val_paths))
     sampler = PatchSampler(
-        paths, patch_size=d.patch_size, scale_min=d.scale_min, scale_max=d.scale_max, seed=params.train.seed
+        paths,
+        patch_size=d.patch_size,
+        scale_min=d.scale_min,
+        scale_max=d.scale_max,
+        scale_power=d.scale_power,
+        seed=params.train.seed,
     )
     val = validation_batches(val_paths or paths[:2], crop=d.val_crop, scales=(4.0,), limit=d.val_images)
     for stage in stages:
