@@ -6,7 +6,6 @@ holds the release recipe and the small CI/quickstart recipe side by side.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -105,10 +104,20 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+def _plain_copy(value: Any) -> Any:
+    # Unlike deepcopy, this breaks YAML aliases: an override of one aliased section must not leak
+    # into the sections that shared its anchor.
+    if isinstance(value, dict):
+        return {k: _plain_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_copy(v) for v in value]
+    return value
+
+
 def parse_params(
     raw: dict[str, Any], *, profile: str | None = None, overrides: dict[str, Any] | None = None
 ) -> Params:
-    tree = copy.deepcopy({k: v for k, v in raw.items() if k != "profiles"})
+    tree = _plain_copy({k: v for k, v in raw.items() if k != "profiles"})
     profiles = raw.get("profiles") or {}
     if profile and profile != "base":
         if profile not in profiles:

@@ -40,6 +40,15 @@ def test_invalid_params_are_explained(raw, message) -> None:
         parse_params(raw)
 
 
+def test_overriding_an_aliased_section_does_not_leak() -> None:
+    import yaml
+
+    raw = yaml.safe_load("stage: &s {steps: 6}\ntrain:\n  autoencoder: *s\n  operator: *s\n")
+    raw.pop("stage")
+    p = parse_params(raw, overrides={"train.operator.steps": 3})
+    assert (p.train.autoencoder.steps, p.train.operator.steps) == (6, 3)
+
+
 def test_unknown_profile_lists_the_known_ones() -> None:
     with pytest.raises(ConfigError, match="quick"):
         parse_params({"profiles": {"quick": {}}}, profile="fast")
