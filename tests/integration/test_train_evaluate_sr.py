@@ -202,16 +202,17 @@ def test_callbacks_receive_per_epoch_metrics_and_resume_continues(tmp_path, trai
     from hndsr.config import load_params
     from hndsr.training import train
 
-    tmp, _, params_path = trained
+    _, _, params_path = trained
     seen: list[tuple[str, int, int, dict[str, float]]] = []
     params = load_params(params_path, overrides={"train.operator.steps": 3})
     out = tmp_path / "cb"
-    train(params, out, stages=["autoencoder", "operator"], progress=False, callbacks=[lambda *a: seen.append(a)])
+    record = [lambda *a: seen.append(a)]
+    train(params, out, stages=["autoencoder", "operator"], progress=False, callbacks=record)
     epochs = [(stage, epoch, step) for stage, epoch, step, _ in seen]
     assert epochs == [("autoencoder", 1, 3), ("autoencoder", 2, 6), ("operator", 1, 3)]
     assert "val_psnr_y_x4" in seen[-1][3] and "val_bicubic_psnr_y_x4" in seen[-1][3]
     # More steps later: the operator resumes from its state at step 3 instead of starting over.
     seen.clear()
     params = load_params(params_path, overrides={"train.operator.steps": 6})
-    train(params, out, stages=["operator"], progress=False, callbacks=[lambda *a: seen.append(a)])
+    train(params, out, stages=["operator"], progress=False, callbacks=record)
     assert [(s, e, st) for s, e, st, _ in seen] == [("operator", 2, 6)]
