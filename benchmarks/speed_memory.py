@@ -68,11 +68,15 @@ def peak_memory_child(checkpoint: str | None, threads: int) -> None:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out = Upscaler(model).upscale(lr, scale=4.0)
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_rss_mib": after / 1024, "rss_before_mib": before / 1024, "shape": list(out.shape)}))
+    print(
+        json.dumps({"peak_rss_mib": after / 1024, "rss_before_mib": before / 1024, "shape": list(out.shape)})
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--diffusion-steps", type=int, default=None, help="default: the model's, or 10 if 0")
@@ -97,7 +101,10 @@ def main() -> None:
     macs_diff = macs_per_output_mp(model, diffusion_steps)
     peaks = measured_peaks()
     results["gmacs_per_output_mp"] = {"deterministic": macs_det / 1e9, "diffusion": macs_diff / 1e9}
-    results["achieved_gflops"] = {"deterministic": 2 * macs_det / 1e9 / det, "diffusion": 2 * macs_diff / 1e9 / diff}
+    results["achieved_gflops"] = {
+        "deterministic": 2 * macs_det / 1e9 / det,
+        "diffusion": 2 * macs_diff / 1e9 / diff,
+    }
     results["measured_peak_gflops"] = peaks
     torch.manual_seed(0)
     lr2 = torch.rand(3, 200, 300)
