@@ -25,7 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-data_app = typer.Typer(help="Sample data.", no_args_is_help=True)
+data_app = typer.Typer(help="Sample data and the S3 data lake.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 logger = logging.getLogger("hndsr")
@@ -224,6 +224,12 @@ def data_sample(
 
     paths = write_sample(out, cache_dir=cache_dir)
     typer.echo(f"{len(paths)} sample images in {out}")
+
+
+# prepare, validate-data and the S3 lake commands live in their own module (issue #3).
+from hndsr.cli_data import register as _register_data_commands  # noqa: E402
+
+_register_data_commands(app, data_app, friendly_errors=friendly_errors, parse_sets=_parse_sets)
 
 
 if __name__ == "__main__":
