@@ -114,6 +114,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def _short(value: Any, width: int) -> str:
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return value[:12] + "…"  # a sha256: the prefix identifies it in a message
     if isinstance(value, np.ndarray):
         value = [round(float(v), 4) for v in value]
     elif isinstance(value, np.generic):
@@ -203,7 +205,14 @@ def _failure(spec: SuiteSpec, r: Any, frames: Frames) -> Failure:
         failure.observed = _clean(res["observed_value"])
         if res.get("details"):
             failure.observed = {"value": failure.observed, "details": _clean(res["details"])}
-    failure.examples = [_clean(e) for e in (res.get("partial_unexpected_index_list") or [])[:MAX_EXAMPLES]]
+    examples = [_clean(e) for e in (res.get("partial_unexpected_index_list") or [])]
+    column = kwargs.get("column")
+    if cfg.type == "expect_column_values_to_be_unique" and column:
+        examples.sort(key=lambda e: str(e.get(column)))  # the rows sharing a value side by side
+    failure.examples = examples[:MAX_EXAMPLES]
+    mismatched = (res.get("details") or {}).get("mismatched") or {}
+    if mismatched.get("missing"):
+        failure.summary = f"missing columns: {', '.join(map(str, mismatched['missing']))}"
     if spec.name == "ingest":
         # The rate alone does not say what went wrong: name the rejected files, grouped by reason.
         ingest = frames.ingest.iloc[0]

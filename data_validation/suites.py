@@ -142,6 +142,8 @@ def sources_expectations(t: Thresholds) -> list[Any]:
 
 def splits_expectations(t: Thresholds) -> list[Any]:
     gxe = gx_expectations()
+    from great_expectations.expectations.row_conditions import Column
+
     return [
         gxe.ExpectColumnPairValuesAToBeGreaterThanB(
             column_A="tolerance",
@@ -154,8 +156,7 @@ def splits_expectations(t: Thresholds) -> list[Any]:
         gxe.ExpectColumnValuesToBeBetween(
             column="n_sources",
             min_value=1,
-            row_condition='split=="train"',
-            condition_parser="pandas",
+            row_condition=Column("split") == "train",
             description="the train split is not empty",
         ),
     ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -37,9 +38,10 @@ _PORT_FLAGS = (
     "filer.port",
     "filer.port.grpc",
     "s3.port.grpc",
-    "admin.port",
-    "admin.port.grpc",
 )
+# The built-in maintenance worker dials the admin server at admin.port + 10000 whatever -admin.port.grpc
+# says: the admin ports must keep that offset, or the worker retries until shutdown (slow to stop).
+_ADMIN_GRPC_OFFSET = 10000
 
 
 def find_weed() -> Path:
@@ -73,6 +75,25 @@ def _port_open(port: int | None) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.5)
         return s.connect_ex((HOST, port)) == 0
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_pair(offset: int = _ADMIN_GRPC_OFFSET) -> int:
+    """A port p such that p and p + offset are both free on 127.0.0.1."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 65535 - offset)
+        if _bindable(port) and _bindable(port + offset):
+            return port
+    raise HNDSRError(f"no free pair of ports {offset} apart on {HOST}")
 
 
 class EmbeddedS3:
@@ -131,6 +152,7 @@ class EmbeddedS3:
         ports = free_ports(len(_PORT_FLAGS) + 1)
         if self.port is None:
             self.port = ports.pop()
+        admin = free_port_pair()
         cmd = [
             str(weed),
             "mini",
@@ -146,6 +168,8 @@ class EmbeddedS3:
             "-s3.port.lance=0",
             "-master.telemetry=false",
             *(f"-{flag}={p}" for flag, p in zip(_PORT_FLAGS, ports, strict=False)),
+            f"-admin.port={admin}",
+            f"-admin.port.grpc={admin + _ADMIN_GRPC_OFFSET}",
         ]
         logger.info("starting the embedded S3 server on %s (data in %s)", self.endpoint, self.data_dir)
         with open(self.log_path, "ab") as log:
