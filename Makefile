@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 HNDSR := $(VENV)/bin/hndsr
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev
+EXTRAS ?= dev,serve
 RUN_DIR ?= runs/quick
 export MLFLOW_DISABLE_TELEMETRY := true
 
@@ -25,13 +25,13 @@ venv: $(VENV)/.installed-$(EXTRAS)
 
 ## make test: the whole test suite (unit + integration), ruff and mypy
 test: venv
-	$(VENV)/bin/ruff check hndsr tests benchmarks
+	$(VENV)/bin/ruff check hndsr serving tests benchmarks
 	$(VENV)/bin/mypy
 	$(PY) -m pytest
 
 lint: venv
-	$(VENV)/bin/ruff check hndsr tests benchmarks
-	$(VENV)/bin/ruff format --check hndsr tests benchmarks
+	$(VENV)/bin/ruff check hndsr serving tests benchmarks
+	$(VENV)/bin/ruff format --check hndsr serving tests benchmarks
 	$(VENV)/bin/mypy
 
 ## make run: the main job on embedded defaults — sample imagery, quick training, evaluation, one SR image

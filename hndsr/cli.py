@@ -231,6 +231,11 @@ from hndsr.cli_data import register as _register_data_commands  # noqa: E402
 
 _register_data_commands(app, data_app, friendly_errors=friendly_errors, parse_sets=_parse_sets)
 
+# serve predictor|transformer and client sr: KServe adapters, imported lazily (issue #5).
+from hndsr.cli_serving import register as _register_serving_commands  # noqa: E402
+
+_register_serving_commands(app, friendly_errors=friendly_errors)
+
 
 if __name__ == "__main__":
     app()

@@ -1,0 +1,166 @@
+"""``hndsr serve predictor|transformer`` and ``hndsr client sr``: thin commands over the ``serving``
+package (the KServe adapters), imported only when one of them runs — the core never imports kserve.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+serve_app = typer.Typer(help="Run the KServe predictor or transformer locally.", no_args_is_help=True)
+client_app = typer.Typer(help="Call a running HNDSR inference service.", no_args_is_help=True)
+
+
+def _isolate_kserve_argv() -> None:
+    # kserve.model_server parses sys.argv when imported; our options are not its options.
+    sys.argv = sys.argv[:1]
+
+
+def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None:
+    app.add_typer(serve_app, name="serve")
+    app.add_typer(client_app, name="client")
+
+    @serve_app.command("predictor")
+    @friendly_errors
+    def serve_predictor(
+        http_port: Annotated[int, typer.Option(help="REST port.")] = 8081,
+        grpc_port: Annotated[int | None, typer.Option(help="gRPC port (default: gRPC off).")] = None,
+        model_name: Annotated[str, typer.Option(help="Model name on the endpoint path.")] = "hndsr",
+        storage_uri: Annotated[
+            str,
+            typer.Option(help="release | DIR | file:///DIR | s3://bucket/prefix | models:/hndsr@champion"),
+        ] = "release",
+        device: Annotated[
+            str | None, typer.Option(help="cpu, cuda, cuda:1 (default: cuda if present).")
+        ] = None,
+        fp16: Annotated[
+            bool | None, typer.Option("--fp16/--fp32", help="fp16 autocast (default: on CUDA).")
+        ] = None,
+        max_concurrency: Annotated[int, typer.Option(help="Concurrent inferences.")] = 4,
+        max_queue: Annotated[int, typer.Option(help="Inferences waiting; more -> 503.")] = 20,
+        breaker_threshold: Annotated[
+            int, typer.Option(help="Consecutive failures that open the breaker.")
+        ] = 3,
+        breaker_reset_s: Annotated[
+            float, typer.Option(help="Seconds OPEN before a trial (HALF_OPEN).")
+        ] = 30.0,
+        expected_sha256: Annotated[str | None, typer.Option(help="Refuse any other checkpoint.")] = None,
+        cache_dir: Annotated[Path | None, typer.Option(help="Where s3:// and models:/ downloads go.")] = None,
+    ) -> None:
+        """The predictor: batches of tiles on the model (KServe ModelServer, REST v1 + v2)."""
+        _isolate_kserve_argv()
+        from serving.predictor import PredictorSettings
+        from serving.server import run_predictor
+
+        settings = PredictorSettings(
+            storage_uri=storage_uri,
+            device=device,
+            half=fp16,
+            max_concurrency=max_concurrency,
+            max_queue=max_queue,
+            breaker_threshold=breaker_threshold,
+            breaker_reset_s=breaker_reset_s,
+            expected_sha256=expected_sha256,
+            cache_dir=str(cache_dir) if cache_dir else None,
+        )
+        run_predictor(model_name=model_name, http_port=http_port, grpc_port=grpc_port, settings=settings)
+
+    @serve_app.command("transformer")
+    @friendly_errors
+    def serve_transformer(
+        predictor_host: Annotated[str, typer.Option(help="host:port of the predictor's REST endpoint.")],
+        http_port: Annotated[int, typer.Option(help="REST port.")] = 8080,
+        grpc_port: Annotated[int | None, typer.Option(help="gRPC port (default: gRPC off).")] = None,
+        model_name: Annotated[str, typer.Option(help="Model name (the same on the predictor).")] = "hndsr",
+        predictor_protocol: Annotated[str, typer.Option(help="v1 | v2 for the hop to the predictor.")] = "v2",
+        encoding: Annotated[
+            str, typer.Option(help="v2 tile encoding: b64 | fp32_binary | fp32_json | up_json.")
+        ] = "b64",
+        tile: Annotated[
+            int, typer.Option(help="Largest tile, output px (shrunk per image to waste less).")
+        ] = 512,
+        batch_size: Annotated[int, typer.Option(help="Tiles per predictor request.")] = 4,
+        max_sync_tiles: Annotated[int, typer.Option(help="More tiles -> 413 (asynchronous path).")] = 64,
+        max_body_mb: Annotated[float, typer.Option(help="Request body limit in MB.")] = 20.0,
+        max_input_pixels: Annotated[int, typer.Option(help="Input pixel limit (decompression bombs).")] = 2048
+        * 2048,
+        rate_limit_rps: Annotated[float, typer.Option(help="Requests/s per client key (0: off).")] = 10.0,
+        rate_limit_burst: Annotated[int, typer.Option(help="Token-bucket burst per client key.")] = 20,
+        max_concurrency: Annotated[int, typer.Option(help="Requests processed at once.")] = 4,
+        max_queue: Annotated[int, typer.Option(help="Requests waiting; more -> 503.")] = 20,
+        breaker_threshold: Annotated[
+            int, typer.Option(help="Consecutive predictor failures that open it.")
+        ] = 3,
+        breaker_reset_s: Annotated[
+            float, typer.Option(help="Seconds OPEN before a trial (HALF_OPEN).")
+        ] = 30.0,
+        timeout_s: Annotated[float, typer.Option(help="Predictor request timeout.")] = 600.0,
+    ) -> None:
+        """The transformer: validation, admission, tiling, stitching, encoding; forwards to the predictor."""
+        _isolate_kserve_argv()
+        from serving.server import run_transformer
+        from serving.transformer import TransformerSettings
+        from serving.validation import Limits
+
+        if predictor_protocol not in ("v1", "v2"):
+            raise typer.BadParameter("--predictor-protocol must be v1 or v2")
+        settings = TransformerSettings(
+            predictor_host=predictor_host,
+            predictor_protocol=predictor_protocol,
+            predictor_model=model_name,
+            encoding=encoding,
+            timeout_s=timeout_s,
+            limits=Limits(max_body_bytes=int(max_body_mb * 2**20), max_input_pixels=max_input_pixels),
+            max_sync_tiles=max_sync_tiles,
+            tile=tile,
+            batch_size=batch_size,
+            rate_limit_rps=rate_limit_rps,
+            rate_limit_burst=rate_limit_burst,
+            max_concurrency=max_concurrency,
+            max_queue=max_queue,
+            breaker_threshold=breaker_threshold,
+            breaker_reset_s=breaker_reset_s,
+        )
+        run_transformer(model_name=model_name, http_port=http_port, grpc_port=grpc_port, settings=settings)
+
+    @client_app.command("sr")
+    @friendly_errors
+    def client_sr(
+        input: Annotated[Path, typer.Argument(help="LR image: PNG, JPEG, TIFF or GeoTIFF.")],
+        output: Annotated[Path, typer.Argument(help="Output: .png, or .tif/.tiff for GeoTIFF.")],
+        url: Annotated[str, typer.Option(help="Base URL of the transformer.")] = "http://127.0.0.1:8080",
+        scale: Annotated[float, typer.Option(help="Upscaling factor in [2, 4].")] = 4.0,
+        steps: Annotated[int | None, typer.Option(help="DDIM steps; 0 = deterministic path.")] = None,
+        seed: Annotated[int, typer.Option(help="Seed of the diffusion noise.")] = 0,
+        strength: Annotated[float | None, typer.Option(help="Diffusion strength in (0, 1].")] = None,
+        protocol: Annotated[str, typer.Option(help="v1 | v2")] = "v1",
+        model_name: Annotated[str, typer.Option(help="Model name.")] = "hndsr",
+        api_key: Annotated[
+            str | None, typer.Option(envvar="HNDSR_API_KEY", help="Client key (rate limits).")
+        ] = None,
+        timeout_s: Annotated[float, typer.Option(help="Request timeout.")] = 600.0,
+    ) -> None:
+        """Super-resolve one image through a running service."""
+        import logging
+
+        from serving.client import SRClient
+
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+
+        with SRClient(
+            url, model=model_name, protocol=protocol, api_key=api_key, timeout_s=timeout_s
+        ) as client:
+            result = client.upscale_file(
+                input, output, scale=scale, steps=steps, seed=seed, strength=strength
+            )
+        meta = result.meta
+        timings = meta.get("timings_ms", {})
+        typer.echo(
+            f"wrote {output} ({meta.get('width')}x{meta.get('height')}, x{scale:g}, "
+            f"steps={meta.get('steps')}, "
+            f"model {meta.get('model_version')}, {meta.get('tiles')} tiles, {timings.get('total', 0):.0f} ms)"
+        )

@@ -1,0 +1,431 @@
+"""The transformer -> predictor wire format: one batch of tiles of one image.
+
+Request (Open Inference Protocol v2, ``POST /v2/models/{name}/infer``)::
+
+    {"id": "...",
+     "parameters": {"scale": 4.0, "steps": 0, "seed": 0, "strength": 1.0,          # render settings
+                    "lr_height": h, "lr_width": w, "out_height": H, "out_width": W,  # the whole image
+                    "canvas_height": Hc, "canvas_width": Wc},
+     "inputs": [{"name": "lr", "datatype": "BYTES", "shape": [B], "data": ["<base64 fp32>", ...],
+                 "parameters": {"content_type": "fp32_base64"}},
+                {"name": "geometry", "datatype": "INT64", "shape": [B, 8],
+                 "data": [y0, x0, y1, x1, r0, c0, rows, cols, ...]}],
+     "outputs": [{"name": "sr", "parameters": {"binary_data": true}}]}
+
+* ``lr`` is each tile's LR crop (the rows/cols its bicubic taps read, see :mod:`serving.tiles`),
+  little-endian float32 ``(3, rows, cols)``, base64 in a BYTES element. The predictor also takes
+  ``lr`` as a standard FP32 tensor ``[B, 3, rows, cols]`` (JSON or the binary extension), or ``up``:
+  the bicubic tiles themselves ``[B, 3, th, tw]`` — both work, both are slower (measured in
+  ``benchmarks/serving_latency.py``: this KServe version turns every binary or JSON tensor into a
+  Python list on decode; a base64 string stays one string).
+* The response carries ``sr`` FP32 ``[B, 3, th, tw]`` through the binary tensor extension when
+  asked (raw bytes after the JSON header, ``Inference-Header-Content-Length``), JSON numbers
+  otherwise, and ``parameters`` ``model_version``, ``model_ms``.
+
+The v1 form (``POST /v1/models/{name}:predict``) carries the same::
+
+    {"instances": [{"lr_b64": "...", "geometry": [8 ints]}, ...], "parameters": {...}}
+    -> {"predictions": [{"sr_b64": "...", "shape": [3, th, tw]}, ...], "model_version": ..., "model_ms": ...}
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+import torch
+
+from hndsr.inference import MAX_STEPS
+from hndsr.resample import check_scale
+from serving.errors import BadRequest, PredictorFailed
+from serving.tiles import GEOMETRY_FIELDS, Canvas, TileSpec, bicubic_tile
+
+HEADER_LENGTH = "inference-header-content-length"
+LR_CONTENT_TYPE = "fp32_base64"
+MAX_SEED = 2**63 - 1
+ENCODINGS = ("b64", "fp32_binary", "fp32_json", "up_json")
+
+
+@dataclass(frozen=True)
+class RenderParams:
+    scale: float
+    steps: int | None = None  # None: the model's default
+    seed: int = 0
+    strength: float | None = None
+
+    def as_params(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"scale": float(self.scale), "seed": int(self.seed)}
+        if self.steps is not None:
+            out["steps"] = int(self.steps)
+        if self.strength is not None:
+            out["strength"] = float(self.strength)
+        return out
+
+
+@dataclass
+class TileBatch:
+    """What the transformer sends: LR crops of some tiles of one image."""
+
+    canvas: Canvas
+    specs: list[TileSpec]
+    crops: list[np.ndarray]  # float32 (3, rows, cols), contiguous
+    params: RenderParams
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def parameters(self) -> dict[str, Any]:
+        return self.params.as_params() | self.canvas.as_params()
+
+
+@dataclass
+class BatchResult:
+    sr: np.ndarray  # float32 (B, 3, th, tw)
+    model_version: str = ""
+    model_ms: float = 0.0
+    steps: int | None = None
+
+
+def _b64(array: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(array, dtype="<f4").tobytes()).decode("ascii")
+
+
+# ------------------------------------------------------------------------------------ transformer side
+
+
+def encode_v2(batch: TileBatch, encoding: str = "b64") -> tuple[bytes, dict[str, str]]:
+    """Body and headers of a v2 request for ``batch`` (``encoding``: one of :data:`ENCODINGS`)."""
+    geometry = {
+        "name": "geometry",
+        "datatype": "INT64",
+        "shape": [len(batch.specs), len(GEOMETRY_FIELDS)],
+        "data": [v for s in batch.specs for v in s.as_row()],
+    }
+    binary_out = encoding in ("b64", "fp32_binary")
+    req: dict[str, Any] = {
+        "id": batch.request_id,
+        "parameters": batch.parameters(),
+        "outputs": [{"name": "sr", "parameters": {"binary_data": binary_out}}],
+    }
+    headers = {"content-type": "application/json"}
+    if encoding == "b64":
+        lr = {
+            "name": "lr",
+            "datatype": "BYTES",
+            "shape": [len(batch.crops)],
+            "data": [_b64(c) for c in batch.crops],
+            "parameters": {"content_type": LR_CONTENT_TYPE},
+        }
+        req["inputs"] = [lr, geometry]
+        return orjson.dumps(req), headers
+    if encoding == "up_json":
+        up = np.stack(
+            [
+                bicubic_tile(torch.from_numpy(c), s, batch.canvas).numpy()
+                for c, s in zip(batch.crops, batch.specs, strict=True)
+            ]
+        )
+        req["inputs"] = [
+            {"name": "up", "datatype": "FP32", "shape": list(up.shape), "data": up.ravel().tolist()},
+            geometry,
+        ]
+        return orjson.dumps(req), headers
+    stacked = _pad_stack(batch.crops)
+    if encoding == "fp32_json":
+        req["inputs"] = [
+            {
+                "name": "lr",
+                "datatype": "FP32",
+                "shape": list(stacked.shape),
+                "data": stacked.ravel().tolist(),
+            },
+            geometry,
+        ]
+        return orjson.dumps(req), headers
+    if encoding == "fp32_binary":
+        raw = stacked.astype("<f4").tobytes()
+        req["inputs"] = [
+            {
+                "name": "lr",
+                "datatype": "FP32",
+                "shape": list(stacked.shape),
+                "parameters": {"binary_data_size": len(raw)},
+            },
+            geometry,
+        ]
+        head = orjson.dumps(req)
+        return head + raw, {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(head))}
+    raise ValueError(f"unknown encoding {encoding!r}; use one of {ENCODINGS}")
+
+
+def _pad_stack(crops: list[np.ndarray]) -> np.ndarray:
+    rows = max(c.shape[1] for c in crops)
+    cols = max(c.shape[2] for c in crops)
+    out = np.zeros((len(crops), crops[0].shape[0], rows, cols), np.float32)
+    for i, c in enumerate(crops):
+        out[i, :, : c.shape[1], : c.shape[2]] = c
+    return out
+
+
+def encode_v1(batch: TileBatch) -> tuple[bytes, dict[str, str]]:
+    body = {
+        "instances": [
+            {"lr_b64": _b64(c), "geometry": s.as_row()} for c, s in zip(batch.crops, batch.specs, strict=True)
+        ],
+        "parameters": batch.parameters(),
+    }
+    return orjson.dumps(body), {"content-type": "application/json"}
+
+
+def decode_v2_response(content: bytes, headers: Any) -> BatchResult:
+    """Parse the predictor's v2 answer (binary extension or JSON)."""
+    try:
+        header_len = int(headers.get(HEADER_LENGTH) or len(content))
+        doc = orjson.loads(content[:header_len])
+        out = next(o for o in doc["outputs"] if o["name"] == "sr")
+        shape = [int(v) for v in out["shape"]]
+        params = out.get("parameters") or {}
+        if "binary_data_size" in params:
+            size = int(params["binary_data_size"])
+            sr = np.frombuffer(content, dtype="<f4", count=size // 4, offset=header_len).reshape(shape)
+        else:
+            sr = np.asarray(out["data"], dtype=np.float32).reshape(shape)
+        meta = doc.get("parameters") or {}
+        steps = meta.get("steps")
+        return BatchResult(
+            sr=sr,
+            model_version=str(meta.get("model_version", "")),
+            model_ms=float(meta.get("model_ms", 0.0)),
+            steps=int(steps) if steps is not None else None,
+        )
+    except (ValueError, KeyError, TypeError, StopIteration, orjson.JSONDecodeError) as exc:
+        raise PredictorFailed(
+            f"unreadable v2 response from the predictor ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def decode_v1_response(content: bytes) -> BatchResult:
+    try:
+        doc = orjson.loads(content)
+        tiles = []
+        for p in doc["predictions"]:
+            raw = base64.b64decode(p["sr_b64"], validate=True)
+            tiles.append(np.frombuffer(raw, dtype="<f4").reshape([int(v) for v in p["shape"]]))
+        steps = doc.get("steps")
+        return BatchResult(
+            sr=np.stack(tiles),
+            model_version=str(doc.get("model_version", "")),
+            model_ms=float(doc.get("model_ms", 0.0)),
+            steps=int(steps) if steps is not None else None,
+        )
+    except (ValueError, KeyError, TypeError, binascii.Error, orjson.JSONDecodeError) as exc:
+        raise PredictorFailed(
+            f"unreadable v1 response from the predictor ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+# ------------------------------------------------------------------------------------ predictor side
+
+
+@dataclass
+class DecodedBatch:
+    """A validated batch on the predictor: bicubic tiles ``up`` ``(B, 3, th, tw)`` ready for the model."""
+
+    canvas: Canvas
+    specs: list[TileSpec]
+    up: torch.Tensor
+    params: RenderParams
+    request_id: str
+    binary_output: bool
+
+
+def _param(params: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
+    value = params.get(key, default)
+    if value is None:
+        if default is None and key in ("scale",):
+            raise BadRequest(f"parameter {key!r} is required")
+        return default
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise BadRequest(f"parameter {key!r} must be an integer, got {value!r}")
+    if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise BadRequest(f"parameter {key!r} must be a number, got {value!r}")
+    return kind(value)
+
+
+def render_params(params: dict[str, Any]) -> RenderParams:
+    scale = check_scale(_param(params, "scale", float))
+    steps = _param(params, "steps", int, None)
+    seed = _param(params, "seed", int, 0)
+    strength = _param(params, "strength", float, None)
+    if steps is not None and not 0 <= steps <= MAX_STEPS:
+        raise BadRequest(f"steps must be in [0, {MAX_STEPS}], got {steps}")
+    if not 0 <= seed <= MAX_SEED:
+        raise BadRequest(f"seed must be in [0, 2^63 - 1], got {seed}")
+    if strength is not None and not (math.isfinite(strength) and 0.0 < strength <= 1.0):
+        raise BadRequest(f"strength must be in (0, 1], got {strength}")
+    return RenderParams(scale=scale, steps=steps, seed=seed, strength=strength)
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_batch: int = 16
+    max_tile: int = 1024
+    factor: int = 4
+
+
+def _specs(rows: np.ndarray, canvas: Canvas, limits: BatchLimits) -> list[TileSpec]:
+    if rows.ndim != 2 or rows.shape[1] != len(GEOMETRY_FIELDS):
+        raise BadRequest(
+            f"geometry must have shape [B, {len(GEOMETRY_FIELDS)}] ({', '.join(GEOMETRY_FIELDS)})"
+        )
+    if not 1 <= rows.shape[0] <= limits.max_batch:
+        raise BadRequest(f"a batch holds 1 to {limits.max_batch} tiles, got {rows.shape[0]}")
+    specs = [TileSpec.from_row(r) for r in rows]
+    first = specs[0].tile
+    for s in specs:
+        t = s.tile
+        if (t.height, t.width) != (first.height, first.width):
+            raise BadRequest("all tiles of a batch must have the same size")
+        if not (0 <= t.y0 < t.y1 <= canvas.canvas_h and 0 <= t.x0 < t.x1 <= canvas.canvas_w):
+            raise BadRequest(f"tile {t} lies outside the {canvas.canvas_h}x{canvas.canvas_w} canvas")
+        if t.height > limits.max_tile or t.width > limits.max_tile:
+            raise BadRequest(
+                f"tile {t.height}x{t.width} is above the predictor's limit of {limits.max_tile} px"
+            )
+        if any(v % limits.factor for v in (t.y0, t.x0, t.y1, t.x1)):
+            raise BadRequest(f"tile {t} is not aligned to the model's factor {limits.factor}")
+        if (
+            s.r0 < 0
+            or s.c0 < 0
+            or s.rows < 1
+            or s.cols < 1
+            or s.r0 + s.rows > canvas.lr_h
+            or s.c0 + s.cols > canvas.lr_w
+        ):
+            raise BadRequest(f"LR crop of tile {t} lies outside the {canvas.lr_h}x{canvas.lr_w} input")
+    return specs
+
+
+def _bicubic(crops: list[torch.Tensor], specs: list[TileSpec], canvas: Canvas) -> torch.Tensor:
+    try:
+        return torch.stack([bicubic_tile(c, s, canvas) for c, s in zip(crops, specs, strict=True)])
+    except ValueError as exc:
+        raise BadRequest(f"inconsistent tile batch: {exc}") from exc
+
+
+def _decode_b64_crop(value: Any, spec: TileSpec, index: int) -> torch.Tensor:
+    if isinstance(value, bytes):
+        value = value.decode("ascii", errors="replace")
+    if not isinstance(value, str):
+        raise BadRequest(f"lr[{index}] must be a base64 string")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadRequest(f"lr[{index}] is not valid base64: {exc}") from exc
+    expected = 3 * spec.rows * spec.cols * 4
+    if len(raw) != expected:
+        raise BadRequest(
+            f"lr[{index}] holds {len(raw)} bytes; geometry {spec.rows}x{spec.cols} needs {expected}"
+        )
+    return torch.from_numpy(np.frombuffer(raw, dtype="<f4").reshape(3, spec.rows, spec.cols).copy())
+
+
+def decode_v2_request(request: Any, limits: BatchLimits) -> DecodedBatch:
+    """A KServe ``InferRequest`` -> :class:`DecodedBatch`; every inconsistency is a :class:`BadRequest`."""
+    params = dict(request.parameters or {})
+    inputs = {i.name: i for i in request.inputs}
+    if "geometry" not in inputs or not ({"lr", "up"} & set(inputs)):
+        raise BadRequest("a tile batch needs inputs 'geometry' and 'lr' (or 'up'); see serving/codec.py")
+    try:
+        canvas = Canvas.from_params(params)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from exc
+    rp = render_params(params)
+    specs = _specs(_as_numpy(inputs["geometry"], np.int64), canvas, limits)
+    if "lr" in inputs:
+        lr = inputs["lr"]
+        if lr.datatype == "BYTES":
+            data = lr.data if lr.data is not None else list(lr.as_numpy().ravel())
+            values = [v for row in data for v in (row if isinstance(row, list) else [row])]
+            if len(values) != len(specs):
+                raise BadRequest(f"'lr' holds {len(values)} tiles, 'geometry' {len(specs)}")
+            crops = [_decode_b64_crop(v, s, i) for i, (v, s) in enumerate(zip(values, specs, strict=True))]
+        else:
+            arr = _as_numpy(lr, np.float32)
+            if arr.ndim != 4 or arr.shape[0] != len(specs) or arr.shape[1] != 3:
+                raise BadRequest(
+                    f"'lr' must have shape [B, 3, rows, cols] with B = {len(specs)}, got {list(arr.shape)}"
+                )
+            crops = [torch.from_numpy(np.ascontiguousarray(a)) for a in arr]
+        up = _bicubic(crops, specs, canvas)
+    else:
+        up_arr = _as_numpy(inputs["up"], np.float32)
+        t = specs[0].tile
+        if list(up_arr.shape) != [len(specs), 3, t.height, t.width]:
+            raise BadRequest(
+                f"'up' must have shape {[len(specs), 3, t.height, t.width]}, got {list(up_arr.shape)}"
+            )
+        up = torch.from_numpy(np.ascontiguousarray(up_arr))
+    if not bool(torch.isfinite(up).all()):
+        raise BadRequest("tile batch holds non-finite values")
+    binary = bool(params.get("binary_data_output", False))
+    for out in request.request_outputs or []:
+        p = out.parameters or {}
+        if out.name == "sr" and "binary_data" in p:
+            binary = bool(p["binary_data"])
+    return DecodedBatch(canvas, specs, up, rp, str(request.id or uuid.uuid4().hex), binary)
+
+
+def _as_numpy(inp: Any, dtype: type) -> np.ndarray:
+    try:
+        return np.asarray(inp.as_numpy(), dtype=dtype)
+    except (ValueError, TypeError) as exc:
+        raise BadRequest(f"input {inp.name!r}: {exc} (shape {inp.shape}, datatype {inp.datatype})") from exc
+    except Exception as exc:  # KServe's InvalidInput for unknown datatypes
+        if type(exc).__name__ == "InvalidInput":
+            raise BadRequest(f"input {inp.name!r}: {exc}") from exc
+        raise
+
+
+def decode_v1_request(payload: Any, limits: BatchLimits) -> DecodedBatch:
+    if (
+        not isinstance(payload, dict)
+        or not isinstance(payload.get("instances"), list)
+        or not payload["instances"]
+    ):
+        raise BadRequest(
+            'a v1 tile batch is {"instances": [{"lr_b64": ..., "geometry": [8 ints]}], "parameters": {...}}'
+        )
+    params = payload.get("parameters")
+    if not isinstance(params, dict):
+        raise BadRequest("'parameters' must be an object with the canvas and render settings")
+    try:
+        canvas = Canvas.from_params(params)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from exc
+    rp = render_params(params)
+    instances = payload["instances"]
+    try:
+        rows = np.asarray([inst["geometry"] for inst in instances], dtype=np.int64)
+        values = [inst["lr_b64"] for inst in instances]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BadRequest(f"each instance needs 'lr_b64' and 'geometry' (8 integers): {exc}") from exc
+    specs = _specs(rows, canvas, limits)
+    crops = [_decode_b64_crop(v, s, i) for i, (v, s) in enumerate(zip(values, specs, strict=True))]
+    up = _bicubic(crops, specs, canvas)
+    if not bool(torch.isfinite(up).all()):
+        raise BadRequest("tile batch holds non-finite values")
+    return DecodedBatch(canvas, specs, up, rp, str(payload.get("id") or uuid.uuid4().hex), False)
+
+
+def encode_v1_response(sr: np.ndarray, model_version: str, model_ms: float, steps: int) -> dict[str, Any]:
+    return {
+        "predictions": [{"sr_b64": _b64(t), "shape": list(t.shape)} for t in sr],
+        "model_version": model_version,
+        "model_ms": round(model_ms, 3),
+        "steps": steps,
+    }

@@ -1,0 +1,125 @@
+"""Prometheus metrics of the HNDSR servers, exported on ``/metrics`` beside KServe's own.
+
+=============================== ========= ==========================================================
+name                            type      meaning
+=============================== ========= ==========================================================
+hndsr_inference_latency_ms      histogram predictor: model time per tile batch; transformer: per request
+hndsr_requests_total{code}      counter   inference requests by final HTTP status
+hndsr_errors_total{kind}        counter   errors by kind (see :mod:`serving.errors`)
+hndsr_gpu_vram_used_bytes       gauge     CUDA memory allocated by this process (0 on CPU)
+hndsr_queue_depth               gauge     requests (transformer) / inferences (predictor) waiting
+hndsr_circuit_breaker_state     gauge     0 closed, 1 half-open, 2 open
+hndsr_psnr_rolling_mean         gauge     transformer: mean cycle-consistency PSNR (dB) of recent requests
+hndsr_tiles_total               counter   tiles processed
+=============================== ========= ==========================================================
+
+The cycle-consistency PSNR is a no-reference quality signal: the output downsampled back to the
+input size (the evaluation protocol's antialiased bicubic) against the input. A model that invents
+content, shifts it or returns garbage drops it; a drop across recent requests is an alert.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS_MS = (
+    5,
+    10,
+    25,
+    50,
+    100,
+    250,
+    500,
+    1000,
+    2500,
+    5000,
+    10_000,
+    30_000,
+    60_000,
+    120_000,
+    300_000,
+)
+
+
+class RollingMean:
+    """Mean of the last ``window`` values (thread-safe)."""
+
+    def __init__(self, window: int = 100) -> None:
+        self._values: deque[float] = deque(maxlen=window)
+        self._lock = threading.Lock()
+
+    def add(self, value: float) -> None:
+        with self._lock:
+            self._values.append(value)
+
+    def mean(self) -> float:
+        with self._lock:
+            return sum(self._values) / len(self._values) if self._values else float("nan")
+
+
+class ServingMetrics:
+    """The metric objects of one server process. Pass a fresh ``CollectorRegistry`` in tests."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, psnr_window: int = 100) -> None:
+        registry = REGISTRY if registry is None else registry
+        self.latency_ms = Histogram(
+            "hndsr_inference_latency_ms",
+            "Inference latency in ms (predictor: per tile batch on the model; transformer: per request).",
+            buckets=LATENCY_BUCKETS_MS,
+            registry=registry,
+        )
+        self.requests = Counter(
+            "hndsr_requests", "Inference requests by final HTTP status code.", ["code"], registry=registry
+        )
+        self.errors = Counter("hndsr_errors", "Errors by kind.", ["kind"], registry=registry)
+        self.tiles = Counter("hndsr_tiles", "Tiles processed.", registry=registry)
+        self.vram = Gauge(
+            "hndsr_gpu_vram_used_bytes",
+            "CUDA memory allocated by this process (0 on CPU).",
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "hndsr_queue_depth", "Requests or inferences waiting for a slot.", registry=registry
+        )
+        self.breaker_state = Gauge(
+            "hndsr_circuit_breaker_state",
+            "Circuit breaker: 0 closed, 1 half-open, 2 open.",
+            registry=registry,
+        )
+        self.psnr_rolling_mean = Gauge(
+            "hndsr_psnr_rolling_mean",
+            "Rolling mean of the cycle-consistency PSNR (dB): output downsampled back vs input.",
+            registry=registry,
+        )
+        self.psnr = RollingMean(psnr_window)
+        self.psnr_rolling_mean.set_function(self.psnr.mean)
+        self.vram.set(0)
+
+    def bind(
+        self,
+        *,
+        queue_depth: Callable[[], float] | None = None,
+        breaker_state: Callable[[], float] | None = None,
+        vram: Callable[[], float] | None = None,
+    ) -> None:
+        """Gauges read at scrape time from the live objects."""
+        if queue_depth is not None:
+            self.queue_depth.set_function(queue_depth)
+        if breaker_state is not None:
+            self.breaker_state.set_function(breaker_state)
+        if vram is not None:
+            self.vram.set_function(vram)
+
+    def error(self, kind: str) -> None:
+        self.errors.labels(kind=kind).inc()
+
+    def request(self, code: int) -> None:
+        self.requests.labels(code=str(code)).inc()
+
+    def add_psnr(self, value: float) -> None:
+        if value == value:  # not NaN
+            self.psnr.add(min(value, 100.0))

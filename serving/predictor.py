@@ -1,0 +1,323 @@
+"""The predictor: a ``kserve.Model`` that runs batches of tiles through the HNDSR model.
+
+Lifecycle: ``load()`` resolves the storage URI (:mod:`serving.storage`), loads and hash-verifies the
+checkpoint, moves it to the device and runs a warm-up inference whose output must pass the same
+checks as every batch. Only then is the model ready. Any failure leaves it **not ready** with the
+reason in the log, on ``GET /health`` and in 503 answers — never a silent fallback to bicubic.
+
+Per batch: at most ``max_concurrency`` inferences run at once (more wait, up to ``max_queue``, then
+503); a circuit breaker fails fast (503) after ``breaker_threshold`` consecutive inference failures
+and lets one trial through after ``breaker_reset_s``; every output is checked (finite, in range, not
+degenerate) and a failed check is a 500 the client sees and a failure for the breaker.
+
+CUDA when present (fp16 autocast by default; the core keeps the spectral convolutions' FFTs in fp32),
+CPU otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from kserve import InferOutput, InferRequest, InferResponse, Model
+
+from hndsr.checkpoint import load_checkpoint
+from hndsr.errors import CheckpointError, HNDSRError, OutputValidationError
+from hndsr.inference import pick_device, validate_output
+from hndsr.models.hndsr_model import HNDSR
+from hndsr.resample import resize
+from serving.admission import BreakerState, CircuitBreaker, ConcurrencyGate
+from serving.codec import BatchLimits, DecodedBatch, decode_v1_request, decode_v2_request, encode_v1_response
+from serving.errors import InferenceFailed, NotReady, OutputCheckFailed, ServingError
+from serving.metrics import ServingMetrics
+from serving.storage import resolve_storage_uri
+from serving.tiles import noise_field, slice_noise
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PredictorSettings:
+    storage_uri: str = "release"
+    device: str | None = None  # None: cuda when present
+    half: bool | None = None  # None: fp16 autocast on CUDA only
+    max_concurrency: int = 4
+    max_queue: int = 20
+    breaker_threshold: int = 3
+    breaker_reset_s: float = 30.0
+    max_batch: int = 16
+    max_tile: int = 1024
+    sharpness_floor: float = 0.25
+    expected_sha256: str | None = None
+    cache_dir: str | None = None
+
+
+def sharpness(x: torch.Tensor) -> torch.Tensor:
+    """Mean absolute finite difference per image of ``(B, C, H, W)`` -> ``(B,)``."""
+    gy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean(dim=(1, 2, 3))
+    gx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean(dim=(1, 2, 3))
+    return gx + gy
+
+
+def check_output(sr: torch.Tensor, up: torch.Tensor, *, floor: float = 0.25) -> torch.Tensor:
+    """Finite and in range (:func:`hndsr.inference.validate_output`, which also clamps), and not
+    degenerate: a tile whose bicubic input has structure must keep at least ``floor`` of its
+    sharpness (a flat or grey output from a textured input means the model lost the image)."""
+    sr = validate_output(sr.float())
+    s_up, s_sr = sharpness(up.float()), sharpness(sr)
+    bad = (s_up > 1e-3) & (s_sr < floor * s_up)
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad)[0])
+        raise OutputValidationError(
+            f"degenerate output: tile {i} has sharpness {float(s_sr[i]):.5f}, below {floor:g} x that of its "
+            f"bicubic input ({float(s_up[i]):.5f}); the model lost the image — check checkpoint and device"
+        )
+    return sr
+
+
+def _warmup_tile() -> torch.Tensor:
+    """A deterministic textured LR tile, upsampled x4: (1, 3, 128, 128)."""
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    lr = torch.stack(
+        [
+            0.5 + 0.25 * torch.sin(0.4 * xx + 0.3 * yy),
+            0.5 + 0.25 * torch.cos(0.25 * xx),
+            0.5 + 0.2 * torch.sin(0.5 * yy),
+        ]
+    )
+    return resize(lr, (128, 128)).unsqueeze(0)
+
+
+class HNDSRPredictor(Model):
+    ready: bool
+    def __init__(self, name: str, settings: PredictorSettings, metrics: ServingMetrics | None = None) -> None:
+        super().__init__(name)
+        self.settings = settings
+        self.metrics = metrics
+        self.breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_reset_s, name="inference")
+        self.gate = ConcurrencyGate(settings.max_concurrency, settings.max_queue, what="inferences")
+        self.model: HNDSR | None = None
+        self.device = pick_device(settings.device)
+        self.half = (
+            (self.device.type == "cuda")
+            if settings.half is None
+            else (settings.half and self.device.type == "cuda")
+        )
+        self.model_version = ""
+        self.checkpoint_sha256 = ""
+        self.load_error: str | None = None
+        self.limits = BatchLimits(max_batch=settings.max_batch, max_tile=settings.max_tile)
+        self._noise: OrderedDict[tuple[int, int, int, int], torch.Tensor] = OrderedDict()
+        if metrics is not None:
+            metrics.bind(
+                queue_depth=lambda: float(self.gate.waiting),
+                breaker_state=lambda: float(self.breaker.state),
+                vram=self._vram,
+            )
+
+    # ------------------------------------------------------------------------------ lifecycle
+
+    def load(self) -> bool:
+        if self.model is not None and self.ready:
+            return True
+        try:
+            directory = resolve_storage_uri(self.settings.storage_uri, cache_dir=self.settings.cache_dir)
+            model, config = load_checkpoint(directory)
+            sha = str(config.get("sha256", ""))
+            expected = self.settings.expected_sha256
+            if expected and sha != expected:
+                raise CheckpointError(
+                    f"checkpoint {self.settings.storage_uri} has sha256 {sha}, the deployment pins "
+                    f"{expected}: "
+                    "deploy the pinned checkpoint or update the pin"
+                )
+            model = model.to(self.device).eval()
+            self._warmup(model)
+        except Exception as exc:  # every failure keeps the model not ready, loudly
+            self.load_error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, HNDSRError) else str(exc)
+            self.ready = False
+            logger.error("model %s NOT READY: %s", self.name, self.load_error)
+            if self.metrics is not None:
+                self.metrics.error("load_failed")
+            return False
+        self.model = model
+        self.checkpoint_sha256 = sha
+        meta = config.get("metadata") or {}
+        self.model_version = str(meta.get("version") or f"{config.get('package_version', '?')}+{sha[:12]}")
+        self.load_error = None
+        self.ready = True
+        logger.info(
+            "model %s ready: %s (sha256 %s) on %s%s",
+            self.name,
+            self.model_version,
+            sha[:12],
+            self.device,
+            " fp16" if self.half else "",
+        )
+        return True
+
+    def _warmup(self, model: HNDSR) -> None:
+        up = _warmup_tile().to(self.device)
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.float16, enabled=self.half):
+            sr = model.render(up, torch.full((1,), 4.0, device=self.device), steps=0)
+        try:
+            check_output(sr, up, floor=self.settings.sharpness_floor)
+        except OutputValidationError as exc:
+            raise CheckpointError(f"warm-up inference failed its output checks: {exc}") from exc
+
+    async def healthy(self) -> bool:
+        return self.ready and self.model is not None and self.breaker.state is not BreakerState.OPEN
+
+    def status(self) -> dict[str, Any]:
+        state = self.breaker.state
+        if not self.ready:
+            status, reason = (
+                ("failed", self.load_error) if self.load_error else ("loading", "model not loaded yet")
+            )
+        elif state is BreakerState.OPEN:
+            status, reason = "degraded", self.breaker.open_message()
+        else:
+            status, reason = "ready", None
+        return {
+            "status": status,
+            "ready": status == "ready",
+            "reason": reason,
+            "model": self.name,
+            "model_version": self.model_version,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "storage_uri": self.settings.storage_uri,
+            "device": str(self.device),
+            "fp16": self.half,
+            "circuit_breaker": state.name,
+            "inflight": self.gate.active,
+            "queue_depth": self.gate.waiting,
+        }
+
+    def _vram(self) -> float:
+        if self.device.type == "cuda" and torch.cuda.is_available():
+            return float(torch.cuda.memory_allocated(self.device))
+        return 0.0
+
+    # ------------------------------------------------------------------------------ request path
+
+    def validate(self, payload: Any) -> Any:
+        return payload  # preprocess already produced a validated DecodedBatch
+
+    async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
+        if isinstance(payload, InferRequest):
+            batch = await asyncio.to_thread(decode_v2_request, payload, self.limits)
+            return ("v2", batch)
+        batch = await asyncio.to_thread(decode_v1_request, payload, self.limits)
+        return ("v1", batch)
+
+    async def predict(
+        self, payload: Any, headers: dict[str, str] | None = None, response_headers: Any = None
+    ) -> Any:
+        protocol, batch = payload
+        if not self.ready or self.model is None:
+            raise NotReady(
+                f"model {self.name} is not ready: {self.load_error or 'still loading'}", retry_after=10.0
+            )
+        async with self.gate.slot():
+            self.breaker.allow()
+            try:
+                sr, model_ms = await asyncio.to_thread(self._infer, batch)
+            except ServingError as exc:
+                if exc.status >= 500:
+                    self.breaker.failure(exc.message)
+                else:
+                    self.breaker.release()
+                raise
+            except OutputValidationError as exc:
+                self.breaker.failure(str(exc))
+                raise OutputCheckFailed(f"output check failed: {exc}") from exc
+            except Exception as exc:  # OOM, device and other runtime errors of the model
+                self.breaker.failure(f"{type(exc).__name__}: {exc}")
+                logger.exception("inference failed")
+                raise InferenceFailed(
+                    f"inference failed ({type(exc).__name__}: {str(exc)[:300]}); retry later — repeated "
+                    "failures "
+                    "open the circuit breaker"
+                ) from exc
+            self.breaker.success()
+        if self.metrics is not None:
+            self.metrics.latency_ms.observe(model_ms)
+            self.metrics.tiles.inc(len(batch.specs))
+        return protocol, batch, sr, model_ms
+
+    def steps_for(self, batch: DecodedBatch) -> int:
+        assert self.model is not None
+        return self.model.default_steps if batch.params.steps is None else batch.params.steps
+
+    def _infer(self, batch: DecodedBatch) -> tuple[np.ndarray, float]:
+        assert self.model is not None
+        model = self.model
+        started = time.perf_counter()
+        p = batch.params
+        up = batch.up.to(self.device)
+        steps = model.default_steps if p.steps is None else p.steps
+        noise = None
+        if steps > 0:
+            f = model.factor
+            field = self._noise_field(
+                p.seed, model.latent_channels, batch.canvas.canvas_h // f, batch.canvas.canvas_w // f
+            )
+            noise = slice_noise(field, batch.specs, f).to(self.device)
+        strength = model.default_strength if p.strength is None else p.strength
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.float16, enabled=self.half):
+            sr = model.render(
+                up,
+                torch.full((len(batch.specs),), float(p.scale), device=self.device),
+                steps=steps,
+                strength=strength,
+                eta=0.0,
+                initial_noise=noise,
+            )
+        sr = check_output(sr, up, floor=self.settings.sharpness_floor)
+        out = sr.cpu().numpy().astype(np.float32, copy=False)
+        return out, (time.perf_counter() - started) * 1000.0
+
+    def _noise_field(self, seed: int, channels: int, lh: int, lw: int) -> torch.Tensor:
+        key = (seed, channels, lh, lw)
+        field = self._noise.get(key)
+        if field is None:
+            field = noise_field(seed, channels, lh, lw)
+            self._noise[key] = field
+            while len(self._noise) > 4:
+                self._noise.popitem(last=False)
+        else:
+            self._noise.move_to_end(key)
+        return field
+
+    async def postprocess(
+        self, result: Any, headers: dict[str, str] | None = None, response_headers: Any = None
+    ) -> Any:
+        protocol, batch, sr, model_ms = result
+        if protocol == "v1":
+            return await asyncio.to_thread(
+                encode_v1_response, sr, self.model_version, model_ms, self.steps_for(batch)
+            )
+        out = InferOutput(name="sr", shape=list(sr.shape), datatype="FP32")
+        if batch.binary_output:
+            out.set_data_from_numpy(sr, binary_data=True)
+        else:
+            out.set_data_from_numpy(sr, binary_data=False)
+        return InferResponse(
+            response_id=batch.request_id,
+            model_name=self.name,
+            infer_outputs=[out],
+            model_version=self.model_version,
+            parameters={
+                "model_version": self.model_version,
+                "model_ms": round(model_ms, 3),
+                "tiles": len(batch.specs),
+                "steps": self.steps_for(batch),
+            },
+            use_binary_outputs=batch.binary_output,
+        )

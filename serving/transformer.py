@@ -1,0 +1,482 @@
+"""The transformer: a ``kserve.Model`` in front of the predictor.
+
+``preprocess`` validates the request (:mod:`serving.validation`) and decodes the image; ``predict``
+tiles it (the core's ``plan_tiles``, tile size chosen per image by :func:`serving.tiles.choose_tile`),
+forwards batches of LR tile crops to the predictor (:class:`PredictorClient`) and stitches the
+answers with the core's Hann-window :class:`hndsr.tiling.Stitcher`; ``postprocess`` encodes PNG or
+GeoTIFF (georeferencing kept, pixel size divided by the scale) and reports scale, model version, tile
+count, per-stage timings and the cycle-consistency PSNR.
+
+``predict`` talks to the predictor through its own HTTP client rather than KServe's: in this KServe
+version the stock client decodes every tensor of the answer into a Python list, and its binary v2 hop
+sends conflicting content types (400). The wire format is in :mod:`serving.codec`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import torch
+from kserve import InferOutput, InferRequest, InferResponse, Model
+
+from hndsr.imageio import Raster, encode_image, read_image_bytes
+from hndsr.resample import resize
+from hndsr.tiling import Stitcher
+from serving.admission import BreakerState, CircuitBreaker, ConcurrencyGate, RateLimiter
+from serving.codec import (
+    BatchResult,
+    RenderParams,
+    TileBatch,
+    decode_v1_response,
+    decode_v2_response,
+    encode_v1,
+    encode_v2,
+)
+from serving.errors import (
+    OutputCheckFailed,
+    PayloadTooLarge,
+    PredictorFailed,
+    PredictorTimeout,
+    PredictorUnavailable,
+    ServingError,
+    Unavailable,
+    from_exception,
+)
+from serving.metrics import ServingMetrics
+from serving.tiles import Canvas, TileSpec, choose_tile, crop, plan
+from serving.validation import Limits, SRInput, parse_v1, parse_v2, probe_image
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TransformerSettings:
+    predictor_host: str = "127.0.0.1:8080"
+    predictor_protocol: str = "v2"  # v1 | v2
+    predictor_model: str = "hndsr"
+    encoding: str = "b64"  # the v2 tile encoding (serving.codec.ENCODINGS)
+    timeout_s: float = 600.0
+    limits: Limits = field(default_factory=Limits)
+    max_sync_tiles: int = 64
+    tile: int = 512  # output px (upper bound when adaptive)
+    adaptive_tile: bool = True
+    overlap: int = 32
+    halo: int = 32
+    align: int = 4  # the model's latent factor
+    batch_size: int = 4  # tiles per predictor request
+    inflight_batches: int = 2  # predictor requests in flight per image
+    rate_limit_rps: float = 10.0  # per client key; <= 0 disables
+    rate_limit_burst: int = 20
+    max_concurrency: int = 4  # requests processed at once
+    max_queue: int = 20  # requests waiting for a slot; more -> 503
+    breaker_threshold: int = 3
+    breaker_reset_s: float = 30.0
+    retry_after_s: float = 1.0
+
+
+@dataclass
+class Job:
+    """One image of a request, from validation to the encoded output."""
+
+    inp: SRInput
+    raster: Raster
+    canvas: Canvas
+    tile: int
+    specs: list[TileSpec]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    sr: torch.Tensor | None = None
+    model_version: str = ""
+    model_ms: float = 0.0
+    steps: int | None = None
+
+
+@dataclass
+class Prepared:
+    protocol: str
+    request_id: str
+    jobs: list[Job]
+    started: float
+
+
+class PredictorClient:
+    """Async HTTP client for tile batches; maps every failure to a typed :mod:`serving.errors` error."""
+
+    def __init__(self, host: str, *, protocol: str, model: str, encoding: str, timeout_s: float) -> None:
+        self.base_url = host if host.startswith(("http://", "https://")) else f"http://{host}"
+        self.protocol = protocol
+        self.model = model
+        self.encoding = encoding
+        self.timeout_s = timeout_s
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def url(self) -> str:
+        if self.protocol == "v1":
+            return f"{self.base_url}/v1/models/{self.model}:predict"
+        return f"{self.base_url}/v2/models/{self.model}/infer"
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.timeout_s, connect=5.0),
+                transport=httpx.AsyncHTTPTransport(retries=1),
+                limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+            )
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def infer(self, batch: TileBatch) -> BatchResult:
+        if self.protocol == "v1":
+            body, headers = encode_v1(batch)
+        else:
+            body, headers = encode_v2(batch, self.encoding)
+        try:
+            response = await self._http().post(self.url, content=body, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise PredictorTimeout(
+                f"the predictor at {self.base_url} did not answer within {self.timeout_s:g} s; retry with a "
+                "smaller image or fewer steps"
+            ) from exc
+        except httpx.HTTPError as exc:  # connect refused, reset, protocol errors: the predictor is gone
+            raise PredictorUnavailable(
+                f"the predictor at {self.base_url} is unreachable ({type(exc).__name__}); retry shortly",
+                retry_after=2.0,
+            ) from exc
+        if response.status_code != 200:
+            raise self._error(response)
+        if self.protocol == "v1":
+            return decode_v1_response(response.content)
+        return decode_v2_response(response.content, response.headers)
+
+    def _error(self, response: httpx.Response) -> ServingError:
+        try:
+            doc = orjson.loads(response.content)
+            message, kind = str(doc.get("error", "")), str(doc.get("kind", ""))
+        except (orjson.JSONDecodeError, AttributeError):
+            message, kind = response.text[:300], ""
+        code = response.status_code
+        if code == 503:
+            retry = _retry_after(response.headers.get("retry-after"))
+            return Unavailable(
+                f"predictor unavailable: {message}", retry_after=retry, kind=kind or "predictor_unavailable"
+            )
+        if code == 500 and kind == "output_check":
+            return OutputCheckFailed(message)
+        if code == 413:
+            return PayloadTooLarge(f"the predictor refused the tile batch as too large: {message}")
+        return PredictorFailed(f"the predictor answered {code}: {message}", kind="predictor_error")
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        return max(1.0, float(value)) if value else 1.0
+    except ValueError:
+        return 1.0
+
+
+def _breaker_counts(err: ServingError) -> bool:
+    """Failures that say the predictor is unhealthy (not: it is busy, or the input was refused)."""
+    if err.kind == "queue_full":
+        return False
+    return err.status >= 500
+
+
+def cycle_psnr(lr: torch.Tensor, sr: torch.Tensor) -> float:
+    """PSNR (dB) of the output downsampled back to the input size against the input."""
+    back = resize(sr, (lr.shape[-2], lr.shape[-1]), antialias=True).clamp(0.0, 1.0)
+    mse = float(torch.mean((back - lr) ** 2))
+    return 100.0 if mse <= 1e-10 else 10.0 * math.log10(1.0 / mse)
+
+
+class HNDSRTransformer(Model):
+    ready: bool
+    def __init__(
+        self, name: str, settings: TransformerSettings, metrics: ServingMetrics | None = None
+    ) -> None:
+        super().__init__(name)
+        self.settings = settings
+        self.metrics = metrics
+        self.breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_reset_s, name="predictor")
+        self.gate = ConcurrencyGate(
+            settings.max_concurrency,
+            settings.max_queue,
+            retry_after_s=settings.retry_after_s,
+            what="requests",
+        )
+        self.limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
+        self.client = PredictorClient(
+            settings.predictor_host,
+            protocol=settings.predictor_protocol,
+            model=settings.predictor_model,
+            encoding=settings.encoding,
+            timeout_s=settings.timeout_s,
+        )
+        self.model_version = ""
+        if metrics is not None:
+            metrics.bind(
+                queue_depth=lambda: float(self.gate.waiting), breaker_state=lambda: float(self.breaker.state)
+            )
+
+    def load(self) -> bool:
+        self.ready = True
+        return True
+
+    async def healthy(self) -> bool:
+        return self.ready and self.breaker.state is not BreakerState.OPEN
+
+    async def status(self) -> dict[str, Any]:
+        """Health including the predictor's readiness (checked live, 2 s timeout)."""
+        state = self.breaker.state
+        reason = None
+        predictor_ready = False
+        url = f"{self.client.base_url}/v2/models/{self.settings.predictor_model}/ready"
+        try:
+            async with httpx.AsyncClient(timeout=2.0) as http:
+                r = await http.get(url)
+            predictor_ready = r.status_code == 200
+            if not predictor_ready:
+                reason = f"predictor model not ready ({r.status_code}: {r.text[:200]})"
+        except httpx.HTTPError as exc:
+            reason = f"predictor at {self.client.base_url} unreachable ({type(exc).__name__})"
+        if state is BreakerState.OPEN:
+            reason = self.breaker.open_message()
+        ok = self.ready and predictor_ready and state is not BreakerState.OPEN
+        return {
+            "status": "ready" if ok else "degraded",
+            "ready": ok,
+            "reason": reason,
+            "model": self.name,
+            "predictor": self.client.base_url,
+            "predictor_protocol": self.settings.predictor_protocol,
+            "model_version": self.model_version,
+            "circuit_breaker": state.name,
+            "inflight": self.gate.active,
+            "queue_depth": self.gate.waiting,
+        }
+
+    def validate(self, payload: Any) -> Any:
+        return payload
+
+    # ------------------------------------------------------------------------------ preprocess
+
+    async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
+        started = time.perf_counter()
+        limits = self.settings.limits
+        if isinstance(payload, InferRequest):
+            protocol, request_id = "v2", str(payload.id or uuid.uuid4().hex)
+            inputs = await asyncio.to_thread(parse_v2, payload, limits)
+        else:
+            protocol, request_id = "v1", uuid.uuid4().hex
+            inputs = await asyncio.to_thread(parse_v1, payload, limits)
+        # Sizes and tile counts of every image from their headers, before decoding any pixels.
+        plans = [self._plan(inp) for inp in inputs]
+        total = sum(len(specs) for _, _, specs in plans)
+        if total > self.settings.max_sync_tiles:
+            raise PayloadTooLarge(
+                f"this request needs {total} tiles, above the synchronous limit of "
+                f"{self.settings.max_sync_tiles}: "
+                "send a smaller image or a lower scale, or submit it to the asynchronous path (batch jobs)",
+                kind="too_many_tiles",
+            )
+        jobs = []
+        for inp, (canvas, tile, specs) in zip(inputs, plans, strict=True):
+            t0 = time.perf_counter()
+            raster = await asyncio.to_thread(self._decode, inp)
+            if (raster.height, raster.width) != (canvas.lr_h, canvas.lr_w):  # header and pixels disagree
+                canvas = Canvas.for_scale(raster.height, raster.width, inp.params.scale, self.settings.align)
+                tile = self._tile(canvas)
+                specs = plan(
+                    canvas,
+                    tile=tile,
+                    overlap=self.settings.overlap,
+                    halo=self.settings.halo,
+                    align=self.settings.align,
+                )
+            job = Job(inp=inp, raster=raster, canvas=canvas, tile=tile, specs=specs)
+            job.timings_ms["decode"] = (time.perf_counter() - t0) * 1000.0
+            jobs.append(job)
+        return Prepared(protocol, request_id, jobs, started)
+
+    def _tile(self, canvas: Canvas) -> int:
+        s = self.settings
+        if not s.adaptive_tile:
+            return s.tile
+        return choose_tile(
+            canvas.canvas_h, canvas.canvas_w, max_tile=s.tile, overlap=s.overlap, halo=s.halo, align=s.align
+        )
+
+    def _plan(self, inp: SRInput) -> tuple[Canvas, int, list[TileSpec]]:
+        header = probe_image(inp.data, f"instances[{inp.index}]", self.settings.limits)
+        canvas = Canvas.for_scale(header.height, header.width, inp.params.scale, self.settings.align)
+        tile = self._tile(canvas)
+        specs = plan(
+            canvas,
+            tile=tile,
+            overlap=self.settings.overlap,
+            halo=self.settings.halo,
+            align=self.settings.align,
+        )
+        return canvas, tile, specs
+
+    def _decode(self, inp: SRInput) -> Raster:
+        raster = read_image_bytes(
+            inp.data, max_pixels=self.settings.limits.max_input_pixels, name=f"instances[{inp.index}]"
+        )
+        rgb = raster.rgb()  # InputError (422) for fewer than 3 bands
+        if not np.isfinite(rgb).all():
+            from hndsr.errors import InputError
+
+            raise InputError(
+                f"instances[{inp.index}] holds non-finite values (NaN or Inf): fix or mask them first"
+            )
+        return raster
+
+    # ------------------------------------------------------------------------------ predict
+
+    async def predict(
+        self, payload: Any, headers: dict[str, str] | None = None, response_headers: Any = None
+    ) -> Any:
+        prepared: Prepared = payload
+        for job in prepared.jobs:
+            await self._run_job(job, prepared.request_id)
+        return prepared
+
+    async def _run_job(self, job: Job, request_id: str) -> None:
+        s = self.settings
+        p = job.inp.params
+        params = RenderParams(scale=p.scale, steps=p.steps, seed=p.seed, strength=p.strength)
+        lr = torch.from_numpy(job.raster.rgb())
+        c = job.canvas
+        stitcher = Stitcher(3, c.canvas_h, c.canvas_w, overlap=s.overlap, halo=s.halo)
+        batches = [job.specs[i : i + s.batch_size] for i in range(0, len(job.specs), s.batch_size)]
+        inflight = asyncio.Semaphore(max(1, s.inflight_batches))
+
+        async def send(specs: list[TileSpec], index: int) -> BatchResult:
+            async with inflight:
+                crops = [crop(lr, spec).numpy() for spec in specs]
+                batch = TileBatch(
+                    canvas=c, specs=specs, crops=crops, params=params, request_id=f"{request_id}-{index}"
+                )
+                return await self.client.infer(batch)
+
+        self.breaker.allow()
+        started = time.perf_counter()
+        stitch_s = 0.0
+        tasks = [asyncio.create_task(send(b, i)) for i, b in enumerate(batches)]
+        try:
+            for specs, task in zip(batches, tasks, strict=True):
+                result = await task  # in tile order: the stitched sum is deterministic
+                if result.sr.shape[0] != len(specs):
+                    raise PredictorFailed(
+                        f"the predictor returned {result.sr.shape[0]} tiles for a batch of {len(specs)}"
+                    )
+                t0 = time.perf_counter()
+                await asyncio.to_thread(_stitch, stitcher, specs, result.sr)
+                stitch_s += time.perf_counter() - t0
+                job.model_ms += result.model_ms
+                job.model_version = result.model_version or job.model_version
+                job.steps = result.steps if result.steps is not None else job.steps
+        except BaseException as exc:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            err = from_exception(exc) if isinstance(exc, Exception) else None
+            if err is not None and _breaker_counts(err):
+                self.breaker.failure(err.message)
+            else:
+                self.breaker.release()
+            raise
+        self.breaker.success()
+        self.model_version = job.model_version or self.model_version
+        t0 = time.perf_counter()
+        job.sr = await asyncio.to_thread(lambda: stitcher.result()[:, : c.out_h, : c.out_w].clamp(0.0, 1.0))
+        stitch_s += time.perf_counter() - t0
+        job.timings_ms["predict"] = (time.perf_counter() - started) * 1000.0 - stitch_s * 1000.0
+        job.timings_ms["model"] = job.model_ms
+        job.timings_ms["stitch"] = stitch_s * 1000.0
+
+    # ------------------------------------------------------------------------------ postprocess
+
+    async def postprocess(
+        self, result: Any, headers: dict[str, str] | None = None, response_headers: Any = None
+    ) -> Any:
+        prepared: Prepared = result
+        outputs = [await asyncio.to_thread(self._finish, job) for job in prepared.jobs]
+        total_ms = (time.perf_counter() - prepared.started) * 1000.0
+        for out in outputs:
+            out["timings_ms"]["total"] = round(total_ms, 2)
+        if self.metrics is not None:
+            self.metrics.latency_ms.observe(total_ms)
+            self.metrics.tiles.inc(sum(o["tiles"] for o in outputs))
+            for out in outputs:
+                self.metrics.add_psnr(out["cycle_psnr_db"])
+        if prepared.protocol == "v1":
+            return {"predictions": outputs}
+        out = outputs[0]
+        image = out.pop("image_b64")
+        timings = out.pop("timings_ms")
+        params: dict[str, Any] = {k: v for k, v in out.items() if v is not None}
+        params.update({f"timing_{k}_ms": v for k, v in timings.items()})
+        return InferResponse(
+            response_id=prepared.request_id,
+            model_name=self.name,
+            infer_outputs=[InferOutput(name="image", shape=[1], datatype="BYTES", data=[image])],
+            model_version=out.get("model_version") or None,
+            parameters=params,
+        )
+
+    def _finish(self, job: Job) -> dict[str, Any]:
+        import base64
+
+        assert job.sr is not None
+        t0 = time.perf_counter()
+        raster, p, c = job.raster, job.inp.params, job.canvas
+        bands = [job.sr]
+        extra = raster.extra_bands()
+        fmt = p.output_format
+        if extra is not None and fmt == "geotiff":
+            bands.append(
+                resize(torch.from_numpy(np.ascontiguousarray(extra)), (c.out_h, c.out_w)).clamp(0.0, 1.0)
+            )
+        data = torch.cat(bands).numpy()
+        profile = (
+            raster.profile.scaled(c.out_w / c.lr_w, c.out_h / c.lr_h) if raster.profile is not None else None
+        )
+        names = raster.band_names[: data.shape[0]]
+        out_raster = Raster(data=data, dtype=raster.dtype, profile=profile, band_names=names)
+        encoded = encode_image(out_raster, "png" if fmt == "png" else "geotiff")
+        job.timings_ms["encode"] = (time.perf_counter() - t0) * 1000.0
+        psnr = cycle_psnr(torch.from_numpy(raster.rgb()), job.sr)
+        return {
+            "image_b64": base64.b64encode(encoded).decode("ascii"),
+            "format": fmt,
+            "width": c.out_w,
+            "height": c.out_h,
+            "scale": p.scale,
+            "steps": job.steps if job.steps is not None else p.steps,
+            "seed": p.seed,
+            "model_version": job.model_version,
+            "tiles": len(job.specs),
+            "tile_size": job.tile,
+            "cycle_psnr_db": round(psnr, 3),
+            "timings_ms": {k: round(v, 2) for k, v in job.timings_ms.items()},
+        }
+
+
+def _stitch(stitcher: Stitcher, specs: list[TileSpec], sr: np.ndarray) -> None:
+    values = torch.from_numpy(np.ascontiguousarray(sr))
+    for spec, tile_values in zip(specs, values, strict=True):
+        stitcher.add(spec.tile, tile_values)
