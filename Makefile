@@ -8,11 +8,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 HNDSR := $(VENV)/bin/hndsr
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,serve
+EXTRAS ?= dev,serve,data
 RUN_DIR ?= runs/quick
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: venv test lint run sample train-quick evaluate-quick sr-sample benchmark release-train clean
+.PHONY: venv test lint run sample train-quick evaluate-quick sr-sample benchmark release-train clean \
+	data lake pipeline
 
 $(VENV)/.installed-$(EXTRAS): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,13 +26,13 @@ venv: $(VENV)/.installed-$(EXTRAS)
 
 ## make test: the whole test suite (unit + integration), ruff and mypy
 test: venv
-	$(VENV)/bin/ruff check hndsr serving tests benchmarks
+	$(VENV)/bin/ruff check hndsr serving data_validation tests benchmarks
 	$(VENV)/bin/mypy
 	$(PY) -m pytest
 
 lint: venv
-	$(VENV)/bin/ruff check hndsr serving tests benchmarks
-	$(VENV)/bin/ruff format --check hndsr serving tests benchmarks
+	$(VENV)/bin/ruff check hndsr serving data_validation tests benchmarks
+	$(VENV)/bin/ruff format --check hndsr serving data_validation tests benchmarks
 	$(VENV)/bin/mypy
 
 ## make run: the main job on embedded defaults — sample imagery, quick training, evaluation, one SR image
@@ -53,6 +54,21 @@ benchmark: venv
 ## make release-train: the recipe of the shipped checkpoint (params.yaml base values)
 release-train: venv
 	$(HNDSR) train --stage all --out runs/release
+
+## make data: sample imagery -> prepare (tiles, LR pairs, catalog.parquet) -> Great Expectations validation
+data: venv
+	$(HNDSR) data sample --out data/raw
+	$(HNDSR) prepare --src data/raw --out data/processed
+	$(HNDSR) validate-data --catalog data/processed/catalog.parquet --report reports/validation.json \
+		--docs data/validation_docs
+
+## make lake: a real S3 server on 127.0.0.1:8333 (SeaweedFS) with the hndsr, dvc and mlflow buckets
+lake: venv
+	$(HNDSR) data s3-server --dir .lake --port 8333
+
+## make pipeline: the DVC pipeline (dvc.yaml) with the profile of params.yaml's pipeline.profile (quick)
+pipeline: venv
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/dvc repro
 
 clean:
 	rm -rf $(VENV) runs/quick outputs .pytest_cache .mypy_cache .ruff_cache

@@ -246,7 +246,7 @@ def validate_catalog(
     """Run every suite over the catalog (and rejects) beside ``catalog_path``; write the report(s)."""
     catalog, rejects = load_tables(catalog_path)
     frames = build_frames(catalog, rejects, thresholds)
-    docs = Path(docs_dir) if docs_dir is not None else None
+    docs = Path(docs_dir).resolve() if docs_dir is not None else None  # GX wants an absolute path
     if docs is not None and docs.exists():
         shutil.rmtree(docs)  # old runs' pages would otherwise pile up beside the new one
     context = _gx_context(docs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -146,19 +147,22 @@ def register(
             access_key=access_key,
             secret_key=secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY"),
         )
-        with server:
-            typer.echo(
-                f"S3 server on {server.endpoint} (buckets: {', '.join(server.buckets)}); configure clients:"
-            )
-            for key, value in server.settings.env().items():
-                typer.echo(f"export {key}={value}")
-            typer.echo("Ctrl+C stops it.")
-            try:
+        previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as cleanly as Ctrl+C
+        try:
+            with server:
+                typer.echo(
+                    f"S3 server on {server.endpoint} (buckets: {', '.join(server.buckets)}); clients need:"
+                )
+                for key, value in server.settings.env().items():
+                    typer.echo(f"export {key}={value}")
+                typer.echo("Ctrl+C stops it.")
                 code = server.wait()
-            except KeyboardInterrupt:
-                typer.echo("stopping the S3 server ...")
-                return
-        raise typer.Exit(code or 1)
+        except KeyboardInterrupt:
+            typer.echo("S3 server stopped.")
+            return
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        raise typer.Exit(code or 1)  # it exited by itself
 
     @data_app.command("lake-init")
     @friendly_errors
@@ -191,6 +195,10 @@ def register(
         from hndsr.lake import S3Settings, download_prefix
 
         typer.echo(f"{uri} -> {dest}: {download_prefix(S3Settings.from_env(), uri, dest)}")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _missing_extra(exc: ImportError) -> int:

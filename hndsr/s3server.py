@@ -69,6 +69,14 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies, so a killed caller leaves no server behind."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+
+
 def _port_open(port: int | None) -> bool:
     if port is None:
         return False
@@ -176,7 +184,12 @@ class EmbeddedS3:
             # Own process group: a Ctrl+C meant for the caller is not also delivered to the server,
             # which is then stopped in order by stop().
             self._proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             )
         try:
             self._wait_ready()
@@ -228,6 +241,10 @@ class EmbeddedS3:
             logger.warning("the embedded S3 server ignored SIGTERM for %.0f s; killing it", grace_s)
             proc.kill()
             proc.wait()
+        except KeyboardInterrupt:  # a second Ctrl+C: no more waiting
+            proc.kill()
+            proc.wait()
+            raise
 
     def wait(self) -> int:
         """Block until the server exits (the foreground ``hndsr data s3-server``)."""
