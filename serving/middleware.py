@@ -6,7 +6,8 @@ For ``POST /v1/models/{name}:predict`` and ``POST /v2/models/{name}/infer``, in 
 2. token bucket of the client (``X-Api-Key``, else the client address) -> 429 + Retry-After;
 3. ``Content-Length`` over the body limit -> 413 (nothing read);
 4. a processing slot, or a place in the wait queue; queue full -> 503 + Retry-After;
-5. the body, read with a hard cap (chunked uploads too) -> 413 past it;
+5. the body, read with a hard cap (chunked uploads too) -> 413 past it; on the transformer, a body
+   that is not JSON -> 400 with an example of a valid one;
 
 then KServe's handler. Every answer is counted in ``hndsr_requests_total{code}`` and every error in
 ``hndsr_errors_total{kind}`` (the kind from :mod:`serving.errors`, via ``scope["state"]``). A 503
@@ -26,7 +27,7 @@ from typing import Any
 import orjson
 
 from serving.admission import BreakerState, CircuitBreaker, ConcurrencyGate, RateLimiter
-from serving.errors import ERROR_KIND_KEY, CircuitOpen, PayloadTooLarge, ServingError
+from serving.errors import ERROR_KIND_KEY, BadRequest, CircuitOpen, PayloadTooLarge, ServingError
 from serving.metrics import ServingMetrics
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class AdmissionPolicy:
     breaker: CircuitBreaker | None = None
     limiter: RateLimiter | None = None
     gate: ConcurrencyGate | None = None
+    json_example: str | None = None  # set: a JSON body must parse, else 400 with this example
 
 
 def client_key(scope: Scope) -> str:
@@ -116,6 +118,8 @@ class AdmissionMiddleware:
             body = await _read_body(receive, p.max_body_bytes)
             if body is None:  # the client went away while waiting
                 return
+            if p.json_example is not None:
+                _check_json(body, p.json_example)
             await self.app(scope, _replay(body, receive), send)
 
     def _count(self, code: int, state: dict[str, Any]) -> None:
@@ -154,6 +158,13 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+def _check_json(body: bytes, example: str) -> None:
+    try:
+        orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the body is not valid JSON ({exc}); send {example}") from exc
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

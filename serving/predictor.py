@@ -96,6 +96,7 @@ def _warmup_tile() -> torch.Tensor:
 
 class HNDSRPredictor(Model):
     ready: bool
+
     def __init__(self, name: str, settings: PredictorSettings, metrics: ServingMetrics | None = None) -> None:
         super().__init__(name)
         self.settings = settings

@@ -110,6 +110,9 @@ def run_transformer(
         breaker=model.breaker,
         limiter=model.limiter,
         gate=model.gate,
+        json_example='{"instances": [{"image_b64": "<base64 PNG/JPEG/TIFF>", "scale": 4}]} (v1) or '
+        '{"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["<base64>"]}], '
+        '"parameters": {"scale": 4}} (v2)',
     )
     _install(app, model, model.status, policy)
     server.register_model(model)

@@ -203,6 +203,7 @@ def cycle_psnr(lr: torch.Tensor, sr: torch.Tensor) -> float:
 
 class HNDSRTransformer(Model):
     ready: bool
+
     def __init__(
         self, name: str, settings: TransformerSettings, metrics: ServingMetrics | None = None
     ) -> None:

@@ -91,7 +91,8 @@ def parse_params(raw: dict[str, Any], limits: Limits, where: str) -> SRParams:
     if not MIN_SCALE <= scale <= MAX_SCALE:
         raise Unprocessable(
             f"{where}: scale {scale:g} is outside [{MIN_SCALE:g}, {MAX_SCALE:g}]: "
-            "pass a scale between 2 and 4"
+            "pass a scale between 2 and 4",
+            kind="invalid_scale",
         )
     steps = raw.get("steps")
     if steps is not None:
@@ -99,23 +100,25 @@ def parse_params(raw: dict[str, Any], limits: Limits, where: str) -> SRParams:
         if not 0 <= steps <= limits.max_steps:
             raise Unprocessable(
                 f"{where}: steps {steps} is outside [0, {limits.max_steps}] (0 = deterministic path; more "
-                "steps belong to the asynchronous path)"
+                "steps belong to the asynchronous path)",
+                kind="invalid_steps",
             )
     seed = _integer(raw.get("seed", 0), "seed", where)
     if not 0 <= seed <= limits.max_seed:
-        raise Unprocessable(f"{where}: seed {seed} is outside [0, {limits.max_seed}]")
+        raise Unprocessable(f"{where}: seed {seed} is outside [0, {limits.max_seed}]", kind="invalid_seed")
     strength = raw.get("strength")
     if strength is not None:
         strength = _number(strength, "strength", where)
         if not 0.0 < strength <= 1.0:
-            raise Unprocessable(f"{where}: strength {strength:g} is outside (0, 1]")
+            raise Unprocessable(f"{where}: strength {strength:g} is outside (0, 1]", kind="invalid_strength")
     fmt = raw.get("output_format", "png")
     if not isinstance(fmt, str):
         raise BadRequest(f"{where}: 'output_format' must be a string: one of {', '.join(OUTPUT_FORMATS)}")
     fmt = fmt.lower()
     if fmt not in OUTPUT_FORMATS:
         raise Unprocessable(
-            f"{where}: output_format {fmt!r} is not supported: use one of {', '.join(OUTPUT_FORMATS)}"
+            f"{where}: output_format {fmt!r} is not supported: use one of {', '.join(OUTPUT_FORMATS)}",
+            kind="invalid_output_format",
         )
     return SRParams(scale=scale, steps=steps, seed=seed, strength=strength, output_format=fmt)
 
@@ -137,13 +140,15 @@ def decode_b64(value: Any, where: str, limits: Limits) -> bytes:
     raw = value.encode("ascii", errors="replace")
     if not _B64_RE.match(raw):
         raise BadRequest(
-            f"{where}: the image is not valid base64 (use the standard alphabet A-Z a-z 0-9 + /)"
+            f"{where}: the image is not valid base64 (use the standard alphabet A-Z a-z 0-9 + /)",
+            kind="invalid_base64",
         )
     try:
         return base64.b64decode(raw.replace(b"\n", b"").replace(b"\r", b"").strip(), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise BadRequest(
-            f"{where}: the image is not valid base64 ({exc}); check padding and alphabet"
+            f"{where}: the image is not valid base64 ({exc}); check padding and alphabet",
+            kind="invalid_base64",
         ) from exc
 
 
@@ -224,30 +229,36 @@ def probe_image(data: bytes, where: str, limits: Limits) -> ImageHeader:
     else:
         raise Unprocessable(
             f"{where}: not a PNG, JPEG or TIFF image (unrecognised signature); "
-            "send a PNG, JPEG, TIFF or GeoTIFF"
+            "send a PNG, JPEG, TIFF or GeoTIFF",
+            kind="unsupported_format",
         )
     pixels = header.width * header.height
     if header.width < 1 or header.height < 1:
         raise Unprocessable(
-            f"{where}: the image header says {header.width}x{header.height} px; the file is corrupt"
+            f"{where}: the image header says {header.width}x{header.height} px; the file is corrupt",
+            kind="invalid_image",
         )
     if pixels > limits.max_input_pixels:
         raise PayloadTooLarge(
             f"{where}: the image is {header.width}x{header.height} = {pixels:,} px, "
             "over the synchronous limit of "
-            f"{limits.max_input_pixels:,} px: split it into smaller images or use the asynchronous path"
+            f"{limits.max_input_pixels:,} px: split it into smaller images or use the asynchronous path",
+            kind="image_too_large",
         )
     if min(header.width, header.height) < MIN_INPUT_SIDE:
         raise Unprocessable(
             f"{where}: the image is {header.width}x{header.height} px; "
-            f"each side needs at least {MIN_INPUT_SIDE} px"
+            f"each side needs at least {MIN_INPUT_SIDE} px",
+            kind="image_too_small",
         )
     return header
 
 
 def _probe_png(data: bytes, where: str) -> ImageHeader:
     if len(data) < 26 or data[12:16] != b"IHDR":
-        raise Unprocessable(f"{where}: truncated PNG (no IHDR header); re-export the image")
+        raise Unprocessable(
+            f"{where}: truncated PNG (no IHDR header); re-export the image", kind="invalid_image"
+        )
     width, height = struct.unpack(">II", data[16:24])
     bands = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}.get(data[25], 0)
     return ImageHeader("png", int(width), int(height), bands)
@@ -265,7 +276,8 @@ def _probe_pillow(data: bytes, where: str, kind: str) -> ImageHeader:
         im.close()
     except Exception as exc:  # Pillow raises many types for corrupt headers
         raise Unprocessable(
-            f"{where}: cannot read the JPEG header ({type(exc).__name__}: {exc}); re-export it"
+            f"{where}: cannot read the JPEG header ({type(exc).__name__}: {exc}); re-export it",
+            kind="invalid_image",
         ) from exc
     return ImageHeader(kind, int(width), int(height), bands)
 
@@ -284,5 +296,6 @@ def _probe_tiff(data: bytes, where: str) -> ImageHeader:
         raise
     except Exception as exc:  # GDAL raises RasterioIOError and friends
         raise Unprocessable(
-            f"{where}: cannot read the TIFF header ({type(exc).__name__}: {exc}); re-export it"
+            f"{where}: cannot read the TIFF header ({type(exc).__name__}: {exc}); re-export it",
+            kind="invalid_image",
         ) from exc

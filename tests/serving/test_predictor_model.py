@@ -1,0 +1,126 @@
+"""The predictor model in process: loading and readiness, equality with the core engine, the circuit
+breaker on real inference failures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from servingstack import tiny_model, write_checkpoint
+
+pytest.importorskip("kserve")
+
+from hndsr.checkpoint import CONFIG_FILE, save_checkpoint
+from hndsr.inference import Upscaler
+from hndsr.tiling import Stitcher
+from serving.admission import BreakerState
+from serving.codec import BatchLimits, DecodedBatch, RenderParams, TileBatch, decode_v1_request, encode_v1
+from serving.errors import CircuitOpen, InferenceFailed, NotReady
+from serving.metrics import ServingMetrics
+from serving.predictor import HNDSRPredictor, PredictorSettings
+from serving.tiles import Canvas, crop, plan
+
+
+def make(ckpt: Path, **kw: Any) -> HNDSRPredictor:
+    from prometheus_client import CollectorRegistry
+
+    settings = PredictorSettings(storage_uri=str(ckpt), device="cpu", **kw)
+    return HNDSRPredictor("hndsr", settings, ServingMetrics(CollectorRegistry()))
+
+
+def batch_for(
+    lr: torch.Tensor, scale: float, steps: int | None = 0, seed: int = 0
+) -> tuple[DecodedBatch, Canvas, int]:
+    canvas = Canvas.for_scale(lr.shape[1], lr.shape[2], scale, 4)
+    specs = plan(canvas, tile=128, overlap=32, halo=32, align=4)
+    tb = TileBatch(
+        canvas, specs, [crop(lr, s).numpy() for s in specs], RenderParams(scale=scale, steps=steps, seed=seed)
+    )
+    import orjson
+
+    body, _ = encode_v1(tb)
+    return decode_v1_request(orjson.loads(body), BatchLimits()), canvas, 128
+
+
+def run(p: HNDSRPredictor, batch: DecodedBatch) -> Any:
+    return asyncio.run(p.predict(("v1", batch)))
+
+
+def test_ready_after_load_and_equal_to_the_engine(tmp_path: Path) -> None:
+    p = make(write_checkpoint(tmp_path / "ckpt"))
+    assert p.load() and asyncio.run(p.healthy())
+    assert p.status()["status"] == "ready" and p.model_version.startswith("0.1.0+")
+    lr = torch.rand(3, 40, 44)
+    for steps in (0, 2):
+        batch, canvas, tile = batch_for(lr, 4.0, steps=steps, seed=5)
+        _, _, sr, _ = run(p, batch)
+        stitcher = Stitcher(3, canvas.canvas_h, canvas.canvas_w, overlap=32, halo=32)
+        for spec, values in zip(batch.specs, sr, strict=True):
+            stitcher.add(spec.tile, torch.from_numpy(values))
+        served = stitcher.result()[:, : canvas.out_h, : canvas.out_w].clamp(0, 1)
+        engine = Upscaler(tiny_model(), tile=tile, overlap=32, halo=32, batch_size=len(batch.specs))
+        whole = engine.upscale(lr, scale=4.0, steps=steps, seed=5)  # same bicubic, noise, model, stitching
+        assert torch.equal(served, whole), float((served - whole).abs().max())
+
+
+def test_tampered_checkpoint_is_never_ready(tmp_path: Path) -> None:
+    ckpt = write_checkpoint(tmp_path / "ckpt")
+    with open(ckpt / "model.safetensors", "r+b") as f:
+        f.seek(-8, 2)
+        f.write(b"\x00\x01\x02\x03\x04\x05\x06\x07")
+    p = make(ckpt)
+    assert not p.load() and not asyncio.run(p.healthy())
+    status = p.status()
+    assert status["status"] == "failed" and "sha256 mismatch" in status["reason"]
+    batch, _, _ = batch_for(torch.rand(3, 16, 16), 2.0)
+    with pytest.raises(NotReady, match="sha256 mismatch"):
+        run(p, batch)
+
+
+def test_broken_weights_fail_the_warmup(tmp_path: Path) -> None:
+    model = tiny_model()
+    with torch.no_grad():
+        model.autoencoder.decoder_tail.bias.fill_(float("nan"))
+    p = make(save_checkpoint(model, tmp_path / "nan", stages=["autoencoder"]))
+    assert not p.load()
+    assert "warm-up" in p.status()["reason"] and "non-finite" in p.status()["reason"]
+
+
+def test_pinned_hash_and_missing_checkpoint(tmp_path: Path) -> None:
+    ckpt = write_checkpoint(tmp_path / "ckpt")
+    p = make(ckpt, expected_sha256="0" * 64)
+    assert not p.load() and "pins" in p.status()["reason"]
+    missing = make(tmp_path / "nope")
+    assert not missing.load() and "does not exist" in missing.status()["reason"]
+    assert json.loads((ckpt / CONFIG_FILE).read_text())["sha256"]
+
+
+def test_breaker_opens_after_three_failures_and_recovers(tmp_path: Path) -> None:
+    p = make(write_checkpoint(tmp_path / "ckpt"), breaker_reset_s=0.2)
+    assert p.load()
+    assert p.model is not None
+    render = p.model.render
+    batch, _, _ = batch_for(torch.rand(3, 16, 16), 2.0)
+
+    def broken(*args: Any, **kwargs: Any) -> torch.Tensor:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    p.model.render = broken  # type: ignore[method-assign]
+    for _ in range(3):
+        with pytest.raises(InferenceFailed, match="illegal memory access"):
+            run(p, batch)
+    assert p.breaker.state is BreakerState.OPEN and not asyncio.run(p.healthy())
+    assert p.status()["status"] == "degraded"
+    with pytest.raises(CircuitOpen):
+        run(p, batch)  # at once, without touching the model
+    import time
+
+    time.sleep(0.25)
+    assert p.breaker.state is BreakerState.HALF_OPEN
+    p.model.render = render  # type: ignore[method-assign]
+    run(p, batch)
+    assert p.breaker.state is BreakerState.CLOSED and asyncio.run(p.healthy())

@@ -1,0 +1,254 @@
+"""Serving parts without servers: admission control, tile geometry, wire format, request validation,
+error mapping, output checks."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import struct
+
+import numpy as np
+import orjson
+import pytest
+import torch
+from servingstack import png_bytes
+
+from hndsr.errors import CheckpointError, ImageTooSmallError, OutputValidationError, ScaleError
+from hndsr.resample import resize
+from serving.admission import BreakerState, CircuitBreaker, ConcurrencyGate, RateLimiter
+from serving.errors import (
+    BadRequest,
+    CircuitOpen,
+    PayloadTooLarge,
+    QueueFull,
+    RateLimited,
+    ServingError,
+    Unprocessable,
+    from_exception,
+)
+from serving.tiles import Canvas, bicubic_tile, choose_tile, crop, plan
+from serving.validation import Limits, parse_v1, probe_image
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# ------------------------------------------------------------------------------------ admission
+
+
+def test_token_bucket_per_client_with_retry_after() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(rate=2.0, burst=3, clock=clock)
+    for _ in range(3):
+        limiter.acquire("a")
+    with pytest.raises(RateLimited) as info:
+        limiter.acquire("a")
+    assert info.value.status == 429 and info.value.headers()["Retry-After"] == "1"
+    limiter.acquire("b")  # another client has its own bucket
+    clock.now += 0.5  # one token back at 2/s
+    limiter.acquire("a")
+    with pytest.raises(RateLimited):
+        limiter.acquire("a")
+    RateLimiter(rate=0, burst=1).acquire("x")  # disabled
+
+
+def test_circuit_breaker_states() -> None:
+    clock = FakeClock()
+    b = CircuitBreaker(threshold=3, reset_s=30.0, clock=clock)
+    for _ in range(2):
+        b.allow()
+        b.failure("boom")
+    b.allow()
+    b.success()  # resets the count: failures must be consecutive
+    for _ in range(3):
+        b.allow()
+        b.failure("cuda error")
+    assert b.state is BreakerState.OPEN
+    with pytest.raises(CircuitOpen) as info:
+        b.allow()
+    assert info.value.status == 503 and int(info.value.headers()["Retry-After"]) == 30
+    assert "cuda error" in info.value.message
+    clock.now += 30.0
+    assert b.state is BreakerState.HALF_OPEN
+    b.allow()  # the one trial
+    with pytest.raises(CircuitOpen):
+        b.allow()  # no second trial while the first runs
+    b.failure("still broken")
+    assert b.state is BreakerState.OPEN  # OPEN again on a failed trial
+    clock.now += 30.0
+    b.allow()
+    b.success()
+    assert b.state is BreakerState.CLOSED
+    b.allow()
+
+
+def test_breaker_release_does_not_count() -> None:
+    b = CircuitBreaker(threshold=1, reset_s=1.0, clock=FakeClock())
+    b.allow()
+    b.release()
+    assert b.state is BreakerState.CLOSED
+
+
+def test_concurrency_gate_bounds_the_queue() -> None:
+    async def scenario() -> tuple[int, int]:
+        gate = ConcurrencyGate(limit=1, max_waiting=2)
+        release = asyncio.Event()
+        refused = 0
+
+        async def hold() -> None:
+            nonlocal refused
+            try:
+                async with gate.slot():
+                    await release.wait()
+            except QueueFull:
+                refused += 1
+
+        tasks = [asyncio.create_task(hold()) for _ in range(5)]
+        await asyncio.sleep(0.05)
+        waiting = gate.waiting
+        release.set()
+        await asyncio.gather(*tasks)
+        return refused, waiting
+
+    refused, waiting = asyncio.run(scenario())
+    assert (refused, waiting) == (2, 2)  # 1 running + 2 waiting, 2 refused
+
+
+# ------------------------------------------------------------------------------------ tiles
+
+
+@pytest.mark.parametrize(("h", "w", "scale"), [(64, 80, 4.0), (50, 37, 2.5), (160, 120, 4.0), (90, 70, 3.0)])
+def test_tile_bicubic_from_lr_crop_equals_the_whole_image_bicubic(h: int, w: int, scale: float) -> None:
+    lr = torch.rand(3, h, w)
+    canvas = Canvas.for_scale(h, w, scale, 4)
+    tile = choose_tile(canvas.canvas_h, canvas.canvas_w, max_tile=256, overlap=32, halo=32, align=4)
+    whole = resize(lr, (canvas.out_h, canvas.out_w))
+    for spec in plan(canvas, tile=tile, overlap=32, halo=32, align=4):
+        t = spec.tile
+        got = bicubic_tile(crop(lr, spec), spec, canvas)
+        ys = torch.arange(t.y0, t.y1).clamp(max=canvas.out_h - 1)
+        xs = torch.arange(t.x0, t.x1).clamp(max=canvas.out_w - 1)
+        assert torch.allclose(got, whole[:, ys][:, :, xs], atol=1e-6)
+        assert spec.rows * spec.cols * scale**2 < 2 * t.height * t.width  # the crop is the compact part
+
+
+def test_choose_tile_wastes_fewer_pixels() -> None:
+    assert choose_tile(1024, 1024, max_tile=512, overlap=32, halo=32, align=4) == 408  # 3 x 408 < 3 x 512
+    assert choose_tile(2048, 2048, max_tile=512, overlap=32, halo=32, align=4) == 488
+    assert choose_tile(512, 512, max_tile=512, overlap=32, halo=32, align=4) == 512
+    assert choose_tile(100, 100, max_tile=512, overlap=32, halo=32, align=4) == 512  # one tile
+
+
+# ------------------------------------------------------------------------------------ validation
+
+
+def test_v1_parsing_errors_say_what_to_change() -> None:
+    limits = Limits()
+    good = base64.b64encode(png_bytes(16, 16)).decode()
+    cases: list[tuple[object, type[ServingError], str]] = [
+        ([1, 2], BadRequest, "JSON object"),
+        ({"instances": []}, BadRequest, "non-empty"),
+        ({"instances": [{"scale": 4}]}, BadRequest, "image_b64"),
+        ({"instances": [{"image_b64": good, "scale": "4"}]}, BadRequest, "must be a number"),
+        ({"instances": [{"image_b64": good, "scale": 8}]}, Unprocessable, "between 2 and 4"),
+        ({"instances": [{"image_b64": good, "steps": 51}]}, Unprocessable, "steps"),
+        ({"instances": [{"image_b64": good, "seed": -1}]}, Unprocessable, "seed"),
+        ({"instances": [{"image_b64": good, "output_format": "bmp"}]}, Unprocessable, "png, geotiff"),
+        ({"instances": [{"image_b64": "%%%"}]}, BadRequest, "base64"),
+        ({"instances": [{"image_b64": good, "colour": 1}]}, BadRequest, "unknown keys"),
+        ({"instances": [{"image_b64": good}] * 5}, PayloadTooLarge, "split"),
+    ]
+    for payload, error, message in cases:
+        with pytest.raises(error, match=message):
+            parse_v1(payload, limits)
+    [inp] = parse_v1({"instances": [{"image_b64": good, "scale": 2.5, "steps": 3}]}, limits)
+    assert inp.params.scale == 2.5 and inp.params.steps == 3 and inp.params.output_format == "png"
+
+
+def test_probe_refuses_bombs_from_the_header_alone() -> None:
+    limits = Limits(max_input_pixels=1000 * 1000)
+    head = png_bytes(16, 16)
+    bomb = head[:16] + struct.pack(">II", 50_000, 50_000) + head[24:33]  # header only, no pixels
+    with pytest.raises(PayloadTooLarge, match="synchronous limit"):
+        probe_image(bomb, "x", limits)
+    with pytest.raises(Unprocessable, match="at least 8 px"):
+        probe_image(png_bytes(4, 40), "x", limits)
+    with pytest.raises(Unprocessable, match="not a PNG, JPEG or TIFF"):
+        probe_image(b"GIF89a....", "x", limits)
+    header = probe_image(head, "x", limits)
+    assert (header.kind, header.width, header.height, header.bands) == ("png", 16, 16, 3)
+
+
+def test_error_mapping_is_one_table() -> None:
+    assert from_exception(ScaleError("s")).status == 422
+    assert from_exception(ImageTooSmallError("s")).status == 422
+    assert from_exception(OutputValidationError("nan")).status == 500
+    not_ready = from_exception(CheckpointError("bad hash"))
+    assert not_ready.status == 503 and "Retry-After" in not_ready.headers()
+    assert from_exception(RuntimeError("bug")).status == 500
+    body = orjson.loads(orjson.dumps(BadRequest("fix it").body()))
+    assert body == {"error": "fix it", "kind": "bad_request", "status": 400}
+
+
+# ------------------------------------------------------------------------------------ output checks
+
+
+def test_output_checks_refuse_nan_range_and_degenerate() -> None:
+    pytest.importorskip("kserve")
+    from serving.predictor import check_output
+
+    up = torch.rand(2, 3, 32, 32)
+    assert torch.equal(check_output(up.clone(), up), up)
+    with pytest.raises(OutputValidationError, match="non-finite"):
+        check_output(torch.full_like(up, float("nan")), up)
+    with pytest.raises(OutputValidationError, match="outside"):
+        check_output(up * 10, up)
+    grey = up.clone()
+    grey[1] = 0.5  # the second tile came back flat
+    with pytest.raises(OutputValidationError, match="degenerate output: tile 1"):
+        check_output(grey, up)
+    flat = torch.full_like(up, 0.3)
+    assert torch.equal(check_output(flat, flat), flat)  # a flat input may give a flat output
+
+
+def test_wire_format_round_trip() -> None:
+    pytest.importorskip("kserve")
+    from kserve import InferRequest
+    from kserve.protocol.rest.v2_datamodels import InferenceRequest
+
+    from serving.codec import (
+        BatchLimits,
+        RenderParams,
+        TileBatch,
+        decode_v1_request,
+        decode_v2_request,
+        encode_v1,
+        encode_v2,
+    )
+
+    lr = torch.rand(3, 60, 70)
+    canvas = Canvas.for_scale(60, 70, 4.0, 4)
+    specs = plan(canvas, tile=128, overlap=32, halo=32, align=4)[:3]
+    batch = TileBatch(canvas, specs, [crop(lr, s).numpy() for s in specs], RenderParams(scale=4.0, seed=3))
+    expected = torch.stack([bicubic_tile(crop(lr, s), s, canvas) for s in specs])
+    for encoding in ("b64", "fp32_json", "up_json"):
+        body, _ = encode_v2(batch, encoding)
+        request = InferRequest.from_inference_request(InferenceRequest.model_validate_json(body), "hndsr")
+        decoded = decode_v2_request(request, BatchLimits())
+        assert torch.allclose(decoded.up, expected, atol=1e-6), encoding
+        assert decoded.params == RenderParams(scale=4.0, seed=3) and decoded.binary_output == (
+            encoding == "b64"
+        )
+    body, _ = encode_v1(batch)
+    decoded = decode_v1_request(orjson.loads(body), BatchLimits())
+    assert torch.allclose(decoded.up, expected, atol=1e-6)
+    bad = orjson.loads(body)
+    bad["instances"][0]["geometry"][4] = 59  # the crop no longer covers the tile
+    with pytest.raises(BadRequest):
+        decode_v1_request(bad, BatchLimits())
+    np.testing.assert_array_equal(decoded.up.numpy(), expected.numpy())

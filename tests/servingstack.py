@@ -1,0 +1,135 @@
+"""Helpers of the serving tests (tests/serving): a tiny checkpoint, small images, and real KServe
+servers started as subprocesses (``python -m hndsr.cli serve ...``) on 127.0.0.1 and free ports, stopped
+by the fixture that started them."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+from conftest import TINY_MODEL, synthetic_aerial
+from PIL import Image
+
+from hndsr.checkpoint import save_checkpoint
+from hndsr.models.hndsr_model import HNDSR
+
+ROOT = Path(__file__).resolve().parents[1]
+STARTUP_TIMEOUT_S = 120.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tiny_model() -> HNDSR:
+    """The tiny test architecture with a non-zero decoder tail, so the output is not plain bicubic."""
+    torch.manual_seed(1234)
+    model = HNDSR(**{k: dict(v) for k, v in TINY_MODEL.items()})
+    with torch.no_grad():
+        model.autoencoder.decoder_tail.weight.normal_(0.0, 0.02)
+    return model.eval()
+
+
+def write_checkpoint(directory: Path) -> Path:
+    return save_checkpoint(tiny_model(), directory, stages=["autoencoder", "operator", "diffusion"])
+
+
+def png_bytes(h: int, w: int, seed: int = 0, mode: str = "RGB") -> bytes:
+    img = Image.fromarray(synthetic_aerial((h, w), seed))
+    if mode != "RGB":
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+@dataclass
+class Server:
+    """A ``hndsr serve`` subprocess."""
+
+    args: list[str]
+    log: Path
+    port: int = field(default_factory=free_port)
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, ready_path: str = "/health", accept: tuple[int, ...] = (200,)) -> Server:
+        cmd = [sys.executable, "-m", "hndsr.cli", "serve", *self.args, "--http-port", str(self.port)]
+        env = os.environ | {"OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"} | self.env
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.args[0]} exited with {self.proc.returncode}: {self.log_tail()}")
+            try:
+                if httpx.get(self.url + ready_path, timeout=2.0).status_code in accept:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(f"{self.args[0]} not ready within {STARTUP_TIMEOUT_S} s: {self.log_tail()}")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: the process dies mid-request, as on an OOM kill or a node loss."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def log_tail(self, n: int = 3000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-n:]
+        except OSError:
+            return "(no log)"
+
+
+def predictor(tmp: Path, storage_uri: str | Path, *extra: str, env: dict[str, str] | None = None) -> Server:
+    args = ["predictor", "--storage-uri", str(storage_uri), "--device", "cpu", *extra]
+    return Server(args, tmp / "predictor.log", env=env or {})
+
+
+def transformer(tmp: Path, predictor_url: str, *extra: str, name: str = "transformer") -> Server:
+    host = predictor_url.removeprefix("http://")
+    args = ["transformer", "--predictor-host", host, *extra]
+    return Server(args, tmp / f"{name}.log")
+
+
+def lr_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """(3, h, w) float32 in [0, 1], as the transformer decodes the PNG of ``synthetic_aerial``."""
+    return np.moveaxis(synthetic_aerial((h, w), seed), -1, 0).astype(np.float32) / 255.0
