@@ -2,7 +2,7 @@
 
 For ``POST /v1/models/{name}:predict`` and ``POST /v2/models/{name}/infer``, in this order:
 
-1. circuit breaker OPEN -> 503 + Retry-After at once;
+1. model not ready (predictor: the load error) or circuit breaker OPEN -> 503 + Retry-After at once;
 2. token bucket of the client (``X-Api-Key``, else the client address) -> 429 + Retry-After;
 3. ``Content-Length`` over the body limit -> 413 (nothing read);
 4. a processing slot, or a place in the wait queue; queue full -> 503 + Retry-After;
@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from serving.admission import BreakerState, CircuitBreaker, ConcurrencyGate, RateLimiter
-from serving.errors import ERROR_KIND_KEY, BadRequest, CircuitOpen, PayloadTooLarge, ServingError
+from serving.errors import ERROR_KIND_KEY, BadRequest, CircuitOpen, NotReady, PayloadTooLarge, ServingError
 from serving.metrics import ServingMetrics
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class AdmissionPolicy:
     limiter: RateLimiter | None = None
     gate: ConcurrencyGate | None = None
     json_example: str | None = None  # set: a JSON body must parse, else 400 with this example
+    not_ready: Callable[[], str | None] | None = None  # a reason while the model cannot serve
 
 
 def client_key(scope: Scope) -> str:
@@ -107,6 +108,8 @@ class AdmissionMiddleware:
 
     async def _admit(self, scope: Scope, receive: Receive, send: Send) -> None:
         p = self.policy
+        if p.not_ready is not None and (reason := p.not_ready()):
+            raise NotReady(reason, retry_after=10.0)
         if p.breaker is not None and p.breaker.state is BreakerState.OPEN:
             raise CircuitOpen(p.breaker.open_message(), retry_after=max(1.0, p.breaker.retry_after()))
         if p.limiter is not None:

@@ -74,12 +74,15 @@ def run_predictor(
     async def status() -> dict[str, Any]:
         return model.status()
 
-    _install(
-        app,
-        model,
-        status,
-        AdmissionPolicy(max_body_bytes=512 * 2**20, metrics=metrics, breaker=model.breaker),
+    def not_ready() -> str | None:
+        if model.ready:
+            return None
+        return f"model {model_name} is not ready: {model.load_error or 'still loading'}"
+
+    policy = AdmissionPolicy(
+        max_body_bytes=512 * 2**20, metrics=metrics, breaker=model.breaker, not_ready=not_ready
     )
+    _install(app, model, status, policy)
     server = _server(http_port, grpc_port)
     server.register_model(model)  # registered even when not ready, so that /health can say why
     server.start([])

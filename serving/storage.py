@@ -56,8 +56,8 @@ def resolve_storage_uri(uri: str, *, cache_dir: str | Path | None = None) -> Pat
     return Path(uri)
 
 
-def s3_settings(env: Mapping[str, str] | None = None) -> tuple[str, str, str]:
-    """(endpoint URL, access key, secret key) from the environment."""
+def s3_settings(env: Mapping[str, str] | None = None) -> tuple[str, str, str, str | None]:
+    """(endpoint URL, access key, secret key, region) from the environment."""
     env = os.environ if env is None else env
     endpoint = env.get("HNDSR_S3_ENDPOINT") or env.get("AWS_ENDPOINT_URL") or ""
     access = env.get("HNDSR_S3_ACCESS_KEY") or env.get("AWS_ACCESS_KEY_ID") or ""
@@ -72,7 +72,8 @@ def s3_settings(env: Mapping[str, str] | None = None) -> tuple[str, str, str]:
             f"s3:// storage needs {', '.join(missing)}: set AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY (or HNDSR_S3_ENDPOINT, HNDSR_S3_ACCESS_KEY, HNDSR_S3_SECRET_KEY)"
         )
-    return endpoint, access, secret
+    region = env.get("HNDSR_S3_REGION") or env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or None
+    return endpoint, access, secret, region
 
 
 def download_s3(uri: str, cache: Path, env: Mapping[str, str] | None = None) -> Path:
@@ -80,14 +81,16 @@ def download_s3(uri: str, cache: Path, env: Mapping[str, str] | None = None) -> 
     bucket, prefix = parsed.netloc, parsed.path.strip("/")
     if not bucket:
         raise CheckpointError(f"s3 URI {uri!r} has no bucket: use s3://bucket/prefix")
-    endpoint, access, secret = s3_settings(env)
+    endpoint, access, secret, region = s3_settings(env)
     ep = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
     try:
         from minio import Minio
         from minio.error import MinioException
     except ImportError as exc:  # pragma: no cover - the serve extra installs it
         raise CheckpointError("s3:// storage needs the minio package: pip install minio") from exc
-    client = Minio(ep.netloc, access_key=access, secret_key=secret, secure=ep.scheme == "https")
+    client = Minio(
+        ep.netloc, access_key=access, secret_key=secret, secure=ep.scheme == "https", region=region
+    )
     target = cache / bucket / (prefix or "_root")
     target.mkdir(parents=True, exist_ok=True)
     listing_prefix = f"{prefix}/" if prefix else ""
