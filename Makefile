@@ -13,7 +13,7 @@ RUN_DIR ?= runs/quick
 export MLFLOW_DISABLE_TELEMETRY := true
 
 .PHONY: venv test lint run sample train-quick evaluate-quick sr-sample benchmark release-train clean \
-	data lake pipeline
+	data lake pipeline serve benchmark-serving
 
 $(VENV)/.installed-$(EXTRAS): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,17 @@ run: venv
 ## make benchmark: speed and memory of the release checkpoint on this machine
 benchmark: venv
 	$(PY) benchmarks/speed_memory.py
+
+## make serve: KServe predictor (:8081) + transformer (:8080) on this machine, on the MLflow champion
+## when MLFLOW_TRACKING_URI is set, else the release checkpoint (SERVE_MODEL=DIR|s3://...|models:/... to choose);
+## prints a ready-to-paste curl example
+SERVE_MODEL ?=
+serve: venv
+	$(HNDSR) serve local $(if $(SERVE_MODEL),--storage-uri $(SERVE_MODEL),)
+
+## make benchmark-serving: end-to-end latency, tiles/s, serving overhead and server memory (benchmarks/serving_latency.py)
+benchmark-serving: venv
+	$(PY) benchmarks/serving_latency.py
 
 ## make release-train: the recipe of the shipped checkpoint (params.yaml base values)
 release-train: venv

@@ -127,6 +127,26 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
         )
         run_transformer(model_name=model_name, http_port=http_port, grpc_port=grpc_port, settings=settings)
 
+    @serve_app.command("local")
+    @friendly_errors
+    def serve_local(
+        storage_uri: Annotated[
+            str | None,
+            typer.Option(help="Checkpoint (default: MLflow champion if MLFLOW_TRACKING_URI, else release)."),
+        ] = None,
+        port: Annotated[int, typer.Option(help="Transformer (public) port.")] = 8080,
+        predictor_port: Annotated[int, typer.Option(help="Predictor port.")] = 8081,
+        sample: Annotated[Path, typer.Option(help="Image used in the printed examples.")] = Path(
+            "outputs/serve_sample.png"
+        ),
+    ) -> None:
+        """Predictor + transformer on this machine, with a ready-to-paste curl example (make serve)."""
+        from serving.local import run_local
+
+        run_local(
+            storage_uri=storage_uri, transformer_port=port, predictor_port=predictor_port, sample=sample
+        )
+
     @client_app.command("sr")
     @friendly_errors
     def client_sr(
