@@ -197,7 +197,7 @@ def prepare(
     fingerprint = config.fingerprint()
     new_state: dict[str, Any] = {"version": PREPARE_VERSION, "config": fingerprint, "sources": {}}
 
-    sources, ignored = _scan(src, out, source_prefix)
+    sources, ignored = _scan(src, source_prefix)
     logger.info("prepare: %d candidate files in %s (%d sidecar files ignored)", len(sources), src, ignored)
     for s in sources:  # hashing first: duplicates are decided over the whole set, in path order
         cached = state.get("sources", {}).get(s.rel, {})
@@ -266,16 +266,13 @@ def prepare(
 # ---------------------------------------------------------------------------------------------- sources
 
 
-def _scan(src: Path, out: Path, source_prefix: str) -> tuple[list[_Source], int]:
+def _scan(src: Path, source_prefix: str) -> tuple[list[_Source], int]:
     sources: list[_Source] = []
     ignored = 0
-    out_resolved = out.resolve()
     for path in sorted(src.rglob("*")):
         rel_parts = path.relative_to(src).parts
         if any(part.startswith(".") for part in rel_parts) or not path.is_file():
             continue  # hidden files and folders: bookkeeping (sync state, temporary files)
-        if out_resolved in path.resolve().parents:
-            continue
         if path.suffix.lower() in SIDECAR_SUFFIXES or path.name.upper().startswith(("LICENCE", "LICENSE")):
             ignored += 1
             continue

@@ -234,6 +234,7 @@ class EmbeddedS3:
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return
+        started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=grace_s)
@@ -245,6 +246,7 @@ class EmbeddedS3:
             proc.kill()
             proc.wait()
             raise
+        logger.info("stopped the embedded S3 server in %.1f s", time.monotonic() - started)
 
     def wait(self) -> int:
         """Block until the server exits (the foreground ``hndsr data s3-server``)."""

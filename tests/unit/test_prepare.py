@@ -172,3 +172,9 @@ def test_cli_prepare_reports_counts_and_fails_in_one_line(tmp_path: Path, clean:
     missing = runner.invoke(app, ["prepare", "--src", str(tmp_path / "nope"), "--params", str(params)])
     assert missing.exit_code == 2 and "does not exist" in missing.output
     assert "Traceback" not in missing.output
+
+
+def test_output_inside_the_source_is_refused(clean: tuple[Path, Path]) -> None:
+    src, _ = clean
+    with pytest.raises(ConfigError, match="inside the source"):
+        prepare(src, src / "processed", _config())
