@@ -28,6 +28,7 @@ import orjson
 import torch
 from kserve import InferOutput, InferRequest, InferResponse, Model
 
+from hndsr.errors import InputError
 from hndsr.imageio import Raster, encode_image, read_image_bytes
 from hndsr.resample import resize
 from hndsr.tiling import Stitcher
@@ -320,7 +321,7 @@ class HNDSRTransformer(Model):
         )
 
     def _plan(self, inp: SRInput) -> tuple[Canvas, int, list[TileSpec]]:
-        header = probe_image(inp.data, f"instances[{inp.index}]", self.settings.limits)
+        header = probe_image(inp.data, inp.where or f"instances[{inp.index}]", self.settings.limits)
         canvas = Canvas.for_scale(header.height, header.width, inp.params.scale, self.settings.align)
         tile = self._tile(canvas)
         specs = plan(
@@ -333,16 +334,11 @@ class HNDSRTransformer(Model):
         return canvas, tile, specs
 
     def _decode(self, inp: SRInput) -> Raster:
-        raster = read_image_bytes(
-            inp.data, max_pixels=self.settings.limits.max_input_pixels, name=f"instances[{inp.index}]"
-        )
+        where = inp.where or f"instances[{inp.index}]"
+        raster = read_image_bytes(inp.data, max_pixels=self.settings.limits.max_input_pixels, name=where)
         rgb = raster.rgb()  # InputError (422) for fewer than 3 bands
         if not np.isfinite(rgb).all():
-            from hndsr.errors import InputError
-
-            raise InputError(
-                f"instances[{inp.index}] holds non-finite values (NaN or Inf): fix or mask them first"
-            )
+            raise InputError(f"{where} holds non-finite values (NaN or Inf): fix or mask them first")
         return raster
 
     # ------------------------------------------------------------------------------ predict

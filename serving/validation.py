@@ -57,6 +57,7 @@ class SRInput:
     data: bytes  # the encoded image
     params: SRParams
     index: int
+    where: str = ""  # how error messages name this image: instances[i] (v1) or inputs[0].data[0] (v2)
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ def parse_v1(payload: Any, limits: Limits) -> list[SRInput]:
         if "image_b64" not in inst:
             raise BadRequest(f"{where}: 'image_b64' is missing; send the image base64-encoded")
         params = parse_params(inst, limits, where)
-        inputs.append(SRInput(decode_b64(inst["image_b64"], where, limits), params, i))
+        inputs.append(SRInput(decode_b64(inst["image_b64"], where, limits), params, i, where))
     return inputs
 
 
@@ -210,7 +211,8 @@ def parse_v2(request: Any, limits: Limits) -> list[SRInput]:
             f"unknown parameters {sorted(unknown)}; allowed: scale, steps, seed, strength, output_format"
         )
     params = parse_params(raw_params, limits, "parameters")
-    return [SRInput(decode_b64(flat[0], "inputs[0].data[0]", limits), params, 0)]
+    where = "inputs[0].data[0]"
+    return [SRInput(decode_b64(flat[0], where, limits), params, 0, where)]
 
 
 # ------------------------------------------------------------------------------------ image header
