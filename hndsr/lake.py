@@ -82,8 +82,8 @@ class S3Settings:
             "HNDSR_LAKE_BUCKET": self.bucket,
         }
 
-    def client(self) -> Any:
-        """A ``minio.Minio`` client (the ``data`` extra)."""
+    def client(self, *, timeout_s: float | None = None) -> Any:
+        """A ``minio.Minio`` client (the ``data`` extra); ``timeout_s``: fail fast, no retries (probes)."""
         try:
             from minio import Minio
         except ImportError as exc:
@@ -91,12 +91,20 @@ class S3Settings:
         url = urlparse(self.endpoint)
         if url.scheme not in ("http", "https") or not url.netloc:
             raise ConfigError(f"AWS_ENDPOINT_URL must look like http://host:port, got {self.endpoint!r}")
+        http_client = None
+        if timeout_s is not None:
+            import urllib3
+
+            http_client = urllib3.PoolManager(
+                timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s), retries=False
+            )
         return Minio(
             url.netloc,
             access_key=self.access_key,
             secret_key=self.secret_key,
             secure=url.scheme == "https",
             region=self.region,
+            http_client=http_client,
         )
 
 
@@ -139,9 +147,11 @@ def _call(what: str, settings: S3Settings, fn: Any, *args: Any, **kwargs: Any) -
         ) from exc
 
 
-def ensure_buckets(settings: S3Settings, names: tuple[str, ...] | None = None) -> list[str]:
+def ensure_buckets(
+    settings: S3Settings, names: tuple[str, ...] | None = None, *, timeout_s: float | None = None
+) -> list[str]:
     """Create the lake, DVC and MLflow buckets where missing (DVC and MLflow never create them)."""
-    client = settings.client()
+    client = settings.client(timeout_s=timeout_s)
     created = []
     for name in names or (settings.bucket, DVC_BUCKET, MLFLOW_BUCKET):
         if not _call("bucket check", settings, client.bucket_exists, name):

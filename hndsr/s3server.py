@@ -44,6 +44,10 @@ _PORT_FLAGS = (
 _ADMIN_GRPC_OFFSET = 10000
 
 
+class _ExitedEarly(HNDSRError):
+    """The server process ended while starting."""
+
+
 def find_weed() -> Path:
     """The ``weed`` binary: beside this interpreter (the venv), else on PATH."""
     beside = Path(sys.executable).parent / "weed"
@@ -157,9 +161,28 @@ class EmbeddedS3:
         }
         config.write_text(json.dumps({"identities": [identity]}))
         config.chmod(0o600)
-        ports = free_ports(len(_PORT_FLAGS) + 1)
-        if self.port is None:
-            self.port = ports.pop()
+        fixed_port = self.port is not None
+        # Free ports are only free when chosen: if another process takes one before the server binds
+        # it, the server exits at once, and another set of ports is tried.
+        for attempt in range(1, 4):
+            ports = free_ports(len(_PORT_FLAGS) + 1)
+            if not fixed_port:
+                self.port = ports.pop()
+            self._spawn(weed, config, ports)
+            try:
+                self._wait_ready()
+                return self
+            except _ExitedEarly:
+                self.stop()
+                if fixed_port or attempt == 3:
+                    raise
+                logger.warning("the embedded S3 server exited at start (a port taken?); retrying")
+            except BaseException:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
+
+    def _spawn(self, weed: Path, config: Path, ports: list[int]) -> None:
         admin = free_port_pair()
         cmd = [
             str(weed),
@@ -191,12 +214,6 @@ class EmbeddedS3:
                 start_new_session=True,
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
     def _wait_ready(self) -> None:
         from hndsr.lake import ensure_buckets
@@ -206,14 +223,14 @@ class EmbeddedS3:
         while time.monotonic() < deadline:
             assert self._proc is not None
             if self._proc.poll() is not None:
-                raise HNDSRError(
+                raise _ExitedEarly(
                     f"the embedded S3 server exited with code {self._proc.returncode}: {self._log_tail()}"
                 )
             if not _port_open(self.port):
                 time.sleep(0.2)
                 continue
             try:
-                ensure_buckets(self.settings, self.buckets)  # the server's -bucket is best effort
+                ensure_buckets(self.settings, self.buckets, timeout_s=2.0)  # -bucket is best effort
                 return
             except HNDSRError as exc:
                 last = exc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from lakeserver import s3_server  # noqa: F401  (fixture)
 from typer.testing import CliRunner
 
 from hndsr.cli import app
-from hndsr.errors import ConfigError
+from hndsr.errors import ConfigError, HNDSRError
 from hndsr.lake import LakeError, S3Settings, download_prefix, ensure_buckets, upload_dir
 from hndsr.s3server import EmbeddedS3, free_ports
 
@@ -92,13 +93,17 @@ def test_prepare_from_s3_then_publish_processed(
     assert not any("/." in k for k in keys)  # local bookkeeping stays local
 
 
-def test_lake_errors_are_one_line(s3_server: EmbeddedS3, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+def test_lake_errors_are_one_line(
+    s3_server: EmbeddedS3,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     wrong = S3Settings(s3_server.endpoint, s3_server.access_key, "not-the-secret")
     with pytest.raises(LakeError, match="AWS_SECRET_ACCESS_KEY"):
-        download_prefix(wrong, "s3://hndsr/lake/raw", "/tmp/never-written")
+        download_prefix(wrong, "s3://hndsr/lake/raw", tmp_path / "never")
     for key, value in s3_server.settings.env().items():
         monkeypatch.setenv(key, value)
-    result = runner.invoke(app, ["data", "download", "s3://no-such-bucket/x", "/tmp/never-written"])
+    result = runner.invoke(app, ["data", "download", "s3://no-such-bucket/x", str(tmp_path / "never")])
     assert result.exit_code == 2 and "NoSuchBucket" in result.output and "Traceback" not in result.output
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     result = runner.invoke(app, ["data", "lake-init"])
@@ -136,3 +141,12 @@ def test_s3_server_command_serves_until_interrupted(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert not list(tmp_path.glob("lake/store/*.lock"))
+
+
+def test_a_taken_port_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(HNDSRError, match=f"port {port}.*not available"):
+            EmbeddedS3(tmp_path / "s3", port=port, startup_timeout_s=30).start()
