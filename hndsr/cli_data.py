@@ -7,6 +7,7 @@ inside the commands.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import signal
@@ -97,10 +98,10 @@ def register(
         set_: SetOpt = None,
     ) -> None:
         """Run the Great Expectations suites over the catalog; exit 1 naming each failed expectation."""
-        try:
-            from data_validation.runner import thresholds_from_params, validate_catalog
-        except ImportError as exc:
-            raise typer.Exit(_missing_extra(exc)) from None
+        for module in ("data_validation", "great_expectations", "pandas", "pyarrow"):
+            if importlib.util.find_spec(module) is None:
+                raise typer.Exit(_missing_extra(module))
+        from data_validation.runner import thresholds_from_params, validate_catalog
 
         p = load(params, profile, set_)
         catalog_path = catalog or Path(p.prepare.out) / "catalog.parquet"
@@ -201,8 +202,6 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _missing_extra(exc: ImportError) -> int:
-    typer.echo(
-        f"error: {exc.name or exc}: data validation needs the data extra: pip install 'hndsr[data]'", err=True
-    )
+def _missing_extra(module: str) -> int:
+    typer.echo(f"error: {module} is not installed: data validation needs pip install 'hndsr[data]'", err=True)
     return 2

@@ -36,7 +36,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_LAKE_BUCKET = "hndsr"
 DVC_BUCKET = "dvc"
 MLFLOW_BUCKET = "mlflow"
-SPLIT_PREFIXES = ("processed/train/", "processed/val/", "processed/test/")
 _SYNC_STATE = ".s3-sync.json"  # per downloaded folder: object key -> etag, so unchanged objects are skipped
 
 

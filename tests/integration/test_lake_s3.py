@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from hndsr.cli import app
 from hndsr.errors import ConfigError, HNDSRError
-from hndsr.lake import LakeError, S3Settings, download_prefix, ensure_buckets, upload_dir
+from hndsr.lake import LakeError, S3Settings, download_prefix, ensure_buckets, lake_uri, upload_dir
 from hndsr.s3server import EmbeddedS3, free_ports
 
 runner = CliRunner()
@@ -32,6 +32,7 @@ def test_buckets_exist_and_settings_come_from_the_environment(s3_server: Embedde
     settings = S3Settings.from_env(s3_server.settings.env())
     assert settings == s3_server.settings
     assert ensure_buckets(settings) == []  # the server created hndsr, dvc and mlflow
+    assert lake_uri(settings, "models", "0.1.0/") == "s3://hndsr/models/0.1.0"
     with pytest.raises(ConfigError, match="AWS_ENDPOINT_URL"):
         S3Settings.from_env({})
 
