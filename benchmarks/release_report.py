@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=Path("runs/release"))
     parser.add_argument("--data", type=Path, default=Path("../shared/data/rsscn7"))
     parser.add_argument("--split", default="test")
-    parser.add_argument("--scales", type=float, nargs="+", default=[2.0, 3.0, 4.0])
+    parser.add_argument("--scales", type=float, nargs="*", default=[2.0, 3.0, 4.0])
     parser.add_argument("--diffusion", action="append", default=[], help="STEPS:STRENGTH at x4, repeatable")
     parser.add_argument("--diffusion-scales", type=float, nargs="+", default=[4.0])
     parser.add_argument("--default-steps", type=int, default=0)
