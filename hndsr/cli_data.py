@@ -25,7 +25,8 @@ EXIT_VALIDATION_FAILED = 1
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 SetParser = Callable[[list[str] | None], dict[str, Any]]
 
-ParamsOpt = Annotated[Path, typer.Option(help="params.yaml")]
+DEFAULT_PARAMS = Path("params.yaml")
+ParamsOpt = Annotated[Path, typer.Option(help="params.yaml (default: ./params.yaml, else built-in defaults)")]
 ProfileOpt = Annotated[str | None, typer.Option(help="Profile of params.yaml (e.g. quick).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override, e.g. prepare.tile_size=128")]
 
@@ -41,8 +42,12 @@ def register(
     """Add ``prepare``, ``validate-data`` and ``data s3-server|lake-init|upload|download`` to the CLI."""
 
     def load(params: Path, profile: str | None, set_: list[str] | None) -> Any:
-        from hndsr.config import load_params
+        from hndsr.config import load_params, parse_params
 
+        if params == DEFAULT_PARAMS and not params.is_file() and profile is None:
+            # Outside a project checkout: the built-in defaults (as `hndsr evaluate` does).
+            logger.info("no %s here: using the default parameters", params)
+            return parse_params({}, overrides=parse_sets(set_))
         return load_params(params, profile=profile, overrides=parse_sets(set_))
 
     @app.command("prepare")
@@ -53,7 +58,7 @@ def register(
             typer.Option(help="Folder or s3://bucket/prefix of raw HR images (default: prepare.src)."),
         ] = None,
         out: Annotated[Path | None, typer.Option(help="Output folder (default: prepare.out).")] = None,
-        params: ParamsOpt = Path("params.yaml"),
+        params: ParamsOpt = DEFAULT_PARAMS,
         profile: ProfileOpt = None,
         set_: SetOpt = None,
         cache_dir: Annotated[
@@ -93,7 +98,7 @@ def register(
         docs: Annotated[
             Path | None, typer.Option(help="Also build Great Expectations HTML data docs in this folder.")
         ] = None,
-        params: ParamsOpt = Path("params.yaml"),
+        params: ParamsOpt = DEFAULT_PARAMS,
         profile: ProfileOpt = None,
         set_: SetOpt = None,
     ) -> None:
