@@ -8,7 +8,9 @@ Measures
   and diffusion (the model's default steps, or 10 when that is 0), with 1 and 4 concurrent clients,
   and tiles per second;
 - serving overhead = end-to-end time - in-process engine time for the same image and tile plan
-  (``upscale_raster`` with the same tile size and batch), deterministic path, 1 client;
+  (``upscale_raster`` with the same tile size and batch), deterministic path, 1 client, the
+  transformer sending one batch at a time like the engine, the two runs interleaved so that both
+  see the same machine;
 - peak resident memory (VmHWM) of each server process.
 
 Usage:
@@ -246,21 +248,43 @@ def bench_e2e(url: str, size: int, steps: int, clients: int, repeats: int, warmu
     return row
 
 
-def engine_seconds(checkpoint: str, size: int, tile: int, repeats: int) -> float:
+def bench_overhead(url: str, checkpoint: str, size: int, repeats: int) -> dict[str, Any]:
+    """Deterministic path, 1 client: end-to-end through the service vs the in-process engine
+    (``upscale_raster``, same tile plan and batch) on the same image, interleaved."""
     from hndsr.checkpoint import load_checkpoint, load_release_checkpoint
     from hndsr.imageio import read_image_bytes
     from hndsr.inference import Upscaler, upscale_raster
 
+    data = aerial(size, seed=size)
+    image_b64 = base64.b64encode(data).decode()
     model = (load_release_checkpoint() if checkpoint == "release" else load_checkpoint(checkpoint))[0]
-    upscaler = Upscaler(model, tile=tile, overlap=32, halo=32, batch_size=4)
-    raster = read_image_bytes(aerial(size, seed=size))
-    upscale_raster(upscaler, raster, scale=4.0, steps=0)  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        upscale_raster(upscaler, raster, scale=4.0, steps=0)
-        best = min(best, time.perf_counter() - t0)
-    return best
+    e2e, engine, metas = [], [], []
+    with httpx.Client(timeout=3600) as http:
+        _, meta = one_request(http, url, image_b64, 0, "overhead")  # warm-up, and the tile plan
+        upscaler = Upscaler(model, tile=meta["tile_size"], overlap=32, halo=32, batch_size=4)
+        raster = read_image_bytes(data)
+        upscale_raster(upscaler, raster, scale=4.0, steps=0)  # warm-up
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            upscale_raster(upscaler, raster, scale=4.0, steps=0)
+            engine.append(time.perf_counter() - t0)
+            dt, meta = one_request(http, url, image_b64, 0, "overhead")
+            e2e.append(dt / 1000)
+            metas.append(meta)
+    e2e_s, engine_s = statistics.median(e2e), statistics.median(engine)
+    stages = {
+        k: round(statistics.median(m["timings_ms"][k] for m in metas), 1) for k in metas[0]["timings_ms"]
+    }
+    row = {
+        "input": f"{size}x{size}",
+        "end_to_end_median_s": round(e2e_s, 2),
+        "engine_median_s": round(engine_s, 2),
+        "overhead_s": round(e2e_s - engine_s, 2),
+        "overhead_pct_of_end_to_end": round(100 * (e2e_s - engine_s) / e2e_s, 1),
+        "transformer_stages_ms": stages,
+    }
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def main() -> None:
@@ -279,6 +303,8 @@ def main() -> None:
     )
     parser.add_argument("--hop-repeats", type=int, default=3)
     parser.add_argument("--skip-hop", action="store_true")
+    parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--overhead-repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -352,20 +378,28 @@ def main() -> None:
         pred.stop()
 
     overhead = []
-    for row in results["end_to_end"]:
-        if row["steps"] == 0 and row["clients"] == 1:
-            engine = engine_seconds(ckpt, int(row["input"].split("x")[0]), row["tile_px"], 2)
-            e2e_s = row["p50_s"]
-            overhead.append(
-                {
-                    "input": row["input"],
-                    "end_to_end_p50_s": e2e_s,
-                    "engine_s": round(engine, 2),
-                    "overhead_s": round(e2e_s - engine, 2),
-                    "overhead_pct_of_end_to_end": round(100 * (e2e_s - engine) / e2e_s, 1),
-                }
-            )
-            print(json.dumps(overhead[-1]), flush=True)
+    if not args.skip_overhead:
+        # One batch in flight, like the in-process engine; engine and service runs interleaved so that
+        # both see the same machine (other load included).
+        pred = Proc(["predictor", "--storage-uri", ckpt], tmp / "predictor-overhead.log")
+        trans = Proc(
+            [
+                "transformer",
+                "--predictor-host",
+                f"127.0.0.1:{pred.port}",
+                "--rate-limit-rps",
+                "0",
+                "--inflight-batches",
+                "1",
+            ],
+            tmp / "transformer-overhead.log",
+        )
+        try:
+            for size in (int(s) for s in args.sizes.split(",")):
+                overhead.append(bench_overhead(trans.url, ckpt, size, args.overhead_repeats))
+        finally:
+            trans.stop()
+            pred.stop()
     results["serving_overhead"] = overhead
     results["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]
     text = json.dumps(results, indent=2)

@@ -84,6 +84,7 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
             int, typer.Option(help="Largest tile, output px (shrunk per image to waste less).")
         ] = 512,
         batch_size: Annotated[int, typer.Option(help="Tiles per predictor request.")] = 4,
+        inflight_batches: Annotated[int, typer.Option(help="Predictor requests in flight per image.")] = 2,
         max_sync_tiles: Annotated[int, typer.Option(help="More tiles -> 413 (asynchronous path).")] = 64,
         max_body_mb: Annotated[float, typer.Option(help="Request body limit in MB.")] = 20.0,
         max_input_pixels: Annotated[int, typer.Option(help="Input pixel limit (decompression bombs).")] = 2048
@@ -118,6 +119,7 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
             max_sync_tiles=max_sync_tiles,
             tile=tile,
             batch_size=batch_size,
+            inflight_batches=inflight_batches,
             rate_limit_rps=rate_limit_rps,
             rate_limit_burst=rate_limit_burst,
             max_concurrency=max_concurrency,
