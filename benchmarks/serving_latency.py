@@ -345,13 +345,10 @@ def main() -> None:
         results["device"] = health["device"]
         results["model_version"] = health["model_version"]
         if args.steps is None:
-            from hndsr.checkpoint import read_checkpoint_config
+            from hndsr.checkpoint import read_checkpoint_config, release_checkpoint_dir
 
-            default = (
-                0
-                if ckpt == "release"
-                else int(read_checkpoint_config(ckpt)["model_config"]["sampling"]["steps"])
-            )
+            config = read_checkpoint_config(release_checkpoint_dir() if ckpt == "release" else ckpt)
+            default = int(config["model_config"]["sampling"]["steps"])
             steps_list = [0, default or 10]
         else:
             steps_list = [int(s) for s in args.steps.split(",")]
