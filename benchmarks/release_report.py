@@ -118,7 +118,11 @@ def main() -> None:
             "make release-train   # = hndsr train --stage all --out runs/release (params.yaml base values)\n"
             "python benchmarks/release_report.py --run runs/release --data ../shared/data/rsscn7 "
             + " ".join(f"--diffusion {d}" for d in args.diffusion)
-            + f" --default-steps {args.default_steps} --default-strength {args.default_strength:g} --install"
+            + f" --default-steps {args.default_steps} --default-strength {args.default_strength:g} \\\n"
+            + "    --diffusion-scales "
+            + " ".join(f"{s:g}" for s in args.diffusion_scales)
+            + (f" --notes {args.notes}" if args.notes else "")
+            + " --install"
         ),
         notes=notes,
     )

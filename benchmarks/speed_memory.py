@@ -49,27 +49,38 @@ def measured_peaks() -> dict[str, float]:
     return {"matmul_fp32_gflops": matmul, "conv3x3_fp32_gflops": conv_gflops}
 
 
-def macs_per_output_mp(model, steps: int) -> float:
+def macs_per_output_mp(model, steps: int, strength: float = 1.0) -> float:
     up = torch.rand(1, 3, 512, 512)
     scale = torch.tensor([4.0])
     noise = torch.randn(1, model.latent_channels, 128, 128)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
-        model.render(up, scale, steps=steps, initial_noise=noise if steps else None)
+        model.render(up, scale, steps=steps, strength=strength, initial_noise=noise if steps else None)
     return counter.get_total_flops() / 2 / (512 * 512 / 1e6)
 
 
-def peak_memory_child(checkpoint: str | None, threads: int) -> None:
+def peak_memory_child(checkpoint: str | None, threads: int, steps: int) -> None:
     torch.set_num_threads(threads)
     from hndsr.inference import Upscaler
 
     model = _load(checkpoint)
     lr = torch.rand(3, 512, 512)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    out = Upscaler(model).upscale(lr, scale=4.0)
+    upscaler = Upscaler(model)
+    upscaler.upscale(lr[:, :64, :64], scale=4.0, steps=steps)  # warm-up: first-call kernel selection
+    started = time.perf_counter()
+    out = upscaler.upscale(lr, scale=4.0, steps=steps)
+    seconds = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(
-        json.dumps({"peak_rss_mib": after / 1024, "rss_before_mib": before / 1024, "shape": list(out.shape)})
+        json.dumps(
+            {
+                "peak_rss_mib": after / 1024,
+                "rss_before_mib": before / 1024,
+                "shape": list(out.shape),
+                "seconds_per_output_mp": seconds / (out.shape[1] * out.shape[2] / 1e6),
+            }
+        )
     )
 
 
@@ -80,25 +91,32 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--diffusion-steps", type=int, default=None, help="default: the model's, or 10 if 0")
+    parser.add_argument("--strength", type=float, default=None, help="default: the model's")
+    parser.add_argument("--steps", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
-        peak_memory_child(args.checkpoint, args.threads)
+        peak_memory_child(args.checkpoint, args.threads, args.steps)
         return
     torch.set_num_threads(args.threads)
     from hndsr.inference import Upscaler
 
     model = _load(args.checkpoint)
     diffusion_steps = args.diffusion_steps or model.default_steps or 10
+    strength = args.strength if args.strength is not None else model.default_strength
     upscaler = Upscaler(model)
     results: dict[str, object] = {"threads": args.threads, "torch": torch.__version__}
     lr = torch.rand(3, 256, 256)  # -> 1024 x 1024 = 1.05 MP at x4
     mp = 1024 * 1024 / 1e6
-    det = _time(lambda: upscaler.upscale(lr, scale=4.0), 3) / mp
-    diff = _time(lambda: upscaler.upscale(lr, scale=4.0, steps=diffusion_steps, seed=0), 1) / mp
-    results["seconds_per_output_mp"] = {"deterministic": det, f"diffusion_{diffusion_steps}_steps": diff}
+    det = _time(lambda: upscaler.upscale(lr, scale=4.0, steps=0), 3) / mp
+    diff = (
+        _time(lambda: upscaler.upscale(lr, scale=4.0, steps=diffusion_steps, strength=strength, seed=0), 2)
+        / mp
+    )
+    label = f"diffusion_{diffusion_steps}_steps_strength_{strength:g}"
+    results["seconds_per_output_mp"] = {"deterministic": det, label: diff}
     macs_det = macs_per_output_mp(model, 0)
-    macs_diff = macs_per_output_mp(model, diffusion_steps)
+    macs_diff = macs_per_output_mp(model, diffusion_steps, strength)
     peaks = measured_peaks()
     results["gmacs_per_output_mp"] = {"deterministic": macs_det / 1e9, "diffusion": macs_diff / 1e9}
     results["achieved_gflops"] = {
@@ -108,17 +126,26 @@ def main() -> None:
     results["measured_peak_gflops"] = peaks
     torch.manual_seed(0)
     lr2 = torch.rand(3, 200, 300)
-    whole = upscaler.upscale(lr2, scale=4.0, tile=0)
-    tiled = upscaler.upscale(lr2, scale=4.0)
+    whole = upscaler.upscale(lr2, scale=4.0, tile=0, steps=0)
+    tiled = upscaler.upscale(lr2, scale=4.0, steps=0)
     results["max_abs_tiled_minus_whole"] = float((whole - tiled).abs().max())
-    child = subprocess.run(
-        [sys.executable, __file__, "--memory-child", "--threads", str(args.threads)]
-        + (["--checkpoint", args.checkpoint] if args.checkpoint else []),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    results["x4_512_to_2048"] = json.loads(child.stdout.strip().splitlines()[-1])
+    for name, steps in (("deterministic", 0), ("diffusion", diffusion_steps)):
+        child = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--memory-child",
+                "--threads",
+                str(args.threads),
+                "--steps",
+                str(steps),
+            ]
+            + (["--checkpoint", args.checkpoint] if args.checkpoint else []),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        results[f"x4_512_to_2048_{name}"] = json.loads(child.stdout.strip().splitlines()[-1])
     print(json.dumps(results, indent=2))
 
 

@@ -58,6 +58,7 @@ def save_checkpoint(
     with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as tmp:
         tmp_weights = Path(tmp.name)
     save_file(state, str(tmp_weights), metadata={"format": FORMAT})
+    tmp_weights.chmod(0o644)  # NamedTemporaryFile creates 0600; a checkpoint is meant to be shared
     digest = sha256_file(tmp_weights)
     config = {
         "format": FORMAT,

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 MIN_INPUT_SIDE = 8
 MAX_STEPS = 1000
-DEFAULT_TILE = 512  # output pixels
+DEFAULT_TILE = 1024  # output pixels: halo + overlap cost (1024 / 928)^2 = 1.2x on large images
 DEFAULT_OVERLAP = 32  # output pixels blended between neighbouring tiles
 DEFAULT_HALO = 32  # output pixels of context on interior tile sides (>= the effective receptive field)
 
@@ -63,7 +63,7 @@ class Upscaler:
         model: HNDSR,
         *,
         device: str | torch.device | None = None,
-        batch_size: int = 4,
+        batch_size: int | None = None,
         tile: int = DEFAULT_TILE,
         overlap: int = DEFAULT_OVERLAP,
         halo: int = DEFAULT_HALO,
@@ -71,7 +71,10 @@ class Upscaler:
     ) -> None:
         self.device = pick_device(str(device) if device is not None else None)
         self.model = model.to(self.device).eval()
-        self.batch_size = max(1, batch_size)
+        # On CPU one large tile at a time is ~2x faster than a batch of four (measured: the batch's
+        # activations fall out of cache); GPUs want batches.
+        default_batch = 4 if self.device.type == "cuda" else 1
+        self.batch_size = max(1, batch_size if batch_size is not None else default_batch)
         self.tile = tile
         self.overlap = overlap
         self.halo = halo

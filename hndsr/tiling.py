@@ -39,6 +39,17 @@ def round_up(value: int, multiple: int) -> int:
     return int(math.ceil(value / multiple) * multiple)
 
 
+def _axis_plan(length: int, tile: int, halo: int, overlap: int, align: int) -> tuple[int, int]:
+    """(tile size, stride) for one axis: the fewest tiles of at most ``tile`` px, shrunk evenly so
+    that they end exactly at the border (rather than a last tile mostly overlapping its neighbour)."""
+    if length <= tile:
+        return length, length
+    margin = 2 * halo + overlap
+    count = math.ceil((length - margin) / (tile - margin))
+    size = min(tile, round_up(math.ceil((length - margin) / count) + margin, align))
+    return size, size - margin
+
+
 def _starts(length: int, tile: int, stride: int) -> list[int]:
     if length <= tile:
         return [0]
@@ -63,14 +74,16 @@ def plan_tiles(
     if tile == 0:
         return [Tile(0, 0, height, width)]
     tile, overlap, halo = round_up(tile, align), round_up(overlap, align), round_up(halo, align)
-    stride = tile - 2 * halo - overlap
-    if stride < align:
+    if tile - 2 * halo - overlap < align:
         raise ValueError(
             f"tile ({tile}) must exceed 2 x halo ({halo}) + overlap ({overlap}): use a bigger tile"
         )
-    th, tw = min(tile, height), min(tile, width)
+    th, stride_y = _axis_plan(height, tile, halo, overlap, align)
+    tw, stride_x = _axis_plan(width, tile, halo, overlap, align)
     return [
-        Tile(y, x, y + th, x + tw) for y in _starts(height, th, stride) for x in _starts(width, tw, stride)
+        Tile(y, x, y + th, x + tw)
+        for y in _starts(height, th, stride_y)
+        for x in _starts(width, tw, stride_x)
     ]
 
 

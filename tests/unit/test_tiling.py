@@ -1,3 +1,5 @@
+from itertools import pairwise
+
 import pytest
 import torch
 
@@ -28,7 +30,16 @@ def test_tile_zero_means_whole_image() -> None:
 def test_useful_parts_overlap_by_the_overlap() -> None:
     tiles = plan_tiles(64, 400, tile=128, overlap=16, halo=24)
     xs = sorted({t.x0 for t in tiles})
-    assert xs[1] - xs[0] == 128 - 2 * 24 - 16
+    width = tiles[0].width
+    assert width <= 128 and xs[-1] + width == 400  # shrunk evenly to end at the border
+    assert all(b - a == width - 2 * 24 - 16 for a, b in pairwise(xs[:-1]))
+    assert xs[-1] - xs[-2] <= width - 2 * 24 - 16
+
+
+def test_tiles_are_spread_evenly_to_limit_recomputation() -> None:
+    tiles = plan_tiles(2048, 2048, tile=1024, overlap=32, halo=32)
+    computed = sum(t.height * t.width for t in tiles)
+    assert computed / (2048 * 2048) < 1.25
 
 
 def test_halo_gets_zero_weight_inside_and_full_weight_at_borders() -> None:
