@@ -98,7 +98,7 @@ def sr(
     ] = None,
     strength: Annotated[float | None, typer.Option(help="Diffusion strength in (0, 1].")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the diffusion noise.")] = 0,
-    tile: Annotated[int, typer.Option(help="Tile size in output pixels; 0 = whole image, no tiling.")] = 512,
+    tile: Annotated[int, typer.Option(help="Tile size in output pixels; 0 = whole image, no tiling.")] = 1024,
     overlap: Annotated[int, typer.Option(help="Blend width between tiles, in output pixels.")] = 32,
     halo: Annotated[int, typer.Option(help="Context margin of interior tile sides, in output pixels.")] = 32,
     device: Annotated[
@@ -170,7 +170,7 @@ def evaluate(
         "params.yaml"
     ),
     lpips: Annotated[bool, typer.Option(help="Compute LPIPS (fetches its weights once).")] = True,
-    tile: Annotated[int, typer.Option(help="Tile size in output pixels; 0 = whole image.")] = 512,
+    tile: Annotated[int, typer.Option(help="Tile size in output pixels; 0 = whole image.")] = 1024,
     device: Annotated[str | None, typer.Option(help="cpu, cuda ...")] = None,
 ) -> None:
     """Degrade each HR image, super-resolve it and score it beside bicubic."""
