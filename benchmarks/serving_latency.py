@@ -146,7 +146,7 @@ def bench_hop(url: str, repeats: int) -> list[dict[str, Any]]:
 
     lr = torch.rand(3, 512, 512)
     canvas = Canvas.for_scale(512, 512, 4.0, 4)
-    tile = choose_tile(canvas.canvas_h, canvas.canvas_w, max_tile=512, overlap=32, halo=32, align=4)
+    tile = choose_tile(canvas.canvas_h, canvas.canvas_w, max_tile=1024, overlap=32, halo=32, align=4)
     specs = plan(canvas, tile=tile, overlap=32, halo=32, align=4)[:4]
     batch = TileBatch(canvas, specs, [crop(lr, s).numpy() for s in specs], RenderParams(scale=4.0, steps=0))
     rows = []
@@ -248,7 +248,7 @@ def bench_e2e(url: str, size: int, steps: int, clients: int, repeats: int, warmu
     return row
 
 
-def bench_overhead(url: str, checkpoint: str, size: int, repeats: int) -> dict[str, Any]:
+def bench_overhead(url: str, checkpoint: str, size: int, repeats: int, compute_batch: int) -> dict[str, Any]:
     """Deterministic path, 1 client: end-to-end through the service vs the in-process engine
     (``upscale_raster``, same tile plan and batch) on the same image, interleaved."""
     from hndsr.checkpoint import load_checkpoint, load_release_checkpoint
@@ -261,7 +261,7 @@ def bench_overhead(url: str, checkpoint: str, size: int, repeats: int) -> dict[s
     e2e, engine, metas = [], [], []
     with httpx.Client(timeout=3600) as http:
         _, meta = one_request(http, url, image_b64, 0, "overhead")  # warm-up, and the tile plan
-        upscaler = Upscaler(model, tile=meta["tile_size"], overlap=32, halo=32, batch_size=4)
+        upscaler = Upscaler(model, tile=meta["tile_size"], overlap=32, halo=32, batch_size=compute_batch)
         raster = read_image_bytes(data)
         upscale_raster(upscaler, raster, scale=4.0, steps=0)  # warm-up
         for _ in range(repeats):
@@ -393,7 +393,8 @@ def main() -> None:
         )
         try:
             for size in (int(s) for s in args.sizes.split(",")):
-                overhead.append(bench_overhead(trans.url, ckpt, size, args.overhead_repeats))
+                compute_batch = int(httpx.get(pred.url + "/health").json()["compute_batch"])
+                overhead.append(bench_overhead(trans.url, ckpt, size, args.overhead_repeats, compute_batch))
         finally:
             trans.stop()
             pred.stop()

@@ -42,6 +42,9 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
         ] = None,
         max_concurrency: Annotated[int, typer.Option(help="Concurrent inferences.")] = 4,
         max_queue: Annotated[int, typer.Option(help="Inferences waiting; more -> 503.")] = 20,
+        compute_batch: Annotated[
+            int | None, typer.Option(help="Tiles per model call (default: 4 on CUDA, 1 on CPU).")
+        ] = None,
         breaker_threshold: Annotated[
             int, typer.Option(help="Consecutive failures that open the breaker.")
         ] = 3,
@@ -62,6 +65,7 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
             half=fp16,
             max_concurrency=max_concurrency,
             max_queue=max_queue,
+            compute_batch=compute_batch,
             breaker_threshold=breaker_threshold,
             breaker_reset_s=breaker_reset_s,
             expected_sha256=expected_sha256,
@@ -82,7 +86,7 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
         ] = "b64",
         tile: Annotated[
             int, typer.Option(help="Largest tile, output px (shrunk per image to waste less).")
-        ] = 512,
+        ] = 1024,
         batch_size: Annotated[int, typer.Option(help="Tiles per predictor request.")] = 4,
         inflight_batches: Annotated[int, typer.Option(help="Predictor requests in flight per image.")] = 2,
         max_sync_tiles: Annotated[int, typer.Option(help="More tiles -> 413 (asynchronous path).")] = 64,

@@ -69,7 +69,7 @@ class TransformerSettings:
     timeout_s: float = 600.0
     limits: Limits = field(default_factory=Limits)
     max_sync_tiles: int = 64
-    tile: int = 512  # output px (upper bound when adaptive)
+    tile: int = 1024  # output px, upper bound (256 LR px at x4); shrunk per image by choose_tile
     adaptive_tile: bool = True
     overlap: int = 32
     halo: int = 32

@@ -62,7 +62,7 @@ def test_ready_after_load_and_equal_to_the_engine(tmp_path: Path) -> None:
         for spec, values in zip(batch.specs, sr, strict=True):
             stitcher.add(spec.tile, torch.from_numpy(values))
         served = stitcher.result()[:, : canvas.out_h, : canvas.out_w].clamp(0, 1)
-        engine = Upscaler(tiny_model(), tile=tile, overlap=32, halo=32, batch_size=len(batch.specs))
+        engine = Upscaler(tiny_model(), tile=tile, overlap=32, halo=32, batch_size=p.compute_batch)
         whole = engine.upscale(lr, scale=4.0, steps=steps, seed=5)  # same bicubic, noise, model, stitching
         assert torch.equal(served, whole), float((served - whole).abs().max())
 

@@ -45,7 +45,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Se
     ckpt = write_checkpoint(tmp / "ckpt")
     pred = predictor(tmp, ckpt).start()
     try:
-        trans = transformer(tmp, pred.url, "--rate-limit-rps", "1000", "--rate-limit-burst", "1000").start()
+        # Small tiles: small test images still span many tiles.
+        args = ("--rate-limit-rps", "1000", "--rate-limit-burst", "1000", "--tile", "256")
+        trans = transformer(tmp, pred.url, *args).start()
         try:
             yield pred, trans
         finally:
@@ -61,7 +63,7 @@ def http() -> Iterator[httpx.Client]:
 
 
 def expected_uint8(raster: Raster, tile: int, scale: float, steps: int = 0, seed: int = 0) -> np.ndarray:
-    engine = Upscaler(tiny_model(), tile=tile, overlap=32, halo=32, batch_size=4)
+    engine = Upscaler(tiny_model(), tile=tile, overlap=32, halo=32, batch_size=1)  # the CPU predictor's
     out = upscale_raster(engine, raster, scale=scale, steps=steps, seed=seed)
     return np.rint(np.clip(out.data[:3], 0, 1) * 255).astype(np.uint8)
 
@@ -121,7 +123,7 @@ def test_v2_geotiff_keeps_georeferencing_bands_and_depth(
     a, _, c, _, e, f = out.profile.transform
     assert (a, e, c, f) == pytest.approx((4.0, -4.0, 300000.0, 5000000.0))
     source = read_image_bytes(buf.getvalue())
-    engine = Upscaler(tiny_model(), tile=params["tile_size"], overlap=32, halo=32, batch_size=4)
+    engine = Upscaler(tiny_model(), tile=params["tile_size"], overlap=32, halo=32, batch_size=1)
     want = upscale_raster(engine, source, scale=2.5, steps=2, seed=11).data  # diffusion path, same noise
     np.testing.assert_allclose(out.data, np.rint(np.clip(want, 0, 1) * 65535) / 65535, atol=1.5 / 65535)
 
@@ -157,7 +159,8 @@ def test_predictor_speaks_v1_and_v2_encodings_alike(stack: tuple[Server, Server]
     results.append(decode_v1_response(r.content).sr)
     for other in results[1:]:
         np.testing.assert_allclose(other, results[0], atol=1e-6)
-    assert results[0].shape == (4, 3, 128, 128)
+    t = specs[0].tile
+    assert results[0].shape == (4, 3, t.height, t.width)
 
 
 # ------------------------------------------------------------------------------------ bad inputs

@@ -142,6 +142,7 @@ def test_choose_tile_wastes_fewer_pixels() -> None:
     assert choose_tile(2048, 2048, max_tile=512, overlap=32, halo=32, align=4) == 488
     assert choose_tile(512, 512, max_tile=512, overlap=32, halo=32, align=4) == 512
     assert choose_tile(100, 100, max_tile=512, overlap=32, halo=32, align=4) == 512  # one tile
+    assert choose_tile(2048, 2048, max_tile=1024, overlap=32, halo=32, align=4) == 748  # 1.2x, not 2.25x
 
 
 # ------------------------------------------------------------------------------------ validation
