@@ -22,6 +22,7 @@ def metric(text: str, name: str) -> float:
     return float(line.split()[1])
 
 
+@pytest.mark.timeout(600)  # three server starts: slow on a busy 2-core machine
 def test_predictor_killed_then_restarted(tmp_path: Path) -> None:
     ckpt = write_checkpoint(tmp_path / "ckpt")
     pred = predictor(tmp_path, ckpt).start()
