@@ -62,7 +62,8 @@ def taps(in_size: int, out_size: int, *, antialias: bool = True) -> Taps:
     return Taps(torch.from_numpy(index), torch.from_numpy(weight.astype(np.float32)))
 
 
-def _apply_axis(x: torch.Tensor, t: Taps, dim: int, *, chunk: int = 1024) -> torch.Tensor:
+def apply_taps(x: torch.Tensor, t: Taps, dim: int, *, chunk: int = 1024) -> torch.Tensor:
+    """Resample ``x`` along ``dim`` with ``t`` (indices relative to ``x`` along that axis)."""
     # A dense band of weights per chunk of outputs turns the resampling into one matmul (fast on
     # every backend) while memory stays bounded by chunk x (input span of the chunk).
     x = x.movedim(dim, -1)
@@ -99,7 +100,7 @@ def resize(
         th = Taps(th.index[rows], th.weight[rows])
     if cols is not None:
         tw = Taps(tw.index[cols], tw.weight[cols])
-    return _apply_axis(_apply_axis(x, th, -2), tw, -1)
+    return apply_taps(apply_taps(x, th, -2), tw, -1)
 
 
 def check_scale(scale: float) -> float:

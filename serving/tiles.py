@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hndsr.resample import Taps, sr_size, taps
+from hndsr.resample import Taps, apply_taps, sr_size, taps
 from hndsr.tiling import Tile, plan_tiles, round_up
 
 GEOMETRY_FIELDS = ("y0", "x0", "y1", "x1", "r0", "c0", "rows", "cols")
@@ -148,24 +148,6 @@ def crop(lr: torch.Tensor, spec: TileSpec) -> torch.Tensor:
     return lr[:, spec.r0 : spec.r0 + spec.rows, spec.c0 : spec.c0 + spec.cols].contiguous()
 
 
-def _apply_axis(
-    x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, dim: int, chunk: int = 1024
-) -> torch.Tensor:
-    # The banded matmul of hndsr.resample (same chunking, same band), on crop-relative indices.
-    x = x.movedim(dim, -1)
-    index = index.to(x.device)
-    weight = weight.to(device=x.device, dtype=x.dtype)
-    parts = []
-    for start in range(0, index.shape[0], chunk):
-        idx, w = index[start : start + chunk], weight[start : start + chunk]
-        lo, hi = int(idx.min()), int(idx.max()) + 1
-        band = torch.zeros(idx.shape[0], hi - lo, device=x.device, dtype=x.dtype)
-        band.scatter_add_(1, idx - lo, w)
-        parts.append(x[..., lo:hi] @ band.T)
-    out = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
-    return out.movedim(-1, dim)
-
-
 def bicubic_tile(lr_crop: torch.Tensor, spec: TileSpec, canvas: Canvas) -> torch.Tensor:
     """The bicubic upsample of one tile ``(C, tile_h, tile_w)`` from its LR crop — equal to the same
     window of the whole-image bicubic (and to what :class:`hndsr.inference.Upscaler` feeds the model)."""
@@ -180,7 +162,7 @@ def bicubic_tile(lr_crop: torch.Tensor, spec: TileSpec, canvas: Canvas) -> torch
     if lr_crop.shape[-2] < spec.rows or lr_crop.shape[-1] < spec.cols:
         raise ValueError(f"LR crop is {tuple(lr_crop.shape)}, geometry says {spec.rows}x{spec.cols}")
     x = lr_crop[..., : spec.rows, : spec.cols]
-    return _apply_axis(_apply_axis(x, ri, th.weight, -2), ci, tw.weight, -1)
+    return apply_taps(apply_taps(x, Taps(ri, th.weight), -2), Taps(ci, tw.weight), -1)
 
 
 def noise_field(seed: int, channels: int, lh: int, lw: int) -> torch.Tensor:
