@@ -12,7 +12,7 @@ EXTRAS ?= dev,serve,data
 RUN_DIR ?= runs/quick
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: venv test lint run sample train-quick evaluate-quick sr-sample benchmark release-train clean \
+.PHONY: venv test lint run benchmark release-train clean \
 	data lake pipeline serve benchmark-serving
 
 $(VENV)/.installed-$(EXTRAS): pyproject.toml
