@@ -17,7 +17,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from hndsr import __version__
@@ -140,7 +139,3 @@ def load_release_checkpoint(map_location: str = "cpu") -> tuple[HNDSR, dict[str,
             "or pass --checkpoint DIR"
         )
     return load_checkpoint(directory, map_location=map_location)
-
-
-def state_dict_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}

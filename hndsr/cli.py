@@ -66,7 +66,7 @@ def main(
     )
 
 
-def _load_model(checkpoint: Path | None, device: str | None) -> tuple[Any, dict[str, Any]]:
+def _load_model(checkpoint: Path | None) -> tuple[Any, dict[str, Any]]:
     from hndsr.checkpoint import load_checkpoint, load_release_checkpoint
 
     if checkpoint is None:
@@ -112,7 +112,7 @@ def sr(
 
     check_scale(scale)
     raster = read_image(input)
-    model, _ = _load_model(checkpoint, device)
+    model, _ = _load_model(checkpoint)
     upscaler = Upscaler(model, device=device, tile=tile, overlap=overlap, halo=halo)
     result = upscale_raster(upscaler, raster, scale=scale, steps=steps, strength=strength, seed=seed)
     write_image(output, result)
@@ -187,7 +187,7 @@ def evaluate(
     )
     if limit:
         paths = paths[:limit]
-    model, cfg = _load_model(checkpoint, device)
+    model, cfg = _load_model(checkpoint)
     lpips_model = None
     if lpips:
         from hndsr.lpips import load_lpips

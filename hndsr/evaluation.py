@@ -117,9 +117,9 @@ def evaluate_images(
 
 @torch.no_grad()
 def tiling_discrepancy(
-    upscaler: Upscaler, lr: torch.Tensor, *, scale: float, tile: int, overlap: int
+    upscaler: Upscaler, lr: torch.Tensor, *, scale: float, tile: int | None = None, overlap: int | None = None
 ) -> float:
-    """Max |tiled - whole| on the deterministic path (values in [0, 1])."""
-    whole = upscaler.upscale(lr, scale=scale, tile=0)
-    tiled = upscaler.upscale(lr, scale=scale, tile=tile, overlap=overlap)
+    """Max |tiled - whole| on the deterministic path (values in [0, 1]); tiling defaults to the upscaler's."""
+    whole = upscaler.upscale(lr, scale=scale, steps=0, tile=0)
+    tiled = upscaler.upscale(lr, scale=scale, steps=0, tile=tile, overlap=overlap)
     return float((whole - tiled).abs().max())

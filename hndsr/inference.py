@@ -17,7 +17,7 @@ import torch
 from hndsr.errors import ImageTooSmallError, InputError, OutputValidationError
 from hndsr.imageio import Raster
 from hndsr.models.hndsr_model import HNDSR
-from hndsr.resample import check_scale, resize, sr_size, taps
+from hndsr.resample import check_scale, resize, sr_size
 from hndsr.tiling import Stitcher, Tile, plan_tiles, round_up
 
 logger = logging.getLogger(__name__)
@@ -132,16 +132,13 @@ class Upscaler:
         tiles = plan_tiles(canvas_h, canvas_w, tile=tile, overlap=overlap, halo=halo, align=factor)
 
         lr = lr.to(self.device, torch.float32)
-        rows_taps, cols_taps = taps(h, out_h), taps(w, out_w)
         noise = self._noise(canvas_h // factor, canvas_w // factor, steps, eta, seed)
         stitcher = Stitcher(3, canvas_h, canvas_w, overlap=overlap, halo=halo, device=str(self.device))
         scale_t = torch.full((1,), float(effective), device=self.device)
         model_seconds = 0.0
         for start in range(0, len(tiles), self.batch_size):
             batch = tiles[start : start + self.batch_size]
-            up = torch.stack(
-                [self._bicubic_tile(lr, t, rows_taps.index.shape[0], cols_taps.index.shape[0]) for t in batch]
-            )
+            up = torch.stack([self._bicubic_tile(lr, t, out_h, out_w) for t in batch])
             t0 = time.perf_counter()
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.half):
                 sr = self.model.render(

@@ -323,15 +323,7 @@ class HNDSRTransformer(Model):
             t0 = time.perf_counter()
             raster = await asyncio.to_thread(self._decode, inp)
             if (raster.height, raster.width) != (canvas.lr_h, canvas.lr_w):  # header and pixels disagree
-                canvas = Canvas.for_scale(raster.height, raster.width, inp.params.scale, self.settings.align)
-                tile = self._tile(canvas)
-                specs = plan(
-                    canvas,
-                    tile=tile,
-                    overlap=self.settings.overlap,
-                    halo=self.settings.halo,
-                    align=self.settings.align,
-                )
+                canvas, tile, specs = self._plan_size(raster.height, raster.width, inp.params.scale)
             job = Job(inp=inp, raster=raster, canvas=canvas, tile=tile, specs=specs)
             job.timings_ms["decode"] = (time.perf_counter() - t0) * 1000.0
             jobs.append(job)
@@ -347,7 +339,10 @@ class HNDSRTransformer(Model):
 
     def _plan(self, inp: SRInput) -> tuple[Canvas, int, list[TileSpec]]:
         header = probe_image(inp.data, inp.where or f"instances[{inp.index}]", self.settings.limits)
-        canvas = Canvas.for_scale(header.height, header.width, inp.params.scale, self.settings.align)
+        return self._plan_size(header.height, header.width, inp.params.scale)
+
+    def _plan_size(self, lr_h: int, lr_w: int, scale: float) -> tuple[Canvas, int, list[TileSpec]]:
+        canvas = Canvas.for_scale(lr_h, lr_w, scale, self.settings.align)
         tile = self._tile(canvas)
         specs = plan(
             canvas,
