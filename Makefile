@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 HNDSR := $(VENV)/bin/hndsr
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,serve,data
+EXTRAS ?= dev,serve,data,pipeline,monitor
 RUN_DIR ?= runs/quick
 export MLFLOW_DISABLE_TELEMETRY := true
 
