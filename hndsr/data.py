@@ -112,17 +112,25 @@ class PatchSampler:
     def set_state(self, state: torch.Tensor) -> None:
         self.generator.set_state(state)
 
-    def sample(self, batch_size: int) -> Batch:
+    def sample(self, batch_size: int, rows: slice | None = None) -> Batch:
+        """A batch of ``batch_size`` patches, or only its ``rows`` (one rank's shard of a global batch).
+
+        The generator advances exactly as for the whole batch, so ranks sharing a seed stay in step
+        and the union of their shards is the single-process batch.
+        """
         g = self.generator
         p = self.patch
         idx = torch.multinomial(self.weights, batch_size, replacement=True, generator=g)
+        keep = range(batch_size)[rows] if rows is not None else range(batch_size)
         crops = []
-        for i in idx.tolist():
+        for row, i in enumerate(idx.tolist()):
             img = self.images[i]
             y = int(torch.randint(0, img.shape[-2] - p + 1, (1,), generator=g))
             x = int(torch.randint(0, img.shape[-1] - p + 1, (1,), generator=g))
             crop = img[:, y : y + p, x : x + p]
             k = int(torch.randint(0, 8, (1,), generator=g))
+            if row not in keep:
+                continue
             if k & 4:
                 crop = crop.flip(-1)
             crops.append(torch.rot90(crop, k & 3, dims=(-2, -1)))

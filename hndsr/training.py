@@ -3,6 +3,10 @@
 Every stage is seeded and resumable (a state file per stage, written at each epoch end), reports
 per-epoch metrics through callbacks (the MLflow adapter plugs in there; the core never imports it)
 and ends by writing a verified checkpoint.
+
+The same code runs data-parallel under ``torchrun`` (see :mod:`hndsr.distributed`): each rank
+trains on its block of the global batch, DistributedDataParallel averages the gradients, and rank 0
+alone validates, logs, calls the callbacks and writes state files and checkpoints.
 """
 
 from __future__ import annotations
@@ -19,11 +23,20 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from hndsr.checkpoint import load_checkpoint, save_checkpoint
 from hndsr.config import Params, StageParams
 from hndsr.data import Batch, PatchSampler, images_in_split, validation_batches
+from hndsr.distributed import (
+    DistContext,
+    PeerFailureError,
+    Shard,
+    is_peer_failure,
+    process_group,
+    quiet_unless_main,
+)
 from hndsr.errors import CheckpointError, ConfigError
 from hndsr.metrics import psnr_y
 from hndsr.models.hndsr_model import HNDSR, STAGES
@@ -63,8 +76,10 @@ def _freeze(model: HNDSR, stage: str) -> list[torch.nn.Parameter]:
 
 
 def stage_loss(
-    model: HNDSR, stage: str, batch: Batch, cfg: StageParams
+    model: HNDSR, stage: str, batch: Batch, cfg: StageParams, shard: Shard | None = None
 ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of ``stage`` on ``batch``; with ``shard``, ``batch`` is those rows of the global batch and
+    the diffusion noise is drawn for the global batch and sliced, as one process would draw it."""
     hr, up, scale = batch.hr, batch.up, batch.scale
     ae = model.autoencoder
     if stage == "autoencoder":
@@ -84,8 +99,10 @@ def stage_loss(
             std = model.residual_std.view(1, -1, 1, 1)
             prior = model.prior(up, scale)
             x0 = (ae.encode(hr, up) - prior) / std
-        noise = torch.randn_like(x0)
-        t = torch.randint(0, model.scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
+        n = shard.total if shard else x0.shape[0]
+        rows = shard.rows if shard else slice(None)
+        noise = torch.randn((n, *x0.shape[1:]), dtype=x0.dtype, device=x0.device)[rows]
+        t = torch.randint(0, model.scheduler.config.num_train_timesteps, (n,), device=x0.device)[rows]
         x_t = model.scheduler.add_noise(x0, noise, t)
         eps = model.unet(x_t, t, prior / std, scale)
         mse = F.mse_loss(eps, noise)
@@ -107,6 +124,19 @@ def calibrate_residual_std(
         n += 1
     model.residual_std.copy_((sq / n).sqrt().clamp_min(1e-4))
     logger.info("calibrated residual std: %s", [round(float(v), 4) for v in model.residual_std])
+
+
+class StageObjective(nn.Module):
+    """``stage_loss`` as a module: DistributedDataParallel hooks its gradient averaging into a forward."""
+
+    def __init__(self, model: HNDSR, stage: str, cfg: StageParams, shard: Shard | None) -> None:
+        super().__init__()
+        self.model, self.stage, self.cfg, self.shard = model, stage, cfg, shard
+
+    def forward(
+        self, hr: torch.Tensor, up: torch.Tensor, scale: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        return stage_loss(self.model, self.stage, Batch(hr=hr, up=up, scale=scale), self.cfg, self.shard)
 
 
 def _to(batch: Batch, device: torch.device) -> Batch:
@@ -145,14 +175,21 @@ def train_stage(
     callbacks: Iterable[TrainingCallback] = (),
     resume: bool = True,
     progress: bool = True,
+    dist_ctx: DistContext | None = None,
 ) -> dict[str, float]:
+    """Train one stage. Under torchrun (``dist_ctx`` of a joined process group) every rank calls this
+    with the same arguments and seed; ``cfg.batch_size`` is the global batch."""
+    ctx = dist_ctx or DistContext()
     cfg = params.train.stage(stage)
+    ctx.check_batch(stage, cfg.batch_size)
+    shard = ctx.shard(cfg.batch_size)
     model.to(device).train()
     trainable = _freeze(model, stage)
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start_step = 0
     state_file = _state_path(out_dir, stage)
     if resume and state_file.is_file():
+        # Every rank reads the same file (the run directory is shared storage in a multi-node job).
         state = torch.load(state_file, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -162,20 +199,39 @@ def train_stage(
         logger.info("resuming stage %s at step %d from %s", stage, start_step, state_file)
     elif stage == "diffusion":
         calibrate_residual_std(model, sampler, batches=8, batch_size=cfg.batch_size, device=device)
+    # Wrapped once the weights are final: DDP starts by broadcasting rank 0's parameters and buffers.
+    objective = ctx.wrap(StageObjective(model, stage, cfg, shard), device)
 
     metrics: dict[str, float] = {}
     running: dict[str, float] = {}
-    bar = tqdm(total=cfg.steps, initial=start_step, desc=stage, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.steps,
+        initial=start_step,
+        desc=stage,
+        disable=not (progress and ctx.is_main),
+        dynamic_ncols=True,
+    )
     started = time.perf_counter()
+    saved_step = start_step
     for step in range(start_step, cfg.steps):
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, cfg)
-        batch = _to(sampler.sample(cfg.batch_size), device)
-        loss, parts = stage_loss(model, stage, batch, cfg)
+        batch = _to(sampler.sample(cfg.batch_size, shard.rows if shard else None), device)
+        try:
+            loss, parts = objective(batch.hr, batch.up, batch.scale)
+            if torch.isfinite(loss):
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()  # under DDP: the gradients are averaged over ranks here
+        except RuntimeError as exc:
+            if ctx.distributed and is_peer_failure(exc):
+                raise PeerFailureError(
+                    f"rank {ctx.rank}: lost a peer of the {ctx.world_size}-process job at step {step} of "
+                    f"stage {stage} ({str(exc).splitlines()[0][:200]}); run the job again to resume from "
+                    f"{state_file} (step {saved_step})"
+                ) from exc
+            raise
         if not torch.isfinite(loss):
             raise RuntimeError(f"stage {stage}: non-finite loss at step {step}; lower train.{stage}.lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
         optimizer.step()
         for k, v in parts.items():
@@ -185,8 +241,12 @@ def train_stage(
         done = step + 1
         if done % cfg.steps_per_epoch == 0 or done == cfg.steps:
             n = done - (math.ceil(done / cfg.steps_per_epoch) - 1) * cfg.steps_per_epoch
-            metrics = {f"train_{k}": v / n for k, v in running.items()}
+            # Each rank saw its shard: the mean over ranks is the global batch's loss.
+            metrics = ctx.mean({f"train_{k}": v / n for k, v in running.items()})
             running = {}
+            saved_step = done
+            if not ctx.is_main:
+                continue
             if stage != "diffusion":
                 metrics |= validate(model, stage, val, device)
             metrics["lr"] = _lr_at(step, cfg)
@@ -236,16 +296,51 @@ def train(
 
     A later stage without ``init_checkpoint`` starts from the checkpoint already in ``out_dir``
     (the earlier stages' result); a stage's prerequisites missing there is an error.
+
+    Launched by torchrun, this joins its process group (gloo on CPU, nccl on GPU, one GPU per local
+    rank) and trains data-parallel; every rank uses the same seed and ``out_dir``.
     """
-    out = Path(out_dir)
     stages = stages or list(STAGES)
     for s in stages:
         if s not in STAGES:
             raise ConfigError(f"unknown stage {s!r}: use one of {', '.join(STAGES)} or all")
+    device = resolve_device(params.train.device)
+    with process_group(device) as ctx, quiet_unless_main(ctx):
+        for s in stages:
+            ctx.check_batch(s, params.train.stage(s).batch_size)
+        return _train(
+            params,
+            Path(out_dir),
+            stages,
+            ctx,
+            ctx.device(device),
+            init_checkpoint=init_checkpoint,
+            callbacks=callbacks,
+            resume=resume,
+            progress=progress,
+            on_stage_end=on_stage_end,
+        )
+
+
+def _train(
+    params: Params,
+    out: Path,
+    stages: list[str],
+    ctx: DistContext,
+    device: torch.device,
+    *,
+    init_checkpoint: str | Path | None,
+    callbacks: Iterable[TrainingCallback],
+    resume: bool,
+    progress: bool,
+    on_stage_end: Callable[[str, Path], None] | None,
+) -> Path:
+    # The same seed on every rank: identical samplers and noise, each rank keeping its shard.
     seed_everything(params.train.seed)
     if params.train.threads > 0:
         torch.set_num_threads(params.train.threads)
-    device = resolve_device(params.train.device)
+    elif ctx.distributed and device.type == "cpu":
+        torch.set_num_threads(ctx.cpu_threads())  # ranks share the cores instead of oversubscribing
     done: list[str] = []
     meta: dict[str, Any] = {}
     source = Path(init_checkpoint) if init_checkpoint else (out if (out / "config.json").is_file() else None)
@@ -295,6 +390,7 @@ def train(
             callbacks=callbacks,
             resume=resume,
             progress=progress,
+            dist_ctx=ctx,
         )
         # Later stages were trained on top of the old weights of this one: they are stale now.
         done = [s for s in STAGES[: STAGES.index(stage) + 1] if s in set(done) | {stage}]
@@ -305,8 +401,10 @@ def train(
             "val_images": len(val_paths),
         }
         meta["profile"] = params.profile
-        save_checkpoint(model.cpu(), out, stages=done, metadata=meta)
-        model.to(device)
-        if on_stage_end is not None:
-            on_stage_end(stage, out)
+        if ctx.is_main:
+            save_checkpoint(model.cpu(), out, stages=done, metadata=meta)
+            model.to(device)
+            if on_stage_end is not None:
+                on_stage_end(stage, out)
+    ctx.barrier()  # no rank leaves before the last checkpoint is written
     return out
