@@ -236,6 +236,11 @@ from hndsr.cli_serving import register as _register_serving_commands  # noqa: E4
 
 _register_serving_commands(app, friendly_errors=friendly_errors)
 
+# canary status|start|promote|rollback (kubectl) and manifests render-rules (issue #8).
+from hndsr.cli_deploy import register as _register_deploy_commands  # noqa: E402
+
+_register_deploy_commands(app, friendly_errors=friendly_errors)
+
 
 if __name__ == "__main__":
     app()
