@@ -236,6 +236,16 @@ from hndsr.cli_serving import register as _register_serving_commands  # noqa: E4
 
 _register_serving_commands(app, friendly_errors=friendly_errors)
 
+# drift run|reference: Evidently drift job -> Pushgateway, imported lazily (issue #6).
+from hndsr.cli_monitor import register as _register_monitor_commands  # noqa: E402
+
+_register_monitor_commands(app, friendly_errors=friendly_errors)
+
+# pipeline compile|run|submit: the Kubeflow training pipeline, kfp/mlflow imported lazily (issue #4).
+from hndsr.cli_pipeline import register as _register_pipeline_commands  # noqa: E402
+
+_register_pipeline_commands(app, friendly_errors=friendly_errors)
+
 # canary status|start|promote|rollback (kubectl) and manifests render-rules (issue #8).
 from hndsr.cli_deploy import register as _register_deploy_commands  # noqa: E402
 

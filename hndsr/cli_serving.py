@@ -104,6 +104,10 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
             float, typer.Option(help="Seconds OPEN before a trial (HALF_OPEN).")
         ] = 30.0,
         timeout_s: Annotated[float, typer.Option(help="Predictor request timeout.")] = 600.0,
+        request_stats: Annotated[
+            str | None,
+            typer.Option(help="DIR | s3://bucket/prefix: record per-request image statistics (drift)."),
+        ] = None,
     ) -> None:
         """The transformer: validation, admission, tiling, stitching, encoding; forwards to the predictor."""
         _isolate_kserve_argv()
@@ -130,6 +134,7 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
             max_queue=max_queue,
             breaker_threshold=breaker_threshold,
             breaker_reset_s=breaker_reset_s,
+            request_stats=request_stats,
         )
         run_transformer(model_name=model_name, http_port=http_port, grpc_port=grpc_port, settings=settings)
 

@@ -11,6 +11,8 @@ hndsr_queue_depth               gauge     requests (transformer) / inferences (p
 hndsr_circuit_breaker_state     gauge     0 closed, 1 half-open, 2 open
 hndsr_psnr_rolling_mean         gauge     transformer: mean cycle-consistency PSNR (dB) of recent requests
 hndsr_tiles_total               counter   tiles processed
+hndsr_gpu_vram_total_bytes      gauge     memory of the CUDA device in use (0 on CPU / before CUDA starts)
+hndsr_request_stats_dropped_total{reason} counter request statistics not recorded (drift monitoring)
 =============================== ========= ==========================================================
 
 The cycle-consistency PSNR is a no-reference quality signal: the output downsampled back to the
@@ -98,6 +100,19 @@ class ServingMetrics:
         self.psnr = RollingMean(psnr_window)
         self.psnr_rolling_mean.set_function(self.psnr.mean)
         self.vram.set(0)
+        # The denominator of the GPU-memory alert (used / total), read at scrape time.
+        self.vram_total = Gauge(
+            "hndsr_gpu_vram_total_bytes",
+            "Memory of the CUDA device in use (0 on CPU or before CUDA is initialised).",
+            registry=registry,
+        )
+        self.vram_total.set_function(_cuda_total_bytes)
+        self.request_stats_dropped = Counter(
+            "hndsr_request_stats_dropped",
+            "Request statistics not recorded for drift monitoring (queue_full, sink_error, feature_error).",
+            ["reason"],
+            registry=registry,
+        )
 
     def bind(
         self,
@@ -120,6 +135,17 @@ class ServingMetrics:
     def request(self, code: int) -> None:
         self.requests.labels(code=str(code)).inc()
 
+    def stats_dropped(self, reason: str, n: int = 1) -> None:
+        self.request_stats_dropped.labels(reason=reason).inc(n)
+
     def add_psnr(self, value: float) -> None:
         if value == value:  # not NaN
             self.psnr.add(min(value, 100.0))
+
+
+def _cuda_total_bytes() -> float:
+    import torch  # already loaded by the servers; never initialises CUDA here
+
+    if not torch.cuda.is_initialized():
+        return 0.0
+    return float(torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory)
