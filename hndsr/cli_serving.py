@@ -15,6 +15,11 @@ serve_app = typer.Typer(help="Run the KServe predictor or transformer locally.",
 client_app = typer.Typer(help="Call a running HNDSR inference service.", no_args_is_help=True)
 
 
+# In a cluster KServe appends its own spelling of some options (--model_name, --predictor_host,
+# --http_port) to the container's args; accept both spellings.
+KSERVE_OPTION_SPELLING: dict[str, Any] = {"token_normalize_func": lambda token: token.replace("_", "-")}
+
+
 def _isolate_kserve_argv() -> None:
     # kserve.model_server parses sys.argv when imported; our options are not its options.
     sys.argv = sys.argv[:1]
@@ -24,7 +29,7 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
     app.add_typer(serve_app, name="serve")
     app.add_typer(client_app, name="client")
 
-    @serve_app.command("predictor")
+    @serve_app.command("predictor", context_settings=KSERVE_OPTION_SPELLING)
     @friendly_errors
     def serve_predictor(
         http_port: Annotated[int, typer.Option(help="REST port.")] = 8081,
@@ -73,7 +78,7 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
         )
         run_predictor(model_name=model_name, http_port=http_port, grpc_port=grpc_port, settings=settings)
 
-    @serve_app.command("transformer")
+    @serve_app.command("transformer", context_settings=KSERVE_OPTION_SPELLING)
     @friendly_errors
     def serve_transformer(
         predictor_host: Annotated[str, typer.Option(help="host:port of the predictor's REST endpoint.")],
