@@ -183,8 +183,9 @@ def process_group(device: torch.device, *, timeout_s: float = 1800.0) -> Iterato
         if device.type == "cuda":
             torch.cuda.set_device(ctx.local_rank)
         dist.init_process_group(backend=backend_for(device), timeout=timedelta(seconds=timeout_s))
-        logger.info(
-            "rank %d of %d (local %d), backend %s",
+        logger.log(
+            logging.INFO if ctx.is_main else logging.DEBUG,
+            "rank %d of %d (local %d) joined, backend %s",
             ctx.rank,
             ctx.world_size,
             ctx.local_rank,

@@ -33,6 +33,7 @@ from hndsr.distributed import (
     DistContext,
     PeerFailureError,
     Shard,
+    context_from_env,
     is_peer_failure,
     process_group,
     quiet_unless_main,
@@ -304,10 +305,10 @@ def train(
     for s in stages:
         if s not in STAGES:
             raise ConfigError(f"unknown stage {s!r}: use one of {', '.join(STAGES)} or all")
+    for s in stages:  # before joining the group: every rank fails fast with the same message
+        context_from_env().check_batch(s, params.train.stage(s).batch_size)
     device = resolve_device(params.train.device)
     with process_group(device) as ctx, quiet_unless_main(ctx):
-        for s in stages:
-            ctx.check_batch(s, params.train.stage(s).batch_size)
         return _train(
             params,
             Path(out_dir),
