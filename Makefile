@@ -13,7 +13,7 @@ RUN_DIR ?= runs/quick
 export MLFLOW_DISABLE_TELEMETRY := true
 
 .PHONY: venv test lint run benchmark release-train clean \
-	data lake pipeline serve benchmark-serving
+	data lake pipeline serve benchmark-serving serve-tls
 
 $(VENV)/.installed-$(EXTRAS): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,11 @@ benchmark: venv
 SERVE_MODEL ?=
 serve: venv
 	$(HNDSR) serve local $(if $(SERVE_MODEL),--storage-uri $(SERVE_MODEL),)
+
+## make serve-tls: the same behind nginx (serving/ingress.py): HTTPS on :8443 with a self-signed
+## certificate, HTTP :8000 redirected, per-client rate limit, 20 MB body limit, request buffering
+serve-tls: venv
+	$(HNDSR) serve local --tls $(if $(SERVE_MODEL),--storage-uri $(SERVE_MODEL),)
 
 ## make benchmark-serving: end-to-end latency, tiles/s, serving overhead and server memory (benchmarks/serving_latency.py)
 benchmark-serving: venv

@@ -251,6 +251,12 @@ from hndsr.cli_deploy import register as _register_deploy_commands  # noqa: E402
 
 _register_deploy_commands(app, friendly_errors=friendly_errors)
 
+# serve ingress: nginx with TLS, rate limits and buffering in front of the transformer (issue #10).
+from hndsr.cli_ingress import register as _register_ingress_commands  # noqa: E402
+from hndsr.cli_serving import serve_app as _serve_app  # noqa: E402
+
+_register_ingress_commands(_serve_app, friendly_errors=friendly_errors)
+
 
 if __name__ == "__main__":
     app()

@@ -155,12 +155,26 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
         sample: Annotated[Path, typer.Option(help="Image used in the printed examples.")] = Path(
             "outputs/serve_sample.png"
         ),
+        tls: Annotated[
+            bool,
+            typer.Option(help="nginx in front: TLS (self-signed), rate limit, buffering (make serve-tls)."),
+        ] = False,
+        https_port: Annotated[int, typer.Option(help="With --tls: the HTTPS port.")] = 8443,
+        http_port: Annotated[int, typer.Option(help="With --tls: plain HTTP, redirected.")] = 8000,
     ) -> None:
         """Predictor + transformer on this machine, with a ready-to-paste curl example (make serve)."""
+        from serving.ingress import IngressConfig
         from serving.local import run_local
 
+        ingress = (
+            IngressConfig(f"127.0.0.1:{port}", https_port=https_port, http_port=http_port) if tls else None
+        )
         run_local(
-            storage_uri=storage_uri, transformer_port=port, predictor_port=predictor_port, sample=sample
+            storage_uri=storage_uri,
+            transformer_port=port,
+            predictor_port=predictor_port,
+            sample=sample,
+            ingress=ingress,
         )
 
     @client_app.command("sr")

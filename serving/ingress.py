@@ -207,3 +207,35 @@ def _tls_answers(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def https_examples(ingress: NginxIngress) -> str:
+    cert = ingress.certificate
+    return f"""
+Ingress (nginx, TLS) on {ingress.url} -> transformer {ingress.config.upstream}; plain HTTP on
+{ingress.http_url} redirects (308). Certificate: {cert}
+
+  curl -s --cacert {cert} {ingress.url}/health
+  SSL_CERT_FILE={cert} hndsr client sr image.png sr.png --url {ingress.url} --scale 4
+  # {ingress.config.rate_per_s:g} req/s per client (burst {ingress.config.burst}) -> 429 + Retry-After;
+  # bodies over {ingress.config.max_body_bytes:,} bytes -> 413; logs in {ingress.prefix}
+"""
+
+
+def run_ingress(ingress: NginxIngress) -> None:
+    """``hndsr serve ingress``: nginx in the foreground until Ctrl+C or SIGTERM."""
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    ingress.start()
+    try:
+        print(https_examples(ingress), flush=True)
+        assert ingress.proc is not None
+        ingress.proc.wait()
+        raise HNDSRError(f"nginx exited with {ingress.proc.returncode}: {ingress.log_tail()}")
+    except KeyboardInterrupt:
+        print("stopping nginx", flush=True)
+    finally:
+        ingress.stop()

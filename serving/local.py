@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from hndsr.errors import HNDSRError
+from serving.ingress import IngressConfig, NginxIngress, https_examples
 
 
 def default_storage_uri() -> str:
@@ -90,6 +91,7 @@ def run_local(
     extra_predictor: list[str] | None = None,
     extra_transformer: list[str] | None = None,
     timeout_s: float = 300.0,
+    ingress: IngressConfig | None = None,
 ) -> None:
     uri = storage_uri or default_storage_uri()
     base = [sys.executable, "-m", "hndsr.cli", "serve"]
@@ -124,6 +126,12 @@ def run_local(
         url = f"http://127.0.0.1:{transformer_port}"
         _wait_ready(procs[1], url, "transformer", timeout_s)
         print(examples(url, _sample_image(sample)), flush=True)
+        if ingress is not None:  # make serve-tls: nginx (TLS, limits, buffering) in front
+            proxy = NginxIngress(ingress, Path("outputs/ingress"))
+            proxy.start()
+            assert proxy.proc is not None
+            procs.append(proxy.proc)  # stopped (SIGTERM) and watched like the servers
+            print(https_examples(proxy), flush=True)
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
         raise HNDSRError("a server exited; see its log above")
