@@ -1,0 +1,357 @@
+"""The work of each pipeline step: one call into ``hndsr`` plus its MLflow run.
+
+Every function takes plain values and paths (no kfp types), so a KFP component is a one-line call and
+the steps run the same from a test, a notebook or a container. ``params`` is the parsed params.yaml
+tree (profiles included); ``profile`` picks one of its profiles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import yaml
+
+from components import tracking
+from hndsr.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, read_checkpoint_config
+from hndsr.config import Params, parse_params
+from hndsr.data import file_sha256, list_images
+from hndsr.errors import HNDSRError, InputError
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("autoencoder", "operator", "diffusion")
+TRAINING_BACKENDS = ("in-process",)  # issue #9 adds "pytorchjob" (components/pytorchjob.py)
+
+
+class StepFailed(HNDSRError):
+    """A step ran and its result is unacceptable (e.g. data validation failed)."""
+
+
+def load(params: str, profile: str = "", overrides: dict[str, Any] | None = None) -> Params:
+    """``params``: params.yaml's text. Text, not a dict parameter: KFP's JSON would turn ints into floats."""
+    return parse_params(yaml.safe_load(params) or {}, profile=profile or None, overrides=overrides)
+
+
+def _digest(lines: list[str]) -> str:
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------- prepare
+
+
+def prepare_data(
+    data_uri: str,
+    out_dir: str,
+    *,
+    params: str,
+    profile: str,
+    tracking_uri: str,
+    data_version: str = "",
+    code_version: str = "",
+) -> dict[str, Any]:
+    """Raw HR images (folder or s3://bucket/prefix) -> tiles, LR pairs and catalog.parquet in ``out_dir``."""
+    from hndsr.lake import S3Settings, download_prefix, is_s3_uri
+    from hndsr.prepare import PrepareConfig, prepare
+
+    p = load(params, profile)
+    source, prefix = data_uri, ""
+    with tracking.step_run(
+        tracking_uri, "prepare", params={"data_uri": data_uri, "prepare": p.prepare.__dict__}
+    ):
+        mlflow.set_tags({"hndsr.data_version": data_version, "hndsr.code_version": code_version})
+        if is_s3_uri(data_uri):
+            local = Path(tempfile.mkdtemp(prefix="hndsr-raw-"))
+            download_prefix(S3Settings.from_env(), data_uri, local)
+            source, prefix = str(local), data_uri.rstrip("/") + "/"
+        result = prepare(source, out_dir, PrepareConfig.from_params(p), source_prefix=prefix)
+        s = result.summary
+        mlflow.log_metrics(
+            {f"{split}_tiles": float(v["tiles"]) for split, v in s["splits"].items()}
+            | {"inputs": float(s["inputs"]), "rejected": float(s["rejected"])}
+        )
+        mlflow.log_dict(s, "prepare_summary.json")
+    return {
+        "tiles": {split: v["tiles"] for split, v in s["splits"].items()},
+        "rejected": s["rejected"],
+        "catalog_sha256": file_sha256(Path(out_dir) / "catalog.parquet"),
+        "data_version": data_version,
+        "code_version": code_version,
+    }
+
+
+# ------------------------------------------------------------------------------------------ validate
+
+
+def validate_data(
+    dataset_dir: str, report_path: str, *, params: str, profile: str, tracking_uri: str
+) -> dict[str, Any]:
+    """Great Expectations suites over the catalog; raises :class:`StepFailed` naming each failure."""
+    from data_validation.runner import thresholds_from_params, validate_catalog
+
+    p = load(params, profile)
+    with tracking.step_run(tracking_uri, "validate", params={"validate": p.validate.__dict__}):
+        report = validate_catalog(
+            Path(dataset_dir) / "catalog.parquet", thresholds_from_params(p), report_path=report_path
+        )
+        mlflow.log_metrics(
+            {"evaluated": float(report.evaluated), "failed": float(len(report.failures))}
+        )
+        mlflow.log_artifact(report_path)
+    if not report.success:
+        lines = "\n".join(f"FAILED {f.line()}" for f in report.failures)
+        raise StepFailed(
+            f"data validation failed ({len(report.failures)} of {report.evaluated} expectations):\n{lines}"
+        )
+    return {"evaluated": report.evaluated, "tiles": report.counts["tiles"]}
+
+
+# --------------------------------------------------------------------------------------------- train
+
+
+def train_stage(
+    stage: str,
+    dataset_dir: str,
+    out_dir: str,
+    *,
+    params: str,
+    profile: str,
+    epochs: int,
+    tracking_uri: str,
+    init_checkpoint: str = "",
+    training_backend: str = "in-process",
+) -> dict[str, Any]:
+    """Train one stage on the prepared train split, starting from ``init_checkpoint`` (earlier stages).
+
+    ``epochs`` > 0 overrides the profile's steps (``epochs * steps_per_epoch``). Only the checkpoint
+    (weights + config.json) lands in ``out_dir``; resumable state stays in a scratch folder.
+    """
+    from hndsr.training import train
+
+    if training_backend not in TRAINING_BACKENDS:
+        raise InputError(
+            f"training_backend {training_backend!r} is not available: use one of {', '.join(TRAINING_BACKENDS)}"
+        )
+    if stage not in STAGES:
+        raise InputError(f"unknown stage {stage!r}: use one of {', '.join(STAGES)}")
+    overrides: dict[str, Any] = {
+        "data.train_dir": str(Path(dataset_dir) / "train" / "hr"),
+        "data.test_fraction": 0,  # prepare already held the test sources out
+    }
+    base = load(params, profile, overrides)
+    if epochs > 0:
+        overrides[f"train.{stage}.steps"] = epochs * base.train.stage(stage).steps_per_epoch
+    p = load(params, profile, overrides)
+    logged = {"stage": stage, "profile": profile or "base", "training_backend": training_backend}
+    with (
+        tracking.step_run(tracking_uri, f"train_{stage}", params=logged | {"train": p.train.stage(stage).__dict__})
+        as run,
+        tempfile.TemporaryDirectory(prefix=f"hndsr-{stage}-") as work,
+    ):
+        if init_checkpoint:
+            mlflow.set_tag("hndsr.init_sha256", read_checkpoint_config(init_checkpoint).get("sha256", ""))
+        checkpoint = train(
+            p,
+            work,
+            stages=[stage],
+            init_checkpoint=init_checkpoint or None,
+            callbacks=[tracking.MlflowEpochLogger()],
+            progress=False,
+        )
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in (WEIGHTS_FILE, CONFIG_FILE):
+            shutil.copy2(checkpoint / name, out / name)
+        mlflow.log_artifacts(str(out), artifact_path=tracking.CHECKPOINT_ARTIFACT)
+        config = read_checkpoint_config(out)
+        mlflow.set_tag("hndsr.sha256", config["sha256"])
+    return {
+        "stage": stage,
+        "stages": config["stages"],
+        "version": config["package_version"],
+        "sha256": config["sha256"],
+        "mlflow_run_id": run.info.run_id,
+        "steps": p.train.stage(stage).steps,
+    }
+
+
+# ------------------------------------------------------------------------------------------ evaluate
+
+
+def test_images(dataset_dir: str, limit: int = 0) -> list[Path]:
+    paths = list_images(Path(dataset_dir) / "test" / "hr")
+    if not paths:
+        raise InputError(
+            f"no held-out test images in {dataset_dir}/test/hr: give the pipeline more source images "
+            "(prepare holds data.test_fraction of the sources out)"
+        )
+    return paths[:limit] if limit else paths
+
+
+def eval_data_id(paths: list[Path]) -> str:
+    """Identity of a held-out set: the digest of its files' names and contents."""
+    return _digest(sorted(f"{p.name}:{file_sha256(p)}" for p in paths))
+
+
+def score_checkpoint(
+    checkpoint_dir: str | Path, paths: list[Path], *, scales: list[float], steps: int, lpips: bool
+) -> list[dict[str, Any]]:
+    from hndsr.evaluation import evaluate_images
+    from hndsr.inference import Upscaler
+
+    model, _ = load_checkpoint(checkpoint_dir)
+    lpips_model = None
+    if lpips:
+        from hndsr.lpips import load_lpips
+
+        lpips_model = load_lpips()
+    upscaler = Upscaler(model)
+    return [
+        evaluate_images(upscaler, paths, scale=s, steps=steps, lpips_model=lpips_model).as_dict()
+        for s in scales
+    ]
+
+
+def figure_name(who: str, metric: str, scale: float) -> str:
+    return f"{who}_{metric}_x{scale:g}"
+
+
+def evaluate_model(
+    checkpoint_dir: str,
+    dataset_dir: str,
+    evaluation_path: str,
+    report_path: str,
+    *,
+    params: str,
+    profile: str,
+    scales: list[float],
+    diffusion_steps: int,
+    lpips: bool,
+    tracking_uri: str,
+) -> dict[str, float]:
+    """Score the model beside bicubic on the held-out test split per scale; write the JSON and the
+    HTML report; returns the flat figures (``model_psnr_y_x4``, ``bicubic_lpips_x2`` ...)."""
+    from components.report import render_report
+    from hndsr.evaluation import METRIC_KEYS
+    from hndsr.inference import Upscaler
+
+    if 4.0 not in [float(s) for s in scales]:
+        raise InputError(f"scales {scales} must include 4: the promotion gate compares models at x4")
+    p = load(params, profile)
+    paths = test_images(dataset_dir, p.evaluate.limit)
+    config = read_checkpoint_config(checkpoint_dir)
+    with tracking.step_run(
+        tracking_uri,
+        "evaluate",
+        params={"scales": scales, "diffusion_steps": diffusion_steps, "images": len(paths), "lpips": lpips},
+        tags={"hndsr.sha256": config["sha256"]},
+    ):
+        evaluations = score_checkpoint(
+            checkpoint_dir, paths, scales=[float(s) for s in scales], steps=diffusion_steps, lpips=lpips
+        )
+        figures = {
+            figure_name(who, key, ev["scale"]): float(ev[who][key])
+            for ev in evaluations
+            for who in ("model", "bicubic")
+            for key in METRIC_KEYS
+        }
+        payload = {
+            "evaluations": evaluations,
+            "eval_data": eval_data_id(paths),
+            "checkpoint_sha256": config["sha256"],
+            "figures": figures,
+        }
+        Path(evaluation_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(evaluation_path).write_text(json.dumps(payload, indent=2) + "\n")
+        model, _ = load_checkpoint(checkpoint_dir)
+        page = render_report(
+            Upscaler(model), paths, evaluations, title="HNDSR evaluation", steps=diffusion_steps
+        )
+        Path(report_path).write_text(page)
+        measured = {k: v for k, v in figures.items() if math.isfinite(v)}  # NaN: not measured (no LPIPS)
+        mlflow.log_metrics(measured)
+        mlflow.log_artifact(evaluation_path)
+        mlflow.log_text(page, "report.html")
+    return measured
+
+
+# ------------------------------------------------------------------------------------------ register
+
+
+def register_model(
+    checkpoint_dir: str,
+    mlflow_run_id: str,
+    evaluation_path: str,
+    dataset_dir: str,
+    model_card_path: str,
+    *,
+    tracking_uri: str,
+    model_name: str,
+    lpips_tolerance: float,
+    report_uri: str = "",
+) -> dict[str, Any]:
+    """Register the checkpoint logged by the run ``mlflow_run_id`` and apply the promotion gate;
+    write the model card. Returns the summary the main job prints."""
+    from hndsr.model_card import render_model_card
+    from serving.storage import resolve_storage_uri
+
+    evaluation = json.loads(Path(evaluation_path).read_text())
+    figures = evaluation["figures"]
+    candidate = tracking.Figures(figures.get("model_psnr_y_x4", math.nan), figures.get("model_lpips_x4", math.nan))
+    x4 = next(ev for ev in evaluation["evaluations"] if float(ev["scale"]) == 4.0)
+    lpips = math.isfinite(candidate.lpips)
+
+    def rescore(uri: str) -> tracking.Figures:
+        # The very images the candidate was scored on (by name: artifact paths differ between pods).
+        names = {Path(row["path"]).name for row in x4["per_image"]}
+        paths = [p for p in test_images(dataset_dir) if p.name in names]
+        with tempfile.TemporaryDirectory(prefix="hndsr-champion-") as cache:
+            checkpoint = resolve_storage_uri(uri, cache_dir=cache)
+            ev = score_checkpoint(checkpoint, paths, scales=[4.0], steps=int(x4["steps"]), lpips=lpips)[0]
+        return tracking.Figures(ev["model"]["psnr_y"], ev["model"]["lpips"])
+
+    config = read_checkpoint_config(checkpoint_dir)
+    with tracking.step_run(tracking_uri, "register", params={"model_name": model_name}):
+        registration = tracking.register_checkpoint(
+            tracking_uri=tracking_uri,
+            run_id=mlflow_run_id,
+            sha256=config["sha256"],
+            figures=candidate,
+            eval_data=evaluation["eval_data"],
+            lpips_tolerance=lpips_tolerance,
+            name=model_name,
+            rescore_champion=rescore,
+        )
+        tracking.record_decision(registration)
+        client = mlflow.MlflowClient(tracking.resolve_tracking_uri(tracking_uri))
+        champion = tracking.champion_version(client, model_name)
+        card = render_model_card(
+            config,
+            evaluation["evaluations"],
+            title=f"HNDSR {registration.uri} ({registration.alias})",
+            data=f"Held-out test split of the prepared data set (id {evaluation['eval_data']}).",
+            licence="See the data set's own licence (the sample imagery is NEON, CC0).",
+            reproduce="hndsr pipeline run --local",
+            notes=f"Promotion: **{registration.alias}** — {registration.decision.reason}.",
+        )
+        Path(model_card_path).write_text(card)
+        mlflow.log_text(card, "MODEL_CARD.md")
+    x4_model, x4_bicubic = x4["model"], x4["bicubic"]
+    return {
+        "model": model_name,
+        "version": registration.version,
+        "alias": registration.alias,
+        "reason": registration.decision.reason,
+        "champion_version": str(champion.version) if champion is not None else "",
+        "tracking_uri": tracking.resolve_tracking_uri(tracking_uri),
+        "report": report_uri,
+        "model_card": model_card_path,
+        "x4": {"model": x4_model, "bicubic": x4_bicubic, "n_images": x4["n_images"]},
+    }

@@ -1,0 +1,199 @@
+"""KFP v2 components of the training DAG: thin typed interfaces, each one call into ``components.steps``.
+
+They run in the project's training image (``hndsr.images.image_ref("train")``, tagged with the package
+version), which has hndsr and kfp installed, so no package is pip-installed at run time. The bodies
+are lightweight-component source: imports live inside them (KFP ships the function, not the module).
+"""
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
+
+from hndsr.images import image_ref
+
+BASE_IMAGE = image_ref("train")
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def prepare(
+    data_uri: str,
+    params: str,
+    profile: str,
+    mlflow_uri: str,
+    data_version: str,
+    code_version: str,
+    dataset: Output[Dataset],
+):
+    """Raw HR images (folder or s3://) -> HR tiles, LR pairs per scale and catalog.parquet."""
+    from components.steps import prepare_data
+
+    dataset.metadata.update(
+        prepare_data(
+            data_uri,
+            dataset.path,
+            params=params,
+            profile=profile,
+            tracking_uri=mlflow_uri,
+            data_version=data_version,
+            code_version=code_version,
+        )
+    )
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def validate(
+    dataset: Input[Dataset], params: str, profile: str, mlflow_uri: str, report: Output[Artifact]
+):
+    """Great Expectations suites over the catalog; fails the pipeline naming each failed expectation."""
+    from components.steps import validate_data
+
+    report.metadata.update(
+        validate_data(dataset.path, report.path, params=params, profile=profile, tracking_uri=mlflow_uri)
+    )
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def train_autoencoder(
+    dataset: Input[Dataset],
+    params: str,
+    profile: str,
+    epochs: int,
+    mlflow_uri: str,
+    training_backend: str,
+    model: Output[Model],
+):
+    """Stage 1: the detail autoencoder. Metadata: stage, stages, version, sha256, mlflow_run_id."""
+    from components.steps import train_stage
+
+    model.metadata.update(
+        train_stage(
+            "autoencoder",
+            dataset.path,
+            model.path,
+            params=params,
+            profile=profile,
+            epochs=epochs,
+            tracking_uri=mlflow_uri,
+            training_backend=training_backend,
+        )
+    )
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def train_operator(
+    dataset: Input[Dataset],
+    init_model: Input[Model],
+    params: str,
+    profile: str,
+    epochs: int,
+    mlflow_uri: str,
+    training_backend: str,
+    model: Output[Model],
+):
+    """Stage 2: the neural operator, on top of the autoencoder of ``init_model`` (frozen)."""
+    from components.steps import train_stage
+
+    model.metadata.update(
+        train_stage(
+            "operator",
+            dataset.path,
+            model.path,
+            params=params,
+            profile=profile,
+            epochs=epochs,
+            tracking_uri=mlflow_uri,
+            init_checkpoint=init_model.path,
+            training_backend=training_backend,
+        )
+    )
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def train_diffusion(
+    dataset: Input[Dataset],
+    init_model: Input[Model],
+    params: str,
+    profile: str,
+    epochs: int,
+    mlflow_uri: str,
+    training_backend: str,
+    model: Output[Model],
+):
+    """Stage 3: the latent diffusion UNet, on top of ``init_model`` (autoencoder + operator frozen)."""
+    from components.steps import train_stage
+
+    model.metadata.update(
+        train_stage(
+            "diffusion",
+            dataset.path,
+            model.path,
+            params=params,
+            profile=profile,
+            epochs=epochs,
+            tracking_uri=mlflow_uri,
+            init_checkpoint=init_model.path,
+            training_backend=training_backend,
+        )
+    )
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def evaluate(
+    dataset: Input[Dataset],
+    model: Input[Model],
+    params: str,
+    profile: str,
+    scales: list,
+    diffusion_steps: int,
+    lpips: bool,
+    mlflow_uri: str,
+    metrics: Output[Metrics],
+    evaluation: Output[Artifact],
+    report: Output[HTML],
+):
+    """Held-out test split per scale, model beside bicubic: Metrics, the JSON and the HTML report."""
+    from components.steps import evaluate_model
+
+    for name, value in evaluate_model(
+        model.path,
+        dataset.path,
+        evaluation.path,
+        report.path,
+        params=params,
+        profile=profile,
+        scales=scales,
+        diffusion_steps=diffusion_steps,
+        lpips=lpips,
+        tracking_uri=mlflow_uri,
+    ).items():
+        metrics.log_metric(name, value)
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def register(
+    dataset: Input[Dataset],
+    model: Input[Model],
+    evaluation: Input[Artifact],
+    report: Input[HTML],
+    mlflow_uri: str,
+    model_name: str,
+    lpips_tolerance: float,
+    model_card: Output[Markdown],
+) -> str:
+    """Model version + promotion gate (champion or challenger); returns the run's summary as JSON."""
+    import json
+
+    from components.steps import register_model
+
+    return json.dumps(
+        register_model(
+            model.path,
+            model.metadata["mlflow_run_id"],
+            evaluation.path,
+            dataset.path,
+            model_card.path,
+            tracking_uri=mlflow_uri,
+            model_name=model_name,
+            lpips_tolerance=lpips_tolerance,
+            report_uri=report.uri,
+        )
+    )

@@ -1,0 +1,166 @@
+"""``hndsr pipeline compile|run|submit``: the Kubeflow training pipeline from the shell (issue #4).
+
+A thin adapter over ``pipelines.runner``; kfp and mlflow are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+ParamsOpt = Annotated[Path, typer.Option(help="params.yaml, passed whole to the pipeline.")]
+ProfileOpt = Annotated[
+    str | None, typer.Option(help="Profile of params.yaml (default: its pipeline.profile; 'base' = none).")
+]
+DataOpt = Annotated[str, typer.Option("--data", help="Raw HR images: folder or s3://bucket/prefix.")]
+EpochsOpt = Annotated[
+    tuple[int, int, int],
+    typer.Option(help="Epochs of the autoencoder, operator and diffusion stages (0 = the profile's)."),
+]
+ScalesOpt = Annotated[list[float] | None, typer.Option("--scale", help="Evaluation scale (repeat; 4 required).")]
+StepsOpt = Annotated[int, typer.Option(help="DDIM steps at evaluation (0 = deterministic path).")]
+LpipsOpt = Annotated[bool, typer.Option(help="Score LPIPS (its weights are fetched once).")]
+ToleranceOpt = Annotated[float, typer.Option(help="How much worse LPIPS a new champion may have.")]
+MlflowOpt = Annotated[
+    str, typer.Option(help="MLflow tracking URI ('' = $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db).")
+]
+BackendOpt = Annotated[str, typer.Option(help="Training backend: in-process (the only one so far).")]
+
+
+def register(app: typer.Typer, *, friendly_errors: Decorator) -> None:
+    pipeline_app = typer.Typer(help="The Kubeflow training pipeline: compile, run locally, submit.")
+    app.add_typer(pipeline_app, name="pipeline", no_args_is_help=True)
+
+    def arguments(
+        params: Path,
+        profile: str | None,
+        data: str,
+        epochs: tuple[int, int, int],
+        scales: list[float] | None,
+        diffusion_steps: int,
+        lpips: bool,
+        lpips_tolerance: float,
+        mlflow_uri: str,
+        training_backend: str,
+    ) -> Any:
+        from pipelines.runner import PipelineArguments, default_profile, read_params
+
+        text = read_params(params)
+        chosen = default_profile(text) if profile is None else profile
+        chosen = "" if chosen == "base" else chosen
+        return PipelineArguments(
+            data_uri=data,
+            params=read_params(params, chosen),
+            profile=chosen,
+            autoencoder_epochs=epochs[0],
+            operator_epochs=epochs[1],
+            diffusion_epochs=epochs[2],
+            scales=list(scales or [2.0, 3.0, 4.0]),
+            diffusion_steps=diffusion_steps,
+            lpips=lpips,
+            lpips_tolerance=lpips_tolerance,
+            mlflow_uri=mlflow_uri,
+            training_backend=training_backend,
+        )
+
+    @pipeline_app.command("compile")
+    @friendly_errors
+    def compile_cmd(
+        out: Annotated[Path, typer.Option(help="Pipeline YAML to write.")] = Path("build/hndsr-training.yaml"),
+        params: ParamsOpt = Path("params.yaml"),
+        profile: ProfileOpt = None,
+        data: DataOpt = "data/raw",
+    ) -> None:
+        """Write the pipeline YAML (params.yaml and the profile become the parameters' defaults)."""
+        from pipelines.runner import compile_pipeline
+
+        args = arguments(params, profile, data, (0, 0, 0), None, 0, True, 0.01, "", "in-process")
+        typer.echo(f"wrote {compile_pipeline(out, args)}")
+
+    @pipeline_app.command("run")
+    @friendly_errors
+    def run_cmd(
+        local: Annotated[bool, typer.Option("--local", help="Run here with kfp.local (required for now).")] = False,
+        params: ParamsOpt = Path("params.yaml"),
+        profile: ProfileOpt = None,
+        data: DataOpt = "data/raw",
+        epochs: EpochsOpt = (0, 0, 0),
+        scale: ScalesOpt = None,
+        diffusion_steps: StepsOpt = 0,
+        lpips: LpipsOpt = True,
+        lpips_tolerance: ToleranceOpt = 0.01,
+        mlflow_uri: MlflowOpt = "",
+        training_backend: BackendOpt = "in-process",
+        pipeline_root: Annotated[Path, typer.Option(help="Local task outputs and cache.")] = Path(".pipeline"),
+        cache: Annotated[bool, typer.Option(help="Reuse the outputs of unchanged tasks.")] = True,
+        summary_json: Annotated[Path | None, typer.Option(help="Also write the summary here.")] = None,
+    ) -> None:
+        """Run the whole DAG offline (kfp.local SubprocessRunner) and print where everything is."""
+        from pipelines.runner import code_fingerprint, data_fingerprint, run_local
+
+        if not local:
+            raise typer.BadParameter("only --local runs exist here; use `hndsr pipeline submit --host URL`")
+        args = arguments(
+            params, profile, data, epochs, scale, diffusion_steps, lpips, lpips_tolerance, mlflow_uri,
+            training_backend,
+        )
+        args.data_version = data_fingerprint(data)
+        args.code_version = code_fingerprint()
+        summary = run_local(args, pipeline_root=pipeline_root, cache=cache)
+        if summary_json is not None:
+            summary_json.parent.mkdir(parents=True, exist_ok=True)
+            summary_json.write_text(json.dumps(summary, indent=2) + "\n")
+        typer.echo(format_summary(summary))
+
+    @pipeline_app.command("submit")
+    @friendly_errors
+    def submit_cmd(
+        host: Annotated[str, typer.Option(help="Kubeflow Pipelines API, e.g. http://ml-pipeline-ui:80")],
+        params: ParamsOpt = Path("params.yaml"),
+        profile: ProfileOpt = None,
+        data: DataOpt = "s3://hndsr/raw",
+        epochs: EpochsOpt = (0, 0, 0),
+        scale: ScalesOpt = None,
+        diffusion_steps: StepsOpt = 0,
+        lpips: LpipsOpt = True,
+        lpips_tolerance: ToleranceOpt = 0.01,
+        mlflow_uri: MlflowOpt = "",
+        training_backend: BackendOpt = "in-process",
+        experiment: Annotated[str, typer.Option(help="KFP experiment.")] = "hndsr",
+        run_name: Annotated[str, typer.Option(help="Run name (default: hndsr-<profile>).")] = "",
+        cron: Annotated[
+            str, typer.Option(help="Recurring run on this 6-field cron (e.g. '0 0 3 * * *'); '' = one run.")
+        ] = "",
+        data_version: Annotated[str, typer.Option(help="Identity of the data (e.g. a DVC rev), for caching.")] = "",
+    ) -> None:
+        """Submit to a real Kubeflow Pipelines: one run, or a recurring run with --cron."""
+        from pipelines.runner import submit
+
+        args = arguments(
+            params, profile, data, epochs, scale, diffusion_steps, lpips, lpips_tolerance, mlflow_uri,
+            training_backend,
+        )
+        args.data_version = data_version
+        run_id = submit(host, args, experiment=experiment, run_name=run_name, cron=cron)
+        typer.echo(f"{'recurring run' if cron else 'run'} {run_id} submitted to {host}")
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    x4 = summary["x4"]
+    m, b = x4["model"], x4["bicubic"]
+    lines = [
+        f"registered {summary['model']} version {summary['version']} as {summary['alias']}: {summary['reason']}",
+        f"champion: models:/{summary['model']}@champion = version {summary['champion_version'] or 'none'}"
+        f" ({summary['tracking_uri']})",
+        f"held-out x4, {x4['n_images']} images:   model | bicubic",
+    ]
+    for key, label in (("psnr_y", "PSNR-Y dB"), ("ssim_y", "SSIM-Y"), ("lpips", "LPIPS")):
+        lines.append(f"  {label:<10} {m[key]:>10.4f} | {b[key]:.4f}")
+    lines += [f"HTML report: {summary['report']}", f"model card:  {summary['model_card']}"]
+    return "\n".join(lines)

@@ -1,0 +1,2 @@
+"""Kubeflow pipeline definitions (``training_pipeline``) and how to compile, run locally and submit them
+(``runner``)."""

@@ -1,0 +1,192 @@
+"""Compile the training pipeline, run it offline with ``kfp.local``, or submit it to Kubeflow Pipelines.
+
+The local run uses kfp.local's SubprocessRunner in this Python environment (no Docker, no per-task
+venv) with its task cache on disk: an unchanged second run is served from the cache, except
+``register``, which is idempotent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hndsr import __version__
+from hndsr.errors import HNDSRError, InputError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PIPELINE_ROOT = Path(".pipeline")  # local task outputs and the task cache
+CODE_PACKAGES = ("hndsr", "components", "pipelines", "data_validation", "serving")
+
+
+class PipelineFailed(HNDSRError):
+    """A pipeline task failed; the message names it (its log went to stdout as it ran)."""
+
+
+@dataclass
+class PipelineArguments:
+    data_uri: str = "data/raw"
+    params: str = ""  # params.yaml text
+    profile: str = ""
+    autoencoder_epochs: int = 0
+    operator_epochs: int = 0
+    diffusion_epochs: int = 0
+    scales: list[float] = field(default_factory=lambda: [2.0, 3.0, 4.0])
+    diffusion_steps: int = 0
+    lpips: bool = True
+    lpips_tolerance: float = 0.01
+    mlflow_uri: str = ""
+    model_name: str = "hndsr"
+    training_backend: str = "in-process"
+    data_version: str = ""
+    code_version: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def read_params(path: str | Path, profile: str = "") -> str:
+    """params.yaml's text (profiles included): the pipeline's ``params`` argument, checked here so that
+    a typo fails now rather than in the third task."""
+    from hndsr.config import parse_params
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"params file {path} not found: run from the project root or pass --params PATH")
+    text = path.read_text()
+    parse_params(yaml.safe_load(text) or {}, profile=profile or None)
+    return text
+
+
+def default_profile(params: str) -> str:
+    return str(((yaml.safe_load(params) or {}).get("pipeline") or {}).get("profile", ""))
+
+
+def _digest_files(root: Path, files: list[Path]) -> str:
+    h = hashlib.sha256()
+    for f in sorted(files):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
+def data_fingerprint(data_uri: str) -> str:
+    """Content digest of the raw data: a local folder's files, or an S3 prefix's etags."""
+    from hndsr.lake import S3Settings, is_s3_uri, parse_s3_uri
+
+    if is_s3_uri(data_uri):
+        settings = S3Settings.from_env()
+        bucket, prefix = parse_s3_uri(data_uri)
+        objects = settings.client().list_objects(bucket, prefix=prefix.rstrip("/") + "/", recursive=True)
+        listing = sorted(f"{o.object_name}:{o.etag}" for o in objects)
+        return hashlib.sha256("\n".join(listing).encode()).hexdigest()[:16]
+    root = Path(data_uri)
+    if not root.is_dir():
+        raise InputError(
+            f"data folder {data_uri} does not exist: run `hndsr data sample --out {data_uri}` or pass "
+            "--data DIR|s3://bucket/prefix"
+        )
+    return _digest_files(root, [p for p in root.rglob("*") if p.is_file()])
+
+
+def code_fingerprint() -> str:
+    """Digest of the Python sources the steps run (plus the package version)."""
+    files: list[Path] = []
+    roots: list[Path] = []
+    for name in CODE_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        root = Path(next(iter(spec.submodule_search_locations)))
+        roots.append(root)
+        files += [p for p in root.rglob("*.py")]
+    h = hashlib.sha256(__version__.encode())
+    for root in roots:
+        h.update(_digest_files(root.parent, [f for f in files if root in f.parents]).encode())
+    return h.hexdigest()[:16]
+
+
+def compile_pipeline(out: str | Path, arguments: PipelineArguments | None = None) -> Path:
+    """Write the pipeline YAML (deterministic for the same code and defaults)."""
+    from kfp import compiler
+
+    from pipelines.training_pipeline import training_pipeline
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    defaults = (arguments or PipelineArguments()).as_dict()
+    defaults = {k: v for k, v in defaults.items() if k not in ("data_version", "code_version")}
+    compiler.Compiler().compile(training_pipeline, str(out), pipeline_parameters=defaults)
+    return out
+
+
+def run_local(
+    arguments: PipelineArguments, *, pipeline_root: str | Path = DEFAULT_PIPELINE_ROOT, cache: bool = True
+) -> dict[str, Any]:
+    """Run the whole DAG here (kfp.local SubprocessRunner in this environment); returns the summary."""
+    from kfp import local
+
+    from pipelines.training_pipeline import training_pipeline
+
+    root = Path(pipeline_root).resolve()
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(root),
+        enable_caching=cache,
+        cache_root=str(root / "cache"),
+        raise_on_error=True,
+    )
+    try:
+        task = training_pipeline(**arguments.as_dict())
+    except RuntimeError as exc:  # kfp.local: "... Inner task failed: <task>."; the task's log is above
+        message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # kfp colours its messages
+        raise PipelineFailed(f"{message} The task's error is in its log above.") from None
+    summary: dict[str, Any] = json.loads(task.output)
+    return summary
+
+
+def submit(
+    host: str,
+    arguments: PipelineArguments,
+    *,
+    experiment: str = "hndsr",
+    run_name: str = "",
+    cron: str = "",
+    namespace: str | None = None,
+) -> str:
+    """Submit to a Kubeflow Pipelines API at ``host``: a one-off run, or a recurring run when ``cron``
+    (6-field cron: seconds first) is given. Returns the run (or recurring run) id."""
+    import tempfile
+
+    from kfp import Client
+
+    client = Client(host=host, namespace=namespace)
+    args = arguments.as_dict()
+    name = run_name or f"hndsr-{arguments.profile or 'base'}"
+    if not cron:
+        run = client.create_run_from_pipeline_package(
+            str(compile_pipeline(Path(tempfile.mkdtemp()) / "pipeline.yaml", arguments)),
+            arguments=args,
+            run_name=name,
+            experiment_name=experiment,
+        )
+        return str(run.run_id)
+    exp = client.create_experiment(experiment, namespace=namespace)
+    recurring = client.create_recurring_run(
+        experiment_id=exp.experiment_id,
+        job_name=name,
+        cron_expression=cron,
+        pipeline_package_path=str(compile_pipeline(Path(tempfile.mkdtemp()) / "pipeline.yaml", arguments)),
+        params=args,
+        enable_caching=True,
+    )
+    return str(recurring.recurring_run_id)
+

@@ -1,0 +1,108 @@
+"""The training DAG: prepare -> validate -> train autoencoder -> operator -> diffusion -> evaluate ->
+register. Wiring only; each step is a component of ``components.training_components``.
+
+Parameters:
+- ``data_uri``: folder or s3://bucket/prefix of raw HR images; ``params``: params.yaml's text;
+  ``profile``: one of its profiles ("" = the base values, the release recipe).
+- ``*_epochs``: epochs per stage (0 = the profile's steps); ``scales``: evaluation scales (4 required,
+  the gate compares at x4); ``diffusion_steps``: DDIM steps at evaluation (0 = deterministic path);
+  ``lpips``: score LPIPS.
+- ``lpips_tolerance``: how much worse than the champion's LPIPS a new champion may be;
+  ``mlflow_uri`` ("" = the pod's MLFLOW_TRACKING_URI, else a local sqlite store); ``model_name``.
+- ``training_backend``: where training runs. Only "in-process" (inside the step's pod) exists; the
+  seam for a Kubeflow PyTorchJob launcher (issue #9) is this parameter and the train steps.
+- ``data_version`` / ``code_version``: identities of the input data and the code. Only prepare takes
+  them, and every later step descends from its output, so a change re-runs the whole DAG while an
+  unchanged run is served from the cache. ``hndsr pipeline run`` fills both with content digests.
+"""
+
+from kfp import dsl
+
+from components.training_components import (
+    evaluate,
+    prepare,
+    register,
+    train_autoencoder,
+    train_diffusion,
+    train_operator,
+    validate,
+)
+
+PIPELINE_NAME = "hndsr-training"
+GPU_RESOURCE = "nvidia.com/gpu"
+TRAIN_RETRIES = 2  # a preempted or evicted GPU node; data and code errors fail the same way twice
+EVAL_RETRIES = 1
+
+
+@dsl.pipeline(name=PIPELINE_NAME, description="HNDSR: prepare, validate, train x3, evaluate, register")
+def training_pipeline(
+    data_uri: str = "data/raw",
+    params: str = "",
+    profile: str = "",
+    autoencoder_epochs: int = 0,
+    operator_epochs: int = 0,
+    diffusion_epochs: int = 0,
+    scales: list = [2.0, 3.0, 4.0],  # noqa: B006 - KFP takes parameter defaults from the signature
+    diffusion_steps: int = 0,
+    lpips: bool = True,
+    lpips_tolerance: float = 0.01,
+    mlflow_uri: str = "",
+    model_name: str = "hndsr",
+    training_backend: str = "in-process",
+    data_version: str = "",
+    code_version: str = "",
+) -> str:
+    data = prepare(
+        data_uri=data_uri,
+        params=params,
+        profile=profile,
+        mlflow_uri=mlflow_uri,
+        data_version=data_version,
+        code_version=code_version,
+    )
+    data.set_display_name("prepare data")
+    checked = validate(dataset=data.outputs["dataset"], params=params, profile=profile, mlflow_uri=mlflow_uri)
+    checked.set_display_name("validate data")
+
+    common = {"params": params, "profile": profile, "mlflow_uri": mlflow_uri, "training_backend": training_backend}
+    autoencoder = train_autoencoder(dataset=data.outputs["dataset"], epochs=autoencoder_epochs, **common)
+    autoencoder.after(checked)  # never train on data that failed validation
+    operator = train_operator(
+        dataset=data.outputs["dataset"],
+        init_model=autoencoder.outputs["model"],
+        epochs=operator_epochs,
+        **common,
+    )
+    diffusion = train_diffusion(
+        dataset=data.outputs["dataset"],
+        init_model=operator.outputs["model"],
+        epochs=diffusion_epochs,
+        **common,
+    )
+    for task in (autoencoder, operator, diffusion):
+        task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
+        task.set_retry(num_retries=TRAIN_RETRIES, backoff_duration="60s", backoff_factor=2.0)
+
+    scored = evaluate(
+        dataset=data.outputs["dataset"],
+        model=diffusion.outputs["model"],
+        params=params,
+        profile=profile,
+        scales=scales,
+        diffusion_steps=diffusion_steps,
+        lpips=lpips,
+        mlflow_uri=mlflow_uri,
+    )
+    scored.set_retry(num_retries=EVAL_RETRIES)
+
+    registered = register(
+        dataset=data.outputs["dataset"],
+        model=diffusion.outputs["model"],
+        evaluation=scored.outputs["evaluation"],
+        report=scored.outputs["report"],
+        mlflow_uri=mlflow_uri,
+        model_name=model_name,
+        lpips_tolerance=lpips_tolerance,
+    )
+    registered.set_caching_options(False)  # the registry changes between runs; registering is idempotent
+    return registered.outputs["Output"]

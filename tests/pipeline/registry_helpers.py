@@ -1,0 +1,25 @@
+"""Tiny checkpoints logged to a real MLflow store, as the train step logs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import torch
+from conftest import TINY_MODEL
+
+from components import tracking
+from hndsr.checkpoint import save_checkpoint
+from hndsr.models.hndsr_model import HNDSR
+
+
+def log_tiny_checkpoint(tracking_uri: str, directory: Path, seed: int) -> tuple[str, str]:
+    """A distinct tiny checkpoint logged under a new run's ``checkpoint`` artifact -> (run id, sha256)."""
+    torch.manual_seed(seed)
+    model = HNDSR(**{k: dict(v) for k, v in TINY_MODEL.items()})
+    save_checkpoint(model, directory, stages=["autoencoder", "operator", "diffusion"])
+    config = (directory / "config.json").read_text()
+    with tracking.step_run(tracking_uri, "train_diffusion") as run:
+        mlflow.log_artifacts(str(directory), artifact_path=tracking.CHECKPOINT_ARTIFACT)
+    return run.info.run_id, json.loads(config)["sha256"]

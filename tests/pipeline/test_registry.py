@@ -1,0 +1,121 @@
+"""The promotion gate and the registry round trip against a real MLflow sqlite store; the champion
+loads through the serving storage resolver exactly as the predictor loads it."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+from registry_helpers import log_tiny_checkpoint
+
+from components import tracking
+from components.tracking import CHALLENGER, CHAMPION, Figures, decide_promotion, register_checkpoint
+from hndsr.checkpoint import load_checkpoint
+from serving.storage import resolve_storage_uri
+
+TOL = 0.01
+
+
+def test_gate_first_model_is_champion() -> None:
+    d = decide_promotion(Figures(25.0, 0.3), None, lpips_tolerance=TOL)
+    assert d.alias == CHAMPION and "first" in d.reason
+
+
+def test_gate_better_psnr_and_lpips_within_tolerance_promotes() -> None:
+    d = decide_promotion(Figures(25.1, 0.305), Figures(25.0, 0.30), lpips_tolerance=TOL, champion_version="3")
+    assert d.alias == CHAMPION and d.champion_version == "3"
+
+
+@pytest.mark.parametrize(
+    ("candidate", "why"),
+    [
+        (Figures(24.9, 0.20), "does not beat"),  # worse PSNR, however good the LPIPS
+        (Figures(25.0, 0.30), "does not beat"),  # a tie is not a win
+        (Figures(25.5, 0.32), "LPIPS"),  # better PSNR, LPIPS worse by more than the tolerance
+        (Figures(25.5, math.nan), "no LPIPS"),  # cannot show the LPIPS is not worse
+        (Figures(math.nan, 0.1), "no held-out"),
+    ],
+)
+def test_gate_keeps_the_champion(candidate: Figures, why: str) -> None:
+    d = decide_promotion(candidate, Figures(25.0, 0.30), lpips_tolerance=TOL)
+    assert d.alias == CHALLENGER and why in d.reason
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def _aliases(uri: str) -> dict[str, str]:
+    model = MlflowClient(uri).get_registered_model(tracking.MODEL_NAME)
+    return {alias: str(version) for alias, version in model.aliases.items()}
+
+
+def test_registry_first_better_worse_and_reuse(store: str, tmp_path: Path) -> None:
+    run1, sha1 = log_tiny_checkpoint(store, tmp_path / "c1", seed=1)
+    first = register_checkpoint(
+        tracking_uri=store, run_id=run1, sha256=sha1, figures=Figures(25.0, 0.30), eval_data="d",
+        lpips_tolerance=TOL,
+    )
+    assert (first.version, first.alias) == ("1", CHAMPION)
+
+    run2, sha2 = log_tiny_checkpoint(store, tmp_path / "c2", seed=2)
+    worse = register_checkpoint(
+        tracking_uri=store, run_id=run2, sha256=sha2, figures=Figures(24.0, 0.25), eval_data="d",
+        lpips_tolerance=TOL,
+    )
+    assert (worse.version, worse.alias) == ("2", CHALLENGER)
+    assert worse.decision.champion == Figures(25.0, 0.30) and worse.decision.champion_version == "1"
+    assert _aliases(store) == {CHAMPION: "1", CHALLENGER: "2"}
+
+    run3, sha3 = log_tiny_checkpoint(store, tmp_path / "c3", seed=3)
+    better = register_checkpoint(
+        tracking_uri=store, run_id=run3, sha256=sha3, figures=Figures(26.0, 0.305), eval_data="d",
+        lpips_tolerance=TOL,
+    )
+    assert (better.version, better.alias) == ("3", CHAMPION)
+    assert _aliases(store) == {CHAMPION: "3", CHALLENGER: "2"}
+
+    again = register_checkpoint(  # an unchanged pipeline re-run: no new version, no new decision
+        tracking_uri=store, run_id=run3, sha256=sha3, figures=Figures(26.0, 0.305), eval_data="d",
+        lpips_tolerance=TOL,
+    )
+    assert again.reused and (again.version, again.alias) == ("3", CHAMPION)
+    assert len(MlflowClient(store).search_model_versions(f"name='{tracking.MODEL_NAME}'")) == 3
+
+    # The decision and its figures are on the registering run.
+    with tracking.step_run(store, "register") as run:
+        tracking.record_decision(better)
+    recorded = MlflowClient(store).get_run(run.info.run_id).data
+    assert recorded.tags["promotion.alias"] == CHAMPION and recorded.tags["promotion.version"] == "3"
+    assert recorded.metrics["candidate_psnr_y_x4"] == 26.0 and recorded.metrics["champion_psnr_y_x4"] == 25.0
+
+    # Serving resolves the alias to the champion's checkpoint directory, and it verifies.
+    mlflow.set_tracking_uri(store)
+    local = resolve_storage_uri("models:/hndsr@champion", cache_dir=tmp_path / "cache")
+    _, config = load_checkpoint(local)
+    assert config["sha256"] == sha3
+
+
+def test_champion_scored_on_other_images_is_rescored(store: str, tmp_path: Path) -> None:
+    run1, sha1 = log_tiny_checkpoint(store, tmp_path / "c1", seed=1)
+    register_checkpoint(
+        tracking_uri=store, run_id=run1, sha256=sha1, figures=Figures(30.0, 0.2), eval_data="old-test-set",
+        lpips_tolerance=TOL,
+    )
+    seen: list[str] = []
+
+    def rescore(uri: str) -> Figures:
+        seen.append(uri)
+        return Figures(20.0, 0.4)  # on the new images the old champion is much weaker
+
+    run2, sha2 = log_tiny_checkpoint(store, tmp_path / "c2", seed=2)
+    result = register_checkpoint(
+        tracking_uri=store, run_id=run2, sha256=sha2, figures=Figures(22.0, 0.4), eval_data="new-test-set",
+        lpips_tolerance=TOL, rescore_champion=rescore,
+    )
+    assert seen == ["models:/hndsr/1"]
+    assert result.alias == CHAMPION and result.decision.champion == Figures(20.0, 0.4)
