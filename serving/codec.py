@@ -18,14 +18,16 @@ Request (Open Inference Protocol v2, ``POST /v2/models/{name}/infer``)::
   the bicubic tiles themselves ``[B, 3, th, tw]`` — both work, both are slower (measured in
   ``benchmarks/serving_latency.py``: this KServe version turns every binary or JSON tensor into a
   Python list on decode; a base64 string stays one string).
-* The response carries ``sr`` FP32 ``[B, 3, th, tw]`` through the binary tensor extension when
-  asked (raw bytes after the JSON header, ``Inference-Header-Content-Length``), JSON numbers
-  otherwise, and ``parameters`` ``model_version``, ``model_ms``.
+* The response carries ``sr`` UINT16 ``[B, 3, th, tw]`` (values in [0, 1] quantised to 1/65535: half
+  the bytes of FP32, and 256x finer than the 8-bit images it becomes) through the binary tensor
+  extension when asked (raw bytes after the JSON header, ``Inference-Header-Content-Length``), JSON
+  numbers otherwise, and ``parameters`` ``model_version``, ``model_ms``. Decoders also take FP32.
 
 The v1 form (``POST /v1/models/{name}:predict``) carries the same::
 
     {"instances": [{"lr_b64": "...", "geometry": [8 ints]}, ...], "parameters": {...}}
-    -> {"predictions": [{"sr_b64": "...", "shape": [3, th, tw]}, ...], "model_version": ..., "model_ms": ...}
+    -> {"predictions": [{"sr_b64": "...", "dtype": "uint16", "shape": [3, th, tw]}, ...],
+        "model_version": ..., "model_ms": ...}
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ HEADER_LENGTH = "inference-header-content-length"
 LR_CONTENT_TYPE = "fp32_base64"
 MAX_SEED = 2**63 - 1
 ENCODINGS = ("b64", "fp32_binary", "fp32_json", "up_json")
+TILE_SCALE = 65535  # output tiles travel as uint16 in units of 1/65535
+_TILE_DTYPES: dict[str, np.dtype[Any]] = {"UINT16": np.dtype("<u2"), "FP32": np.dtype("<f4")}
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ class TileBatch:
 
 @dataclass
 class BatchResult:
-    sr: np.ndarray  # float32 (B, 3, th, tw)
+    sr: np.ndarray  # (B, 3, th, tw): uint16 (units of 1/65535) or float32 in [0, 1]
     model_version: str = ""
     model_ms: float = 0.0
     steps: int | None = None
@@ -189,11 +193,13 @@ def decode_v2_response(content: bytes, headers: Any) -> BatchResult:
         out = next(o for o in doc["outputs"] if o["name"] == "sr")
         shape = [int(v) for v in out["shape"]]
         params = out.get("parameters") or {}
+        dtype = _TILE_DTYPES[out.get("datatype", "FP32")]
         if "binary_data_size" in params:
             size = int(params["binary_data_size"])
-            sr = np.frombuffer(content, dtype="<f4", count=size // 4, offset=header_len).reshape(shape)
+            sr = np.frombuffer(content, dtype=dtype, count=size // dtype.itemsize, offset=header_len)
+            sr = sr.reshape(shape)
         else:
-            sr = np.asarray(out["data"], dtype=np.float32).reshape(shape)
+            sr = np.asarray(out["data"], dtype=dtype).reshape(shape)
         meta = doc.get("parameters") or {}
         steps = meta.get("steps")
         return BatchResult(
@@ -214,7 +220,8 @@ def decode_v1_response(content: bytes) -> BatchResult:
         tiles = []
         for p in doc["predictions"]:
             raw = base64.b64decode(p["sr_b64"], validate=True)
-            tiles.append(np.frombuffer(raw, dtype="<f4").reshape([int(v) for v in p["shape"]]))
+            dtype = _TILE_DTYPES[str(p.get("dtype", "float32")).upper().replace("FLOAT", "FP")]
+            tiles.append(np.frombuffer(raw, dtype=dtype).reshape([int(v) for v in p["shape"]]))
         steps = doc.get("steps")
         return BatchResult(
             sr=np.stack(tiles),
@@ -422,9 +429,30 @@ def decode_v1_request(payload: Any, limits: BatchLimits) -> DecodedBatch:
     return DecodedBatch(canvas, specs, up, rp, str(payload.get("id") or uuid.uuid4().hex), False)
 
 
+def quantise_tiles(sr: np.ndarray) -> np.ndarray:
+    """float32 tiles in [0, 1] -> uint16 in units of 1/65535 (the wire format); scales ``sr`` in place."""
+    np.multiply(sr, np.float32(TILE_SCALE), out=sr)
+    np.rint(sr, out=sr)
+    return sr.astype(np.uint16)
+
+
+def tile_values(sr: np.ndarray) -> np.ndarray:
+    """One tile (or batch) of the wire format as float32 in [0, 1]."""
+    if sr.dtype == np.uint16:
+        return sr.astype(np.float32) * np.float32(1.0 / TILE_SCALE)
+    return np.asarray(sr, dtype=np.float32)
+
+
 def encode_v1_response(sr: np.ndarray, model_version: str, model_ms: float, steps: int) -> dict[str, Any]:
     return {
-        "predictions": [{"sr_b64": _b64(t), "shape": list(t.shape)} for t in sr],
+        "predictions": [
+            {
+                "sr_b64": base64.b64encode(t.astype("<u2").tobytes()).decode("ascii"),
+                "dtype": "uint16",
+                "shape": list(t.shape),
+            }
+            for t in sr
+        ],
         "model_version": model_version,
         "model_ms": round(model_ms, 3),
         "steps": steps,

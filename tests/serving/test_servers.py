@@ -85,7 +85,11 @@ def test_v1_round_trip_equals_the_in_process_engine(stack: tuple[Server, Server]
     served = read_image_bytes(base64.b64decode(out["image_b64"]))
     got = np.rint(served.data * 255).astype(np.uint8)
     want = expected_uint8(read_image_bytes(data), out["tile_size"], 4.0)
-    np.testing.assert_array_equal(got, want)  # tiling + stitching over the wire == the core engine
+    # Tiling + stitching over the wire == the core engine, but for the uint16 tile transport (steps of
+    # 1/65535): it moves a value by at most 0.002 of an 8-bit step, so only values within that of a
+    # rounding boundary may end one step away.
+    diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
+    assert diff.max() <= 1 and np.mean(diff > 0) < 0.01, (diff.max(), np.mean(diff > 0))
 
 
 def test_v2_geotiff_keeps_georeferencing_bands_and_depth(

@@ -444,3 +444,26 @@ def test_is_image_file(tmp_path: Path) -> None:
     assert is_image_file(img)
     assert not is_image_file(tmp_path / "absent.png")
     assert not is_image_file(tmp_path / "notes.txt")
+
+
+@pytest.mark.parametrize(("bands", "dtype"), [(1, np.uint8), (3, np.uint8), (1, np.uint16), (3, np.uint16)])
+def test_png_writer_round_trips_exactly(bands: int, dtype: type) -> None:
+    from hndsr.imageio import png_bytes
+
+    rng = np.random.default_rng(bands)
+    top = np.iinfo(dtype).max
+    pixels = rng.integers(0, top + 1, size=(bands, 37, 53), dtype=dtype)
+    pixels[:, 5] = top  # rows whose Up difference wraps around modulo 256
+    pixels[:, 6] = 0
+    raster = read_image_bytes(png_bytes(pixels, level=1), name="x.png")
+    assert raster.dtype == np.dtype(dtype).name and raster.data.shape == pixels.shape
+    np.testing.assert_array_equal(np.rint(raster.data * top).astype(dtype), pixels)
+
+
+def test_png_writer_refuses_what_png_cannot_hold() -> None:
+    from hndsr.imageio import png_bytes
+
+    with pytest.raises(ValueError, match="1 or 3 bands"):
+        png_bytes(np.zeros((2, 4, 4), np.uint8))
+    with pytest.raises(ValueError, match="uint8/uint16"):
+        png_bytes(np.zeros((3, 4, 4), np.float32))
