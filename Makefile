@@ -35,17 +35,13 @@ lint: venv
 	$(VENV)/bin/ruff format --check hndsr serving data_validation monitoring tests benchmarks
 	$(VENV)/bin/mypy
 
-## make run: the main job on embedded defaults — sample imagery, quick training, evaluation, one SR image
+## make run: the main job on embedded defaults — sample imagery, then the Kubeflow training pipeline run here
+## (kfp.local): prepare, validate, train x3 (quick profile), evaluate beside bicubic, register in MLflow
+## (sqlite mlflow.db + mlartifacts/ unless MLFLOW_TRACKING_URI is set); prints where the report is, the
+## metrics and the champion. A second run with nothing changed is served from the task cache (.pipeline/).
 run: venv
 	$(HNDSR) data sample --out data/raw
-	$(HNDSR) train --stage all --profile quick --out $(RUN_DIR) --no-progress
-	$(HNDSR) evaluate --data data/raw --split test --checkpoint $(RUN_DIR) --scale 4 --json $(RUN_DIR)/eval_x4.json
-	$(HNDSR) evaluate --data data/raw --split test --scale 4 --json $(RUN_DIR)/eval_release_x4.json
-	mkdir -p outputs
-	$(HNDSR) sr data/raw/neon/SOAP_031.png outputs/SOAP_031_x4.png --scale 4
-	@echo "quick model:    $(RUN_DIR) (evaluation: $(RUN_DIR)/eval_x4.json)"
-	@echo "release model:  $(RUN_DIR)/eval_release_x4.json"
-	@echo "sample output:  outputs/SOAP_031_x4.png"
+	$(HNDSR) pipeline run --local --data data/raw --profile quick --summary-json reports/pipeline_summary.json
 
 ## make benchmark: speed and memory of the release checkpoint on this machine
 benchmark: venv
