@@ -1,0 +1,105 @@
+"""Real prometheus-pushgateway and prometheus (Debian packages) on 127.0.0.1, free ports, started and
+stopped by the fixture that needs them."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+READY_TIMEOUT_S = 60
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Process:
+    name: str
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def wait_ready(self, path: str) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(self.url + path, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} not ready in {READY_TIMEOUT_S} s: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start(name: str, args: list[str], port: int, tmp: Path, ready: str) -> Process:
+    binary = shutil.which(name)
+    if binary is None:
+        pytest.fail(f"{name} is not installed: run scripts/install-system-deps.sh")
+    log = tmp / f"{name}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([binary, *args], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    p = Process(name, proc, f"http://127.0.0.1:{port}", log)
+    try:
+        p.wait_ready(ready)
+    except BaseException:
+        p.stop()
+        raise
+    return p
+
+
+def start_pushgateway(tmp: Path) -> Process:
+    port = free_port()
+    return start("prometheus-pushgateway", [f"--web.listen-address=127.0.0.1:{port}"], port, tmp, "/-/ready")
+
+
+def start_prometheus(tmp: Path, rule_file: Path, targets: list[str]) -> Process:
+    """Scrapes ``targets`` every second and evaluates ``rule_file`` every second."""
+    port = free_port()
+    config = tmp / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        f"rule_files: ['{rule_file}']\n"
+        "scrape_configs:\n"
+        "  - job_name: pushgateway\n"
+        "    honor_labels: true\n"
+        f"    static_configs: [{{targets: {targets!r}}}]\n"
+    )
+    args = [
+        f"--config.file={config}",
+        f"--storage.tsdb.path={tmp / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    return start("prometheus", args, port, tmp, "/-/ready")
+
+
+def alerts(prometheus: Process) -> list[dict[str, Any]]:
+    body = httpx.get(prometheus.url + "/api/v1/alerts", timeout=5).json()
+    return list(body["data"]["alerts"])
+
+
+def query(prometheus: Process, expr: str) -> list[dict[str, Any]]:
+    body = httpx.get(prometheus.url + "/api/v1/query", params={"query": expr}, timeout=5).json()
+    return list(body["data"]["result"])

@@ -1,0 +1,152 @@
+"""The drift job: Evidently verdicts on shifted and unshifted request statistics, the insufficient-data
+state, the window, the reference from catalog.parquet, the HTML report and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+from driftdata import drift_catalog, record, request_rasters, write_requests  # noqa: F401 - fixtures
+from typer.testing import CliRunner
+
+from hndsr.cli import app
+from hndsr.errors import InputError
+from monitoring.drift import DriftSettings, load_reference, parse_window, push_registry, run_drift
+from monitoring.features import DRIFT_FEATURES
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+def test_unshifted_requests_are_not_drift(
+    drift_catalog: Path,  # noqa: F811
+    write_requests: Callable[..., Path],  # noqa: F811
+    cache: Path,
+    tmp_path: Path,
+) -> None:
+    stats = write_requests(60)
+    result = run_drift(
+        reference=str(drift_catalog),
+        stats=str(stats),
+        window="1h",
+        report=str(tmp_path / "r.html"),
+        cache_dir=cache,
+    )
+    assert result.state == "ok" and not result.detected
+    assert result.window_size == 60 and result.drift_share is not None and result.drift_share < 0.3
+    assert set(result.pvalues) == set(DRIFT_FEATURES)
+    assert "<html" in (tmp_path / "r.html").read_text()[:2000].lower()
+
+
+@pytest.mark.parametrize(("shift", "strength"), [("darken", 0.35), ("blur", 1.5), ("haze", 0.35)])
+def test_shifted_requests_are_drift(
+    drift_catalog: Path,  # noqa: F811
+    write_requests: Callable[..., Path],  # noqa: F811
+    cache: Path,
+    shift: str,
+    strength: float,
+) -> None:
+    stats = write_requests(60, shift, strength)
+    result = run_drift(reference=str(drift_catalog), stats=str(stats), window="1h", cache_dir=cache)
+    assert result.state == "drift" and result.detected and result.drift_share is not None
+    assert result.drift_share >= 0.3
+    expected = {"darken": "mean_g", "blur": "sharpness", "haze": "colourfulness"}[shift]
+    assert expected in result.drifted and result.pvalues[expected] < 0.05
+
+
+def test_too_few_samples_is_a_state_not_an_alarm(
+    drift_catalog: Path,  # noqa: F811
+    write_requests: Callable[..., Path],  # noqa: F811
+    cache: Path,
+    tmp_path: Path,
+) -> None:
+    stats = write_requests(10, "darken", 0.35)  # strongly shifted, but only 10 requests
+    result = run_drift(
+        reference=str(drift_catalog),
+        stats=str(stats),
+        window="1h",
+        report=str(tmp_path / "r.html"),
+        cache_dir=cache,
+    )
+    assert result.state == "insufficient_data" and not result.detected and result.drift_share is None
+    assert "insufficient data" in (tmp_path / "r.html").read_text()
+    text = push_registry(result, schedule_s=3600).collect()
+    values = {s.name: s.value for m in text for s in m.samples}
+    assert values["hndsr_drift_insufficient_data"] == 1 and values["hndsr_drift_detected"] == 0
+    assert values["hndsr_drift_window_size"] == 10 and "hndsr_drift_share" not in values
+
+
+def test_window_selects_recent_records(
+    drift_catalog: Path,  # noqa: F811
+    tmp_path: Path,
+    cache: Path,
+) -> None:
+    stats = tmp_path / "stats"
+    record(stats, request_rasters(60, "darken", 0.35))
+    old = time.time() - 3 * 3600
+    for f in stats.glob("*.jsonl"):  # shifted traffic of 3 h ago, outside a 1 h window
+        lines = [orjson.loads(line) | {"ts": old} for line in f.read_bytes().splitlines()]
+        f.write_bytes(b"".join(orjson.dumps(rec) + b"\n" for rec in lines))
+        os.utime(f, (old, old))
+    record(stats, request_rasters(60))
+    result = run_drift(reference=str(drift_catalog), stats=str(stats), window="1h", cache_dir=cache)
+    assert result.window_size == 60 and not result.detected
+    wide = run_drift(reference=str(drift_catalog), stats=str(stats), window="1d", cache_dir=cache)
+    assert wide.window_size == 120
+
+
+def test_reference_from_catalog_uses_lr_tiles_of_the_split(drift_catalog: Path, cache: Path) -> None:  # noqa: F811
+    import pandas as pd
+
+    catalog = pd.read_parquet(drift_catalog)
+    ref = load_reference(str(drift_catalog), DriftSettings(), cache_dir=cache)
+    assert len(ref) == 3 * (catalog["split"] == "train").sum()  # x2, x3, x4 tiles of train
+    assert all(f.startswith("train/lr_x") for f in ref["file"])
+    assert list(cache.rglob("*.parquet"))  # cached: the next run reads no image
+    hr = load_reference(str(drift_catalog), DriftSettings(images="hr", split="all"), cache_dir=cache)
+    assert len(hr) == len(catalog)
+
+
+def test_bad_arguments_say_what_to_do(tmp_path: Path, drift_catalog: Path) -> None:  # noqa: F811
+    assert parse_window("24h") == 86400 and parse_window("30m") == 1800 and parse_window("7d") == 604800
+    with pytest.raises(InputError, match="positive duration"):
+        parse_window("yesterday")
+    runner = CliRunner()
+    res = runner.invoke(
+        app, ["drift", "run", "--reference", str(tmp_path / "nope.parquet"), "--stats", str(tmp_path)]
+    )
+    assert res.exit_code == 2 and "does not exist" in res.output
+    res = runner.invoke(
+        app, ["drift", "run", "--reference", str(drift_catalog), "--stats", str(tmp_path), "--window", "soon"]
+    )
+    assert res.exit_code == 2 and "30m, 24h or 7d" in res.output
+    res = runner.invoke(
+        app, ["drift", "run", "--reference", str(drift_catalog), "--stats", str(tmp_path / "missing")]
+    )
+    assert res.exit_code == 2 and "--request-stats" in res.output
+
+
+def test_cli_run_and_reference(
+    drift_catalog: Path,  # noqa: F811
+    write_requests: Callable[..., Path],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    runner = CliRunner()
+    features = tmp_path / "ref.parquet"
+    res = runner.invoke(app, ["drift", "reference", str(drift_catalog), "--out", str(features)])
+    assert res.exit_code == 0, res.output
+    stats = write_requests(60, "haze", 0.35)
+    out = tmp_path / "summary.json"
+    args = ["drift", "run", "--reference", str(features), "--stats", str(stats), "--window", "2h"]
+    res = runner.invoke(app, [*args, "--report", str(tmp_path / "r.html"), "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("drift: 60 requests")
+    assert json.loads(out.read_text())["detected"] is True
+    assert runner.invoke(app, [*args, "--fail-on-drift"]).exit_code == 1
