@@ -78,6 +78,18 @@ class DriftResult:
     timestamp: float = field(default_factory=time.time)
     snapshot: Any = None  # the Evidently snapshot (None without a verdict)
 
+    def metric_values(self) -> dict[str, float]:
+        """Flat numbers for KFP metrics (the Pushgateway gets the same from :func:`push_registry`)."""
+        values = {
+            "window_size": float(self.window_size),
+            "reference_size": float(self.reference_size),
+            "detected": 1.0 if self.detected else 0.0,
+            "insufficient_data": 1.0 if self.state == "insufficient_data" else 0.0,
+        }
+        if self.drift_share is not None:
+            values["drift_share"] = self.drift_share
+        return values | {f"pvalue_{k}": v for k, v in self.pvalues.items()}
+
     def summary(self) -> dict[str, Any]:
         return {
             "state": self.state,

@@ -1,0 +1,43 @@
+"""KFP v2 component of the drift job: a thin typed interface over :func:`monitoring.drift.run_drift`.
+
+Runs in the project's training image (hndsr, kfp, evidently installed). The HTML report becomes a KFP
+HTML artifact (rendered in the run's UI); the verdict goes to the Pushgateway when one is given and
+to the task's metrics.
+"""
+
+from kfp import dsl
+from kfp.dsl import HTML, Metrics, Output
+
+from hndsr.images import image_ref
+
+BASE_IMAGE = image_ref("train")
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def drift_check(
+    reference: str,
+    stats: str,
+    window: str,
+    pushgateway: str,
+    schedule: str,
+    drift_share: float,
+    min_samples: int,
+    report: Output[HTML],
+    metrics: Output[Metrics],
+) -> str:
+    """Request statistics of the window vs the training reference; returns the state
+    (ok | drift | insufficient_data)."""
+    from monitoring.drift import DriftSettings, run_drift
+
+    result = run_drift(
+        reference=reference,
+        stats=stats,
+        window=window,
+        report=report.path,
+        pushgateway=pushgateway or None,
+        schedule=schedule or None,
+        settings=DriftSettings(drift_share=drift_share, min_samples=min_samples),
+    )
+    for name, value in result.metric_values().items():
+        metrics.log_metric(name, value)
+    return result.state

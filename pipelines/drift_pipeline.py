@@ -1,0 +1,92 @@
+"""The drift pipeline (one task) for a Kubeflow Pipelines recurring run, beside the Kubernetes CronJob.
+
+``compile_drift_pipeline`` writes the YAML, ``run_drift_local`` runs it offline (kfp.local
+SubprocessRunner in this environment) and ``schedule_drift`` creates the recurring run on a KFP API.
+"""
+
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from kfp import dsl
+
+from components.drift_component import drift_check
+
+
+@dsl.pipeline(name="hndsr-drift", description="Request statistics vs the training reference (Evidently).")
+def drift_pipeline(
+    reference: str,
+    stats: str,
+    window: str = "24h",
+    pushgateway: str = "",
+    schedule: str = "",
+    drift_share: float = 0.3,
+    min_samples: int = 50,
+) -> str:
+    task = drift_check(
+        reference=reference,
+        stats=stats,
+        window=window,
+        pushgateway=pushgateway,
+        schedule=schedule,
+        drift_share=drift_share,
+        min_samples=min_samples,
+    )
+    task.set_caching_options(False)  # every run reads a new window of requests
+    return task.outputs["Output"]
+
+
+def compile_drift_pipeline(out: str | Path) -> Path:
+    from kfp import compiler
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(drift_pipeline, str(out))
+    return out
+
+
+def run_drift_local(arguments: dict[str, Any], *, pipeline_root: str | Path) -> str:
+    """Run the pipeline here; returns the drift state."""
+    from kfp import local
+
+    from hndsr.errors import HNDSRError
+
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(Path(pipeline_root).resolve()),
+        enable_caching=False,
+        raise_on_error=True,
+    )
+    try:
+        task = drift_pipeline(**arguments)
+    except RuntimeError as exc:
+        raise HNDSRError(
+            re.sub(r"\x1b\[[0-9;]*m", "", str(exc)) + " The task's error is in its log above."
+        ) from None
+    return str(task.output)
+
+
+def schedule_drift(
+    host: str,
+    arguments: dict[str, Any],
+    *,
+    cron: str = "0 0 * * * *",
+    experiment: str = "hndsr-monitoring",
+    namespace: str | None = None,
+) -> str:
+    """A recurring run on the KFP API at ``host`` (6-field cron, seconds first; default hourly).
+    Pass ``schedule`` in ``arguments`` to match the cron, so the staleness alert knows the interval."""
+    from kfp import Client
+
+    client = Client(host=host, namespace=namespace)
+    exp = client.create_experiment(experiment, namespace=namespace)
+    recurring = client.create_recurring_run(
+        experiment_id=exp.experiment_id,
+        job_name="hndsr-drift",
+        cron_expression=cron,
+        pipeline_package_path=str(compile_drift_pipeline(Path(tempfile.mkdtemp()) / "drift.yaml")),
+        params=arguments,
+        enable_caching=False,
+    )
+    return str(recurring.recurring_run_id)
