@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 from driftdata import drift_catalog, write_requests  # noqa: F401 - fixtures
 
+from hndsr.images import image_ref
 from pipelines.drift_pipeline import compile_drift_pipeline, run_drift_local
 
 
@@ -19,10 +20,7 @@ def test_compiles_with_caching_off(tmp_path: Path) -> None:
     task = spec["root"]["dag"]["tasks"]["drift-check"]
     assert task["cachingOptions"] == {}  # enableCaching false is the proto default: omitted
     executor = spec["deploymentSpec"]["executors"]["exec-drift-check"]["container"]
-    assert (
-        executor["image"].startswith(("hndsr/hndsr-train:", "hndsr-train:"))
-        or "hndsr-train:" in executor["image"]
-    )
+    assert executor["image"] == image_ref("train")  # tied to the package version
 
 
 def test_local_run_writes_the_html_report(
