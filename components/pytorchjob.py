@@ -216,6 +216,15 @@ def run_pytorchjob(
         time.sleep(poll_s)
 
 
+def cli_args(profile: str, overrides: dict[str, Any]) -> tuple[str, ...]:
+    """``hndsr train`` arguments for a profile and dotted overrides (``data.*`` is set by the job itself)."""
+    args: list[str] = ["--profile", profile] if profile else []
+    for key, value in overrides.items():
+        if not key.startswith("data."):
+            args += ["--set", f"{key}={value}"]
+    return tuple(args)
+
+
 def train_stage_as_pytorchjob(
     stage: str,
     train_dir: str | Path,

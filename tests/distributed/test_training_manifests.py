@@ -17,6 +17,7 @@ from components.pytorchjob import (
     CLAIM,
     JobSpec,
     PyTorchJobFailed,
+    cli_args,
     job_outcome,
     pytorchjob_manifest,
     run_pytorchjob,
@@ -243,3 +244,9 @@ def test_staging_on_the_shared_volume(tmp_path: Path, image_dir: Path) -> None:
     assert args[args.index("--out") + 1] == "/mnt/hndsr/runs/r1"
     assert args[args.index("--params") + 1] == "/mnt/hndsr/runs/r1/params.yaml"
     assert args[args.index("--data") + 1] == "/mnt/hndsr/runs/r1/data"
+
+
+def test_pipeline_overrides_become_cli_arguments() -> None:
+    overrides = {"data.train_dir": "/x", "data.test_fraction": 0, "train.operator.steps": 600}
+    assert cli_args("quick", overrides) == ("--profile", "quick", "--set", "train.operator.steps=600")
+    assert cli_args("", {}) == ()
