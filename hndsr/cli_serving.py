@@ -28,6 +28,9 @@ def _isolate_kserve_argv() -> None:
 def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None:
     app.add_typer(serve_app, name="serve")
     app.add_typer(client_app, name="client")
+    from hndsr.cli_jobs import register as register_worker  # serve worker: asynchronous jobs (issue #7)
+
+    register_worker(serve_app, friendly_errors=friendly_errors)
 
     @serve_app.command("predictor", context_settings=KSERVE_OPTION_SPELLING)
     @friendly_errors
@@ -113,9 +116,22 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
             str | None,
             typer.Option(help="DIR | s3://bucket/prefix: record per-request image statistics (drift)."),
         ] = None,
+        redis_url: Annotated[
+            str | None,
+            typer.Option(
+                envvar="HNDSR_REDIS_URL",
+                help="Redis of the job queue: requests over --max-sync-tiles become jobs (202 + id).",
+            ),
+        ] = None,
+        jobs_s3_prefix: Annotated[
+            str | None,
+            typer.Option(envvar="HNDSR_JOBS_S3_PREFIX", help="s3://bucket/prefix for job inputs over 4 MB."),
+        ] = None,
+        jobs_max_attempts: Annotated[int, typer.Option(help="Attempts before the dead-letter queue.")] = 3,
     ) -> None:
         """The transformer: validation, admission, tiling, stitching, encoding; forwards to the predictor."""
         _isolate_kserve_argv()
+        from hndsr.cli_jobs import job_config
         from serving.server import run_transformer
         from serving.transformer import TransformerSettings
         from serving.validation import Limits
@@ -140,6 +156,9 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
             breaker_threshold=breaker_threshold,
             breaker_reset_s=breaker_reset_s,
             request_stats=request_stats,
+            jobs=job_config(redis_url, s3_prefix=jobs_s3_prefix, max_attempts=jobs_max_attempts)
+            if redis_url
+            else None,
         )
         run_transformer(model_name=model_name, http_port=http_port, grpc_port=grpc_port, settings=settings)
 

@@ -190,15 +190,17 @@ def upscale_raster(
     steps: int | None = None,
     strength: float | None = None,
     seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Raster:
     """Super-resolve the R,G,B bands with the model; bands beyond them (e.g. NIR) are upsampled
     bicubically and carried in their original order. Georeferencing keeps its CRS and origin, with
-    the pixel size divided by the actual scale of each axis."""
+    the pixel size divided by the actual scale of each axis. ``progress(tiles_done, tiles_total)``
+    is called after each batch of tiles."""
     check_scale(scale)
     rgb = torch.from_numpy(raster.rgb().copy())
     out_size = sr_size((raster.height, raster.width), scale)
     sr = upscaler.upscale(
-        rgb, scale=scale, out_size=out_size, steps=steps, strength=strength, seed=seed
+        rgb, scale=scale, out_size=out_size, steps=steps, strength=strength, seed=seed, progress=progress
     ).cpu()
     bands = [sr]
     extra = raster.extra_bands()

@@ -118,5 +118,9 @@ def run_transformer(
         '"parameters": {"scale": 4}} (v2)',
     )
     _install(app, model, model.status, policy)
+    if model.jobs is not None:  # the 202 of the asynchronous path and GET /jobs/{id} (serving.jobs)
+        from serving.jobs.api import install_job_routes
+
+        install_job_routes(app, model.jobs)
     server.register_model(model)
     server.start([])

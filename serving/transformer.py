@@ -52,6 +52,8 @@ from serving.errors import (
     ServingError,
     Unavailable,
 )
+from serving.jobs.api import submit_request
+from serving.jobs.store import JobConfig, JobStore
 from serving.metrics import ServingMetrics
 from serving.request_stats import RequestStatsRecorder, open_sink
 from serving.tiles import Canvas, TileSpec, choose_tile, crop, plan
@@ -85,6 +87,7 @@ class TransformerSettings:
     retry_after_s: float = 1.0
     png_compress_level: int = 1  # zlib level of PNG outputs (0-9): 1 is ~3x faster than 6, ~8% bigger
     request_stats: str | None = None  # DIR | s3://bucket/prefix: per-request image statistics (drift)
+    jobs: JobConfig | None = None  # set: requests above max_sync_tiles become jobs (202, serving.jobs)
 
 
 @dataclass
@@ -241,6 +244,7 @@ class HNDSRTransformer(Model):
             timeout_s=settings.timeout_s,
         )
         self.model_version = ""
+        self.jobs = JobStore(settings.jobs) if settings.jobs is not None else None
         self.request_stats = _request_stats_recorder(settings.request_stats, metrics)
         if metrics is not None:
             metrics.bind(
@@ -305,10 +309,16 @@ class HNDSRTransformer(Model):
         plans = [self._plan(inp) for inp in inputs]
         total = sum(len(specs) for _, _, specs in plans)
         if total > self.settings.max_sync_tiles:
+            if self.jobs is not None:  # the asynchronous path: 202 + job ids (serving.jobs.api)
+                tiles = [len(specs) for _, _, specs in plans]
+                raise await asyncio.to_thread(
+                    submit_request, self.jobs, inputs, tiles, headers or {}, request_id
+                )
             raise PayloadTooLarge(
                 f"this request needs {total} tiles, above the synchronous limit of "
-                f"{self.settings.max_sync_tiles}: "
-                "send a smaller image or a lower scale, or submit it to the asynchronous path (batch jobs)",
+                f"{self.settings.max_sync_tiles}: send a smaller image or a lower scale; this server has "
+                "no asynchronous path (its transformer runs without --redis-url, which answers such "
+                "requests with 202 and a job id)",
                 kind="too_many_tiles",
             )
         jobs = []

@@ -1,0 +1,349 @@
+"""``hndsr serve worker``: runs asynchronous jobs from Redis through the core's engine, in process.
+
+The main thread takes one job at a time (BLMOVE, :class:`serving.jobs.store.JobStore`), decodes the
+input, runs :func:`hndsr.inference.upscale_raster` (the same engine as ``hndsr sr`` and the
+predictor's model), encodes PNG or GeoTIFF and commits the result. A maintenance thread heartbeats
+the current job's lease (every third of the visibility timeout, with tiles done / total), recovers the
+jobs of dead workers, moves due retries back to the queue and deletes expired S3 objects.
+
+Failures: an input the engine refuses (undecodable, too small, wrong bands) is permanent — straight to
+the dead-letter queue with the reason; anything else (S3 down, out of memory, a device error) is
+retried with backoff up to the configured attempts. SIGTERM stops after handing the current job back
+to the head of the queue (not counted as an attempt).
+
+A small HTTP server (``--http-port``, default 8082) serves ``/metrics`` (Prometheus), ``/health``
+(200 when the model is loaded and Redis answers, else 503 with the reason: readiness) and ``/live``
+(200 while the maintenance thread runs: liveness).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+
+from hndsr.errors import HNDSRError, InputError, OutputValidationError
+from hndsr.imageio import encode_image, read_image_bytes
+from hndsr.inference import Upscaler, upscale_raster
+from serving.jobs.metrics import JobMetrics
+from serving.jobs.store import JobConfig, JobStore, Lease
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerSettings:
+    storage_uri: str = "release"
+    device: str | None = None
+    tile: int = 1024  # output px per tile (the engine's default)
+    max_input_pixels: int = 20_000 * 20_000  # decompression-bomb guard; scenes are large here
+    png_compress_level: int = 1
+    block_s: float = 2.0  # how long one BLMOVE waits
+    maintenance_s: float = 1.0  # reaper / sweeper period
+    http_host: str = "0.0.0.0"
+    http_port: int | None = 8082  # None: no HTTP server
+    name: str = ""
+    cache_dir: str | None = None
+
+
+class _Abort(Exception):
+    """Stop the current job: its lease was lost, or the worker is stopping."""
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """The input itself is unusable: retrying cannot help."""
+    return isinstance(exc, InputError)
+
+
+class Worker:
+    def __init__(
+        self,
+        store: JobStore,
+        upscaler: Upscaler,
+        settings: WorkerSettings,
+        *,
+        metrics: JobMetrics | None = None,
+        model_version: str = "",
+    ) -> None:
+        self.store = store
+        self.upscaler = upscaler
+        self.settings = settings
+        self.metrics = metrics
+        self.model_version = model_version
+        self.name = settings.name or f"{socket.gethostname()}-{os.getpid()}"
+        self.stop = threading.Event()
+        self.last_tick = time.monotonic()
+        self._lock = threading.Lock()
+        self._lease: Lease | None = None
+        self._progress = (0, 0)
+        self._lease_lost = threading.Event()
+
+    # ------------------------------------------------------------------------------ main loop
+
+    def run(self) -> None:
+        maintenance = threading.Thread(target=self._maintain, name="job-maintenance", daemon=True)
+        maintenance.start()
+        logger.info("worker %s taking jobs from %s", self.name, self.store.ns)
+        while not self.stop.is_set():
+            try:
+                self.run_once()
+            except Exception as exc:  # Redis down (jobs' own failures never get here): wait and retry
+                logger.warning("worker %s: %s; retrying in 2 s", self.name, exc)
+                self.stop.wait(2.0)
+        maintenance.join(timeout=5.0)
+
+    def run_once(self, block_s: float | None = None) -> str | None:
+        """Take and run one job (waiting up to ``block_s``); returns the outcome, None when idle."""
+        lease = self.store.claim(self.name, block_s=self.settings.block_s if block_s is None else block_s)
+        if lease is None:
+            return None
+        with self._lock:
+            self._lease, self._progress = lease, (0, 0)
+            self._lease_lost.clear()
+        try:
+            outcome = self._run(lease)
+        finally:
+            with self._lock:
+                self._lease = None
+        if self.metrics is not None:
+            self.metrics.outcome(outcome)
+        return outcome
+
+    def _run(self, lease: Lease) -> str:
+        started = time.perf_counter()
+        logger.info("job %s: attempt %d on %s", lease.id, lease.attempt, self.name)
+        try:
+            data, ext, meta = self._render(lease)
+            ref = self.store.store_result(lease, data, ext)
+        except _Abort:
+            if self.stop.is_set() and self.store.release(lease):
+                logger.info("job %s handed back (worker stopping)", lease.id)
+                return "released"
+            logger.warning("job %s: lease lost (visibility timeout passed); dropping this attempt", lease.id)
+            return "stale"
+        except Exception as exc:
+            permanent = is_permanent(exc)
+            reason = str(exc) if isinstance(exc, HNDSRError) else f"{type(exc).__name__}: {exc}"
+            kind = type(exc).__name__
+            outcome = self.store.fail(lease, reason, kind=kind, permanent=permanent)
+            log = logger.error if outcome == "dead" else logger.warning
+            log("job %s attempt %d failed (%s): %s -> %s", lease.id, lease.attempt, kind, reason, outcome)
+            return outcome
+        meta["seconds"] = round(time.perf_counter() - started, 3)
+        if not self.store.complete(lease, ref, meta):
+            logger.warning("job %s: finished after its lease was lost; result discarded", lease.id)
+            return "stale"
+        if self.metrics is not None:
+            created = float(lease.record.get("created", "0") or 0)
+            if created:
+                self.metrics.latency_s.observe(max(0.0, self.store.now() - created))
+        logger.info("job %s done in %.1f s (%s)", lease.id, meta["seconds"], ref)
+        return "done"
+
+    def _render(self, lease: Lease) -> tuple[bytes, str, dict[str, Any]]:
+        p = lease.params
+        raster = read_image_bytes(
+            self.store.input_of(lease),
+            max_pixels=self.settings.max_input_pixels,
+            name=f"job {lease.id} input",
+        )
+        if not np.isfinite(raster.rgb()).all():
+            raise InputError("the input holds non-finite values (NaN or Inf): fix or mask them first")
+        out = upscale_raster(
+            self.upscaler,
+            raster,
+            scale=float(p.get("scale", 4.0)),
+            steps=p.get("steps"),
+            strength=p.get("strength"),
+            seed=int(p.get("seed", 0)),
+            progress=self._on_progress,
+        )
+        fmt = p.get("output_format", "png")
+        if fmt != "geotiff":  # PNG holds R,G,B only
+            out = replace(out, data=out.data[:3], band_names=out.band_names[:3])
+        data = encode_image(
+            out, "png" if fmt == "png" else "geotiff", png_level=self.settings.png_compress_level
+        )
+        if not data:
+            raise OutputValidationError("the encoder produced an empty image")
+        done, total = self._progress
+        meta = {
+            "format": fmt,
+            "width": out.width,
+            "height": out.height,
+            "result_bytes": len(data),
+            "tiles_done": done,
+            "tiles_total": total,
+            "model_version": self.model_version,
+        }
+        return data, "png" if fmt == "png" else "tif", meta
+
+    def _on_progress(self, done: int, total: int) -> None:
+        with self._lock:
+            previous = self._progress[0]
+            self._progress = (done, total)
+        if self.metrics is not None:
+            self.metrics.tiles.inc(done - previous)
+        if self._lease_lost.is_set() or self.stop.is_set():
+            raise _Abort
+
+    # ------------------------------------------------------------------------------ maintenance
+
+    def _maintain(self) -> None:
+        period = max(0.05, min(self.settings.maintenance_s, self.store.config.visibility_timeout_s / 3.0))
+        while not self.stop.is_set():
+            self.last_tick = time.monotonic()
+            try:
+                self._tick()
+            except Exception as exc:  # Redis or S3 hiccup: next tick
+                logger.warning("job maintenance: %s", exc)
+            self.stop.wait(period)
+
+    def _tick(self) -> None:
+        with self._lock:
+            lease, (done, total) = self._lease, self._progress
+        if lease is not None and not self.store.heartbeat(lease, done, total):
+            self._lease_lost.set()
+        requeued, dead, _ = self.store.reap()
+        if requeued or dead:
+            logger.warning("recovered jobs of lost workers: %d requeued, %d dead-lettered", requeued, dead)
+        self.store.blobs.sweep_expired()
+
+    # ------------------------------------------------------------------------------ health
+
+    def status(self) -> dict[str, Any]:
+        reason = None
+        try:
+            self.store.ping()
+        except Exception as exc:
+            reason = f"Redis unreachable ({type(exc).__name__}: {exc})"
+        if time.monotonic() - self.last_tick > max(30.0, 3 * self.settings.maintenance_s):
+            reason = "the maintenance thread is stuck"
+        with self._lock:
+            lease, progress = self._lease, self._progress
+        return {
+            "status": "ready" if reason is None else "degraded",
+            "ready": reason is None,
+            "reason": reason,
+            "worker": self.name,
+            "model_version": self.model_version,
+            "job": lease.id if lease else None,
+            "tiles_done": progress[0],
+            "tiles_total": progress[1],
+        }
+
+
+class HealthServer:
+    """``/metrics``, ``/health`` (readiness), ``/live`` (liveness) on a thread."""
+
+    def __init__(self, host: str, port: int, registry: Any) -> None:
+        self.worker: Worker | None = None
+        self.loading_error: str | None = None
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+                    self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                elif path == "/health":
+                    body = server.status()
+                    self._send(200 if body["ready"] else 503, json.dumps(body).encode(), "application/json")
+                elif path == "/live":
+                    ok = server.live()
+                    self._send(200 if ok else 503, json.dumps({"live": ok}).encode(), "application/json")
+                else:
+                    msg = {"error": f"no route {path}: use /metrics, /health or /live", "status": 404}
+                    self._send(404, json.dumps(msg).encode(), "application/json")
+
+            def _send(self, code: int, body: bytes, content_type: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                if code == 503:
+                    self.send_header("Retry-After", "5")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # probes every few seconds: quiet
+                return
+
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="worker-http", daemon=True)
+
+    def start(self) -> HealthServer:
+        self.thread.start()
+        return self
+
+    def status(self) -> dict[str, Any]:
+        if self.worker is None:
+            reason = self.loading_error or "loading the model"
+            return {"status": "degraded", "ready": False, "reason": reason}
+        return self.worker.status()
+
+    def live(self) -> bool:
+        if self.worker is None:
+            return self.loading_error is None
+        return time.monotonic() - self.worker.last_tick < max(60.0, 5 * self.worker.settings.maintenance_s)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def load_upscaler(settings: WorkerSettings) -> tuple[Upscaler, str]:
+    from hndsr.checkpoint import load_checkpoint
+    from serving.storage import resolve_storage_uri
+
+    directory = resolve_storage_uri(settings.storage_uri, cache_dir=settings.cache_dir)
+    model, config = load_checkpoint(directory)
+    sha = str(config.get("sha256", ""))
+    meta = config.get("metadata") or {}
+    version = str(meta.get("version") or f"{config.get('package_version', '?')}+{sha[:12]}")
+    return Upscaler(model, device=settings.device, tile=settings.tile), version
+
+
+def run_worker(config: JobConfig, settings: WorkerSettings) -> None:
+    """Serve health and metrics, load the model (a failure keeps /health 503 with the reason and
+    exits non-zero), then take jobs until SIGTERM/SIGINT."""
+    store = JobStore(config)
+    metrics = JobMetrics(store)
+    health = None
+    if settings.http_port is not None:
+        health = HealthServer(settings.http_host, settings.http_port, metrics.registry).start()
+    try:
+        try:
+            upscaler, version = load_upscaler(settings)
+        except Exception as exc:
+            if health is not None:
+                health.loading_error = f"model not loaded: {exc}"
+            raise
+        worker = Worker(store, upscaler, settings, metrics=metrics, model_version=version)
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            logger.info(
+                "worker %s: signal %d, stopping after handing back the current job", worker.name, signum
+            )
+            worker.stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        if health is not None:
+            health.worker = worker
+        logger.info("worker %s ready: model %s on %s", worker.name, version, upscaler.device)
+        worker.run()
+    finally:
+        if health is not None:
+            health.close()
