@@ -36,7 +36,7 @@ class StepFailed(HNDSRError):
 
 
 def load(params: str, profile: str = "", overrides: dict[str, Any] | None = None) -> Params:
-    """``params``: params.yaml's text. Text, not a dict parameter: KFP's JSON would turn ints into floats."""
+    """``params``: params.yaml as YAML or JSON text. Text, not a dict: KFP would turn its ints into floats."""
     return parse_params(yaml.safe_load(params) or {}, profile=profile or None, overrides=overrides)
 
 
@@ -101,9 +101,7 @@ def validate_data(
         report = validate_catalog(
             Path(dataset_dir) / "catalog.parquet", thresholds_from_params(p), report_path=report_path
         )
-        mlflow.log_metrics(
-            {"evaluated": float(report.evaluated), "failed": float(len(report.failures))}
-        )
+        mlflow.log_metrics({"evaluated": float(report.evaluated), "failed": float(len(report.failures))})
         mlflow.log_artifact(report_path)
     if not report.success:
         lines = "\n".join(f"FAILED {f.line()}" for f in report.failures)
@@ -137,7 +135,8 @@ def train_stage(
 
     if training_backend not in TRAINING_BACKENDS:
         raise InputError(
-            f"training_backend {training_backend!r} is not available: use one of {', '.join(TRAINING_BACKENDS)}"
+            f"training_backend {training_backend!r} is not available: "
+            f"use one of {', '.join(TRAINING_BACKENDS)}"
         )
     if stage not in STAGES:
         raise InputError(f"unknown stage {stage!r}: use one of {', '.join(STAGES)}")
@@ -151,8 +150,9 @@ def train_stage(
     p = load(params, profile, overrides)
     logged = {"stage": stage, "profile": profile or "base", "training_backend": training_backend}
     with (
-        tracking.step_run(tracking_uri, f"train_{stage}", params=logged | {"train": p.train.stage(stage).__dict__})
-        as run,
+        tracking.step_run(
+            tracking_uri, f"train_{stage}", params=logged | {"train": p.train.stage(stage).__dict__}
+        ) as run,
         tempfile.TemporaryDirectory(prefix=f"hndsr-{stage}-") as work,
     ):
         if init_checkpoint:
@@ -304,7 +304,9 @@ def register_model(
 
     evaluation = json.loads(Path(evaluation_path).read_text())
     figures = evaluation["figures"]
-    candidate = tracking.Figures(figures.get("model_psnr_y_x4", math.nan), figures.get("model_lpips_x4", math.nan))
+    candidate = tracking.Figures(
+        figures.get("model_psnr_y_x4", math.nan), figures.get("model_lpips_x4", math.nan)
+    )
     x4 = next(ev for ev in evaluation["evaluations"] if float(ev["scale"]) == 4.0)
     lpips = math.isfinite(candidate.lpips)
 

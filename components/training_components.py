@@ -40,9 +40,7 @@ def prepare(
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def validate(
-    dataset: Input[Dataset], params: str, profile: str, mlflow_uri: str, report: Output[Artifact]
-):
+def validate(dataset: Input[Dataset], params: str, profile: str, mlflow_uri: str, report: Output[Artifact]):
     """Great Expectations suites over the catalog; fails the pipeline naming each failed expectation."""
     from components.steps import validate_data
 

@@ -23,7 +23,9 @@ EpochsOpt = Annotated[
     tuple[int, int, int],
     typer.Option(help="Epochs of the autoencoder, operator and diffusion stages (0 = the profile's)."),
 ]
-ScalesOpt = Annotated[list[float] | None, typer.Option("--scale", help="Evaluation scale (repeat; 4 required).")]
+ScalesOpt = Annotated[
+    list[float] | None, typer.Option("--scale", help="Evaluation scale (repeat; 4 required).")
+]
 StepsOpt = Annotated[int, typer.Option(help="DDIM steps at evaluation (0 = deterministic path).")]
 LpipsOpt = Annotated[bool, typer.Option(help="Score LPIPS (its weights are fetched once).")]
 ToleranceOpt = Annotated[float, typer.Option(help="How much worse LPIPS a new champion may have.")]
@@ -72,7 +74,9 @@ def register(app: typer.Typer, *, friendly_errors: Decorator) -> None:
     @pipeline_app.command("compile")
     @friendly_errors
     def compile_cmd(
-        out: Annotated[Path, typer.Option(help="Pipeline YAML to write.")] = Path("build/hndsr-training.yaml"),
+        out: Annotated[Path, typer.Option(help="Pipeline YAML to write.")] = Path(
+            "build/hndsr-training.yaml"
+        ),
         params: ParamsOpt = Path("params.yaml"),
         profile: ProfileOpt = None,
         data: DataOpt = "data/raw",
@@ -86,7 +90,9 @@ def register(app: typer.Typer, *, friendly_errors: Decorator) -> None:
     @pipeline_app.command("run")
     @friendly_errors
     def run_cmd(
-        local: Annotated[bool, typer.Option("--local", help="Run here with kfp.local (required for now).")] = False,
+        local: Annotated[
+            bool, typer.Option("--local", help="Run here with kfp.local (required for now).")
+        ] = False,
         params: ParamsOpt = Path("params.yaml"),
         profile: ProfileOpt = None,
         data: DataOpt = "data/raw",
@@ -97,9 +103,17 @@ def register(app: typer.Typer, *, friendly_errors: Decorator) -> None:
         lpips_tolerance: ToleranceOpt = 0.01,
         mlflow_uri: MlflowOpt = "",
         training_backend: BackendOpt = "in-process",
-        pipeline_root: Annotated[Path, typer.Option(help="Local task outputs and cache.")] = Path(".pipeline"),
+        pipeline_root: Annotated[Path, typer.Option(help="Local task outputs and cache.")] = Path(
+            ".pipeline"
+        ),
         cache: Annotated[bool, typer.Option(help="Reuse the outputs of unchanged tasks.")] = True,
         summary_json: Annotated[Path | None, typer.Option(help="Also write the summary here.")] = None,
+        data_version: Annotated[
+            str | None, typer.Option(help="Identity of the data for the cache (default: content digest).")
+        ] = None,
+        code_version: Annotated[
+            str | None, typer.Option(help="Identity of the code for the cache (default: source digest).")
+        ] = None,
     ) -> None:
         """Run the whole DAG offline (kfp.local SubprocessRunner) and print where everything is."""
         from pipelines.runner import code_fingerprint, data_fingerprint, run_local
@@ -107,11 +121,19 @@ def register(app: typer.Typer, *, friendly_errors: Decorator) -> None:
         if not local:
             raise typer.BadParameter("only --local runs exist here; use `hndsr pipeline submit --host URL`")
         args = arguments(
-            params, profile, data, epochs, scale, diffusion_steps, lpips, lpips_tolerance, mlflow_uri,
+            params,
+            profile,
+            data,
+            epochs,
+            scale,
+            diffusion_steps,
+            lpips,
+            lpips_tolerance,
+            mlflow_uri,
             training_backend,
         )
-        args.data_version = data_fingerprint(data)
-        args.code_version = code_fingerprint()
+        args.data_version = data_fingerprint(data) if data_version is None else data_version
+        args.code_version = code_fingerprint() if code_version is None else code_version
         summary = run_local(args, pipeline_root=pipeline_root, cache=cache)
         if summary_json is not None:
             summary_json.parent.mkdir(parents=True, exist_ok=True)
@@ -137,13 +159,23 @@ def register(app: typer.Typer, *, friendly_errors: Decorator) -> None:
         cron: Annotated[
             str, typer.Option(help="Recurring run on this 6-field cron (e.g. '0 0 3 * * *'); '' = one run.")
         ] = "",
-        data_version: Annotated[str, typer.Option(help="Identity of the data (e.g. a DVC rev), for caching.")] = "",
+        data_version: Annotated[
+            str, typer.Option(help="Identity of the data (e.g. a DVC rev), for caching.")
+        ] = "",
     ) -> None:
         """Submit to a real Kubeflow Pipelines: one run, or a recurring run with --cron."""
         from pipelines.runner import submit
 
         args = arguments(
-            params, profile, data, epochs, scale, diffusion_steps, lpips, lpips_tolerance, mlflow_uri,
+            params,
+            profile,
+            data,
+            epochs,
+            scale,
+            diffusion_steps,
+            lpips,
+            lpips_tolerance,
+            mlflow_uri,
             training_backend,
         )
         args.data_version = data_version
@@ -155,7 +187,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     x4 = summary["x4"]
     m, b = x4["model"], x4["bicubic"]
     lines = [
-        f"registered {summary['model']} version {summary['version']} as {summary['alias']}: {summary['reason']}",
+        f"registered {summary['model']} version {summary['version']} as {summary['alias']}: "
+        f"{summary['reason']}",
         f"champion: models:/{summary['model']}@champion = version {summary['champion_version'] or 'none'}"
         f" ({summary['tracking_uri']})",
         f"held-out x4, {x4['n_images']} images:   model | bicubic",

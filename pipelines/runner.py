@@ -24,7 +24,8 @@ from hndsr.errors import HNDSRError, InputError
 logger = logging.getLogger(__name__)
 
 DEFAULT_PIPELINE_ROOT = Path(".pipeline")  # local task outputs and the task cache
-CODE_PACKAGES = ("hndsr", "components", "pipelines", "data_validation", "serving")
+# What the steps run; the CLI adapters (hndsr/cli*.py) do not change results.
+CODE_PACKAGES = ("hndsr", "components", "pipelines", "data_validation")
 
 
 class PipelineFailed(HNDSRError):
@@ -54,16 +55,16 @@ class PipelineArguments:
 
 
 def read_params(path: str | Path, profile: str = "") -> str:
-    """params.yaml's text (profiles included): the pipeline's ``params`` argument, checked here so that
-    a typo fails now rather than in the third task."""
+    """params.yaml (profiles included) as one line of JSON: the pipeline's ``params`` argument (one line,
+    because KFP copies defaults into a YAML comment). Checked here so a typo fails now, not in a task."""
     from hndsr.config import parse_params
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"params file {path} not found: run from the project root or pass --params PATH")
-    text = path.read_text()
-    parse_params(yaml.safe_load(text) or {}, profile=profile or None)
-    return text
+    tree = yaml.safe_load(path.read_text()) or {}
+    parse_params(tree, profile=profile or None)
+    return json.dumps(tree, sort_keys=True)
 
 
 def default_profile(params: str) -> str:
@@ -107,7 +108,7 @@ def code_fingerprint() -> str:
             continue
         root = Path(next(iter(spec.submodule_search_locations)))
         roots.append(root)
-        files += [p for p in root.rglob("*.py")]
+        files += [p for p in root.rglob("*.py") if not (name == "hndsr" and p.name.startswith("cli"))]
     h = hashlib.sha256(__version__.encode())
     for root in roots:
         h.update(_digest_files(root.parent, [f for f in files if root in f.parents]).encode())
@@ -189,4 +190,3 @@ def submit(
         enable_caching=True,
     )
     return str(recurring.recurring_run_id)
-

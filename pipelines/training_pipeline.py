@@ -2,7 +2,7 @@
 register. Wiring only; each step is a component of ``components.training_components``.
 
 Parameters:
-- ``data_uri``: folder or s3://bucket/prefix of raw HR images; ``params``: params.yaml's text;
+- ``data_uri``: folder or s3://bucket/prefix of raw HR images; ``params``: params.yaml as JSON text;
   ``profile``: one of its profiles ("" = the base values, the release recipe).
 - ``*_epochs``: epochs per stage (0 = the profile's steps); ``scales``: evaluation scales (4 required,
   the gate compares at x4); ``diffusion_steps``: DDIM steps at evaluation (0 = deterministic path);
@@ -64,7 +64,12 @@ def training_pipeline(
     checked = validate(dataset=data.outputs["dataset"], params=params, profile=profile, mlflow_uri=mlflow_uri)
     checked.set_display_name("validate data")
 
-    common = {"params": params, "profile": profile, "mlflow_uri": mlflow_uri, "training_backend": training_backend}
+    common = {
+        "params": params,
+        "profile": profile,
+        "mlflow_uri": mlflow_uri,
+        "training_backend": training_backend,
+    }
     autoencoder = train_autoencoder(dataset=data.outputs["dataset"], epochs=autoencoder_epochs, **common)
     autoencoder.after(checked)  # never train on data that failed validation
     operator = train_operator(

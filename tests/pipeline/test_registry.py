@@ -57,14 +57,22 @@ def _aliases(uri: str) -> dict[str, str]:
 def test_registry_first_better_worse_and_reuse(store: str, tmp_path: Path) -> None:
     run1, sha1 = log_tiny_checkpoint(store, tmp_path / "c1", seed=1)
     first = register_checkpoint(
-        tracking_uri=store, run_id=run1, sha256=sha1, figures=Figures(25.0, 0.30), eval_data="d",
+        tracking_uri=store,
+        run_id=run1,
+        sha256=sha1,
+        figures=Figures(25.0, 0.30),
+        eval_data="d",
         lpips_tolerance=TOL,
     )
     assert (first.version, first.alias) == ("1", CHAMPION)
 
     run2, sha2 = log_tiny_checkpoint(store, tmp_path / "c2", seed=2)
     worse = register_checkpoint(
-        tracking_uri=store, run_id=run2, sha256=sha2, figures=Figures(24.0, 0.25), eval_data="d",
+        tracking_uri=store,
+        run_id=run2,
+        sha256=sha2,
+        figures=Figures(24.0, 0.25),
+        eval_data="d",
         lpips_tolerance=TOL,
     )
     assert (worse.version, worse.alias) == ("2", CHALLENGER)
@@ -73,14 +81,22 @@ def test_registry_first_better_worse_and_reuse(store: str, tmp_path: Path) -> No
 
     run3, sha3 = log_tiny_checkpoint(store, tmp_path / "c3", seed=3)
     better = register_checkpoint(
-        tracking_uri=store, run_id=run3, sha256=sha3, figures=Figures(26.0, 0.305), eval_data="d",
+        tracking_uri=store,
+        run_id=run3,
+        sha256=sha3,
+        figures=Figures(26.0, 0.305),
+        eval_data="d",
         lpips_tolerance=TOL,
     )
     assert (better.version, better.alias) == ("3", CHAMPION)
     assert _aliases(store) == {CHAMPION: "3", CHALLENGER: "2"}
 
     again = register_checkpoint(  # an unchanged pipeline re-run: no new version, no new decision
-        tracking_uri=store, run_id=run3, sha256=sha3, figures=Figures(26.0, 0.305), eval_data="d",
+        tracking_uri=store,
+        run_id=run3,
+        sha256=sha3,
+        figures=Figures(26.0, 0.305),
+        eval_data="d",
         lpips_tolerance=TOL,
     )
     assert again.reused and (again.version, again.alias) == ("3", CHAMPION)
@@ -103,7 +119,11 @@ def test_registry_first_better_worse_and_reuse(store: str, tmp_path: Path) -> No
 def test_champion_scored_on_other_images_is_rescored(store: str, tmp_path: Path) -> None:
     run1, sha1 = log_tiny_checkpoint(store, tmp_path / "c1", seed=1)
     register_checkpoint(
-        tracking_uri=store, run_id=run1, sha256=sha1, figures=Figures(30.0, 0.2), eval_data="old-test-set",
+        tracking_uri=store,
+        run_id=run1,
+        sha256=sha1,
+        figures=Figures(30.0, 0.2),
+        eval_data="old-test-set",
         lpips_tolerance=TOL,
     )
     seen: list[str] = []
@@ -114,8 +134,13 @@ def test_champion_scored_on_other_images_is_rescored(store: str, tmp_path: Path)
 
     run2, sha2 = log_tiny_checkpoint(store, tmp_path / "c2", seed=2)
     result = register_checkpoint(
-        tracking_uri=store, run_id=run2, sha256=sha2, figures=Figures(22.0, 0.4), eval_data="new-test-set",
-        lpips_tolerance=TOL, rescore_champion=rescore,
+        tracking_uri=store,
+        run_id=run2,
+        sha256=sha2,
+        figures=Figures(22.0, 0.4),
+        eval_data="new-test-set",
+        lpips_tolerance=TOL,
+        rescore_champion=rescore,
     )
     assert seen == ["models:/hndsr/1"]
     assert result.alias == CHAMPION and result.decision.champion == Figures(20.0, 0.4)

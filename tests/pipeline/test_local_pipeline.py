@@ -1,0 +1,184 @@
+"""The whole DAG under kfp.local (SubprocessRunner, this environment) on tiny generated data, through
+the real ``hndsr pipeline run --local`` command: every component's outputs, the MLflow runs, the
+registered champion loading as serving loads it, the cached second run, and a failing step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+import yaml
+from conftest import TINY_MODEL
+from imagesets import write_broken_set, write_clean_set
+from mlflow import MlflowClient
+
+from hndsr.checkpoint import load_checkpoint
+from serving.storage import resolve_storage_uri
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+HNDSR = Path(sys.executable).parent / "hndsr"
+TASKS = (
+    "prepare",
+    "validate",
+    "train-autoencoder",
+    "train-operator",
+    "train-diffusion",
+    "evaluate",
+    "register",
+)
+
+
+def tiny_params() -> str:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["data"].update(patch_size=48, val_crop=48, val_images=2, val_fraction=0.2, test_fraction=0.3)
+    raw["model"] = TINY_MODEL
+    raw["prepare"]["tile_size"] = 48
+    tiny = {"steps": 2, "batch_size": 2, "warmup_steps": 1, "steps_per_epoch": 1}
+    raw["profiles"]["ci"] = {"train.device": "cpu", "train.threads": 1, "evaluate.limit": 3} | {
+        f"train.{stage}.{key}": value
+        for stage in ("autoencoder", "operator", "diffusion")
+        for key, value in tiny.items()
+    }
+    return yaml.safe_dump(raw)
+
+
+class Workdir:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.store = f"sqlite:///{path / 'mlflow.db'}"
+        (path / "params.yaml").write_text(tiny_params())
+
+    def run(self, data: Path, name: str) -> tuple[subprocess.CompletedProcess[str], float]:
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        cmd = [
+            str(HNDSR), "pipeline", "run", "--local", "--data", str(data), "--profile", "ci", "--no-lpips",
+            "--mlflow-uri", self.store, "--pipeline-root", str(self.path / "root"),
+            "--summary-json", str(self.path / f"{name}.json"),
+            "--code-version", "under-test",  # others may edit the shared tree meanwhile (test_fingerprints)
+        ]  # fmt: skip
+        started = time.monotonic()
+        result = subprocess.run(cmd, cwd=self.path, env=env, capture_output=True, text=True, timeout=900)
+        return result, time.monotonic() - started
+
+    def task_output(self, task: str) -> dict[str, Any]:
+        """executor_output.json of the latest run of ``task`` (artifact metadata, parameter outputs)."""
+        runs = sorted(p for p in (self.path / "root").glob("hndsr-training-*") if (p / task).is_dir())
+        return dict(json.loads((runs[-1] / task / "executor_output.json").read_text()))
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workdir, Path, dict[str, Any], float]:
+    work = Workdir(tmp_path_factory.mktemp("pipeline"))
+    data = work.path / "raw"
+    write_clean_set(data, n=14)
+    result, seconds = work.run(data, "first")
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert "registered hndsr version 1 as champion" in result.stdout
+    return work, data, json.loads((work.path / "first.json").read_text()), seconds
+
+
+def _artifact_metadata(output: dict[str, Any], name: str) -> dict[str, Any]:
+    return dict(output["artifacts"][name]["artifacts"][0]["metadata"])
+
+
+def test_every_component_produced_its_typed_outputs(
+    first_run: tuple[Workdir, Path, dict[str, Any], float],
+) -> None:
+    work, _, summary, _ = first_run
+    dataset = _artifact_metadata(work.task_output("prepare"), "dataset")
+    assert dataset["tiles"]["train"] > 0 and dataset["tiles"]["test"] > 0 and dataset["data_version"]
+    assert _artifact_metadata(work.task_output("validate"), "report")["evaluated"] > 10
+    shas = []
+    for stage in ("autoencoder", "operator", "diffusion"):
+        meta = _artifact_metadata(work.task_output(f"train-{stage}"), "model")
+        assert meta["stage"] == stage and meta["steps"] == 2 and len(meta["sha256"]) == 64
+        assert meta["stages"][-1] == stage and meta["version"]
+        shas.append(meta["sha256"])
+    assert len(set(shas)) == 3  # every stage changed the weights
+    metrics = _artifact_metadata(work.task_output("evaluate"), "metrics")
+    for scale in ("x2", "x3", "x4"):
+        assert 10 < metrics[f"model_psnr_y_{scale}"] < 60 and 10 < metrics[f"bicubic_psnr_y_{scale}"] < 60
+    assert not any("lpips" in key for key in metrics)  # --no-lpips: not measured, not faked
+
+    report = Path(summary["report"]).read_text()
+    assert report.count("data:image/png;base64,") == 4 * 3  # LR, bicubic, model, HR for 3 images
+    assert "bicubic" in report and "x4" in report
+    card = Path(summary["model_card"]).read_text()
+    assert "champion" in card and shas[-1] in card
+    assert summary["x4"]["n_images"] == 3 and summary["champion_version"] == "1"
+
+
+def test_mlflow_has_every_step_with_epochs_and_the_decision(
+    first_run: tuple[Workdir, Path, dict[str, Any], float],
+) -> None:
+    work, _, _, _ = first_run
+    client = MlflowClient(work.store)
+    experiment = client.get_experiment_by_name("hndsr")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    by_step = {r.data.tags["hndsr.step"]: r for r in runs}
+    assert set(by_step) == {"prepare", "validate", "evaluate", "register"} | {
+        f"train_{stage}" for stage in ("autoencoder", "operator", "diffusion")
+    }
+    assert all(r.info.status == "FINISHED" for r in runs)
+    history = client.get_metric_history(by_step["train_operator"].info.run_id, "operator.train_l1")
+    assert [m.step for m in history] == [1, 2]  # one point per epoch
+    assert by_step["train_operator"].data.params["train.steps"] == "2"
+    artifacts = {a.path for a in client.list_artifacts(by_step["train_diffusion"].info.run_id, "checkpoint")}
+    assert artifacts == {"checkpoint/config.json", "checkpoint/model.safetensors"}
+    register = by_step["register"].data
+    assert register.tags["promotion.alias"] == "champion" and register.tags["promotion.version"] == "1"
+    assert "candidate_psnr_y_x4" in register.metrics
+    assert "report.html" in {a.path for a in client.list_artifacts(by_step["evaluate"].info.run_id)}
+
+
+def test_registered_champion_loads_as_serving_loads_it(
+    first_run: tuple[Workdir, Path, dict[str, Any], float], tmp_path: Path
+) -> None:
+    work, _, _, _ = first_run
+    mlflow.set_tracking_uri(work.store)
+    directory = resolve_storage_uri("models:/hndsr@champion", cache_dir=tmp_path)
+    _, config = load_checkpoint(directory)
+    assert config["stages"] == ["autoencoder", "operator", "diffusion"]
+    diffusion = _artifact_metadata(work.task_output("train-diffusion"), "model")
+    assert config["sha256"] == diffusion["sha256"]
+
+
+def test_unchanged_second_run_is_served_from_the_cache(
+    first_run: tuple[Workdir, Path, dict[str, Any], float],
+) -> None:
+    work, data, first, first_seconds = first_run
+    result, seconds = work.run(data, "second")
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    hits = [task for task in TASKS if f"Task {task} cache hit" in log]
+    assert hits == list(TASKS[:-1]), log[
+        -4000:
+    ]  # everything but register, which found its version already there
+    second = json.loads((work.path / "second.json").read_text())
+    assert second["version"] == first["version"] == "1" and "already registered" in second["reason"]
+    assert second["report"] == first["report"]  # the cached evaluation's report
+    assert len(MlflowClient(work.store).search_model_versions("name='hndsr'")) == 1
+    assert seconds < first_seconds / 2, (seconds, first_seconds)
+
+
+def test_failing_step_stops_the_pipeline_with_its_error(tmp_path: Path) -> None:
+    work = Workdir(tmp_path)
+    data = tmp_path / "broken"
+    write_broken_set(data)  # a reject rate far over validate.max_reject_rate
+    result, _ = work.run(data, "broken")
+    assert result.returncode == 2
+    assert "Inner task failed: 'validate'" in result.stderr and "Traceback" not in result.stderr
+    assert "FAILED [ingest]" in result.stdout  # the task's own message, streamed from its log
+    assert not list((tmp_path / "root").glob("*/train-autoencoder"))  # nothing ran after the failure
+    assert not (tmp_path / "broken.json").exists()
