@@ -86,16 +86,18 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
             for command in commands:
                 typer.echo(shlex.join(command))
 
-    @canary_app.command("status")
-    @friendly_errors
-    def canary_status(
-        name: name_opt = "hndsr",
-        namespace: namespace_opt = "hndsr",
-        context: context_opt = None,
-        apply: apply_opt = False,
-    ) -> None:
-        """Readiness, revisions and the predictor's traffic split."""
-        canary_step("status", None, name, namespace, context, apply)
+    def fixed_step(action: str) -> Callable[..., None]:
+        """A step that needs only the target (status, promote, rollback)."""
+
+        def command(
+            name: name_opt = "hndsr",
+            namespace: namespace_opt = "hndsr",
+            context: context_opt = None,
+            apply: apply_opt = False,
+        ) -> None:
+            canary_step(action, None, name, namespace, context, apply)
+
+        return command
 
     @canary_app.command("start")
     @friendly_errors
@@ -109,27 +111,12 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
         """New storageUri with canaryTrafficPercent 10: the new revision gets 10% of the traffic."""
         canary_step("start", storage_uri, name, namespace, context, apply)
 
-    @canary_app.command("promote")
-    @friendly_errors
-    def canary_promote(
-        name: name_opt = "hndsr",
-        namespace: namespace_opt = "hndsr",
-        context: context_opt = None,
-        apply: apply_opt = False,
-    ) -> None:
-        """Remove canaryTrafficPercent: the new revision gets all the traffic."""
-        canary_step("promote", None, name, namespace, context, apply)
-
-    @canary_app.command("rollback")
-    @friendly_errors
-    def canary_rollback(
-        name: name_opt = "hndsr",
-        namespace: namespace_opt = "hndsr",
-        context: context_opt = None,
-        apply: apply_opt = False,
-    ) -> None:
-        """canaryTrafficPercent 0: the previous revision gets all the traffic back."""
-        canary_step("rollback", None, name, namespace, context, apply)
+    for action, summary in (
+        ("status", "Readiness, revisions and the predictor's traffic split."),
+        ("promote", "Remove canaryTrafficPercent: the new revision gets all the traffic."),
+        ("rollback", "canaryTrafficPercent 0: the previous revision gets all the traffic back."),
+    ):
+        canary_app.command(action, help=summary)(friendly_errors(fixed_step(action)))
 
     @manifests_app.command("render-rules")
     @friendly_errors

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -76,27 +75,13 @@ def predictor(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     container = _runtime_container()
     args = _serve_args(container, {"/mnt/models": str(checkpoint)})
     server = Server([*args, "--device", "cpu"], tmp_path_factory.mktemp("logs") / "predictor.log")
-    server.start(ready_path="/v2/health/live")
+    server.start(ready_path=container["readinessProbe"]["httpGet"]["path"])
     yield server
     server.stop()
 
 
-def _wait_ready(server: Server, path: str, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(server.url + path, timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise AssertionError(f"{path} not 200 within {timeout_s} s: {server.log_tail()}")
-
-
 def test_predictor_probes(predictor: Server) -> None:
-    container = _runtime_container()
-    _wait_ready(predictor, container["readinessProbe"]["httpGet"]["path"])
-    _check(predictor, container)
+    _check(predictor, _runtime_container())
 
 
 def test_transformer_probes_with_the_args_kserve_appends(predictor: Server, tmp_path: Path) -> None:
@@ -107,8 +92,7 @@ def test_transformer_probes_with_the_args_kserve_appends(predictor: Server, tmp_
     kserve_args = ["--model_name", "hndsr", "--predictor_host", predictor.url.removeprefix("http://")]
     server = Server([*args, *kserve_args], tmp_path / "transformer.log")
     try:
-        server.start(ready_path="/v2/health/live")
-        _wait_ready(server, container["readinessProbe"]["httpGet"]["path"])
+        server.start(ready_path=container["readinessProbe"]["httpGet"]["path"])
         _check(server, container)
         assert httpx.get(server.url + "/health", timeout=10.0).json()["predictor"] == predictor.url
     finally:
@@ -154,8 +138,7 @@ def test_worker_probes(checkpoint: Path, redis_url: str, tmp_path: Path) -> None
         [*args, "--device", "cpu"], tmp_path / "worker.log", env=env | {"HNDSR_REDIS_URL": redis_url}
     )
     try:
-        server.start(ready_path="/live")
-        _wait_ready(server, container["readinessProbe"]["httpGet"]["path"])
+        server.start(ready_path=container["readinessProbe"]["httpGet"]["path"])
         _check(server, container)
     finally:
         server.stop()
