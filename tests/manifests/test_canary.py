@@ -7,6 +7,7 @@ from __future__ import annotations
 import shlex
 import socket
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ def kubectl_patch_local(
         text=True,
         timeout=60,
         check=False,
-        env={"KUBECONFIG": "/dev/null", "PATH": "/usr/bin:/bin"},
+        env={"KUBECONFIG": "/dev/null"},
     )
 
 
@@ -150,12 +151,12 @@ def test_apply_runs_kubectl_and_returns_its_failure(tmp_path: Path) -> None:
         )
     )
     result = subprocess.run(
-        [str(Path(__file__).resolve().parents[2] / ".venv/bin/hndsr"), "canary", "rollback", "--apply"],
+        [sys.executable, "-m", "hndsr.cli", "canary", "rollback", "--apply"],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
-        env={"KUBECONFIG": str(kubeconfig), "PATH": "/usr/bin:/bin"},
+        env={"KUBECONFIG": str(kubeconfig), "PATH": f"{Path(str(KUBECTL)).parent}:/usr/bin:/bin"},
     )
     assert result.returncode != 0
     assert "$ kubectl --namespace hndsr patch inferenceservice hndsr --type merge -p" in result.stderr

@@ -75,8 +75,6 @@ def test_every_container_is_locked_down(directory: Path) -> None:
                 problems.append(f"{where}: runAsNonRoot not set")
             if 0 in (csc.get("runAsUser"), psc.get("runAsUser")):
                 problems.append(f"{where}: runs as uid 0")
-            if doc["kind"] == "InferenceService" and where.split()[1] == "predictor":
-                continue  # the model container's securityContext comes from the ServingRuntime
             if csc.get("readOnlyRootFilesystem") is not True:
                 problems.append(f"{where}: root filesystem not read-only")
             if csc.get("allowPrivilegeEscalation") is not False:
@@ -92,6 +90,14 @@ def test_every_container_is_locked_down(directory: Path) -> None:
                 for probe in ("livenessProbe", "readinessProbe"):
                     if probe not in container:
                         problems.append(f"{where}: no {probe}")
+        if doc["kind"] == "InferenceService":
+            # The model container is the ServingRuntime's, checked above; Knative takes only
+            # seccompProfile at pod level.
+            predictor = doc["spec"]["predictor"]
+            assert find(render(directory), "ServingRuntime", predictor["model"]["runtime"])
+            assert "containers" not in predictor
+            for component in ("predictor", "transformer"):
+                assert set(doc["spec"][component]["securityContext"]) == {"seccompProfile"}
     assert not problems, "\n".join(problems)
 
 
