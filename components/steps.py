@@ -228,6 +228,7 @@ def evaluate_model(
     dataset_dir: str,
     evaluation_path: str,
     report_path: str,
+    metrics_path: str,
     *,
     params: str,
     profile: str,
@@ -236,8 +237,9 @@ def evaluate_model(
     lpips: bool,
     tracking_uri: str,
 ) -> dict[str, float]:
-    """Score the model beside bicubic on the held-out test split per scale; write the JSON and the
-    HTML report; returns the flat figures (``model_psnr_y_x4``, ``bicubic_lpips_x2`` ...)."""
+    """Score the model beside bicubic on the held-out test split per scale; write the JSON, the HTML
+    report and the metrics; returns the measured flat figures (``model_psnr_y_x4``, ``bicubic_ssim_y_x2``
+    ...; a metric not measured is left out, never faked)."""
     from components.report import render_report
     from hndsr.evaluation import METRIC_KEYS
     from hndsr.inference import Upscaler
@@ -276,6 +278,8 @@ def evaluate_model(
         )
         Path(report_path).write_text(page)
         measured = {k: v for k, v in figures.items() if math.isfinite(v)}  # NaN: not measured (no LPIPS)
+        # The Metrics artifact's own file: kfp.local's cache only serves artifacts that exist on disk.
+        Path(metrics_path).write_text(json.dumps(measured, indent=2) + "\n")
         mlflow.log_metrics(measured)
         mlflow.log_artifact(evaluation_path)
         mlflow.log_text(page, "report.html")

@@ -156,6 +156,7 @@ def evaluate(
         dataset.path,
         evaluation.path,
         report.path,
+        metrics.path,
         params=params,
         profile=profile,
         scales=scales,
