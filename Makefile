@@ -41,7 +41,7 @@ lint: venv
 ## metrics and the champion. A second run with nothing changed is served from the task cache (.pipeline/).
 run: venv
 	$(HNDSR) data sample --out data/raw
-	$(HNDSR) pipeline run --local --data data/raw --profile quick --summary-json reports/pipeline_summary.json
+	$(HNDSR) pipeline run --local --data data/raw --profile quick --summary-json .pipeline/summary.json
 
 ## make benchmark: speed and memory of the release checkpoint on this machine
 benchmark: venv
