@@ -26,13 +26,13 @@ venv: $(VENV)/.installed-$(EXTRAS)
 
 ## make test: the whole test suite (unit + integration), ruff and mypy
 test: venv
-	$(VENV)/bin/ruff check hndsr serving data_validation monitoring tests benchmarks
+	$(VENV)/bin/ruff check hndsr serving data_validation monitoring components pipelines tests benchmarks
 	$(VENV)/bin/mypy
 	$(PY) -m pytest
 
 lint: venv
-	$(VENV)/bin/ruff check hndsr serving data_validation monitoring tests benchmarks
-	$(VENV)/bin/ruff format --check hndsr serving data_validation monitoring tests benchmarks
+	$(VENV)/bin/ruff check hndsr serving data_validation monitoring components pipelines tests benchmarks
+	$(VENV)/bin/ruff format --check hndsr serving data_validation monitoring components pipelines tests benchmarks
 	$(VENV)/bin/mypy
 
 ## make run: the main job on embedded defaults — sample imagery, then the Kubeflow training pipeline run here
