@@ -4,7 +4,6 @@ persistence) and ``hndsr serve worker`` subprocesses, started and stopped by the
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,61 +15,19 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 from servingstack import ROOT, free_port
 
+from serving.jobs.redisserver import EmbeddedRedis
 from serving.jobs.store import JobConfig
 
 STARTUP_TIMEOUT_S = 120.0
 
 
-class RedisServer:
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            raise RuntimeError("redis-server is not installed: run scripts/install-system-deps.sh")
-        for _ in range(3):  # a free port can be taken before the server binds it
-            self.port = free_port()
-            args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-            args += ["--dir", str(self.directory), "--logfile", str(self.directory / "redis.log")]
-            self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-            deadline = time.monotonic() + 30.0
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                try:
-                    if redis.Redis(port=self.port, socket_timeout=1.0).ping():
-                        return self
-                except redis.RedisError:
-                    time.sleep(0.05)
-            self.stop()
-        raise RuntimeError(
-            f"redis-server did not start: {(self.directory / 'redis.log').read_text()[-2000:]}"
-        )
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+    assert server.proc is None
 
 
 def fresh_config(redis_url: str, **overrides: object) -> JobConfig:
