@@ -28,7 +28,9 @@ from hndsr.errors import HNDSRError, InputError
 logger = logging.getLogger(__name__)
 
 STAGES = ("autoencoder", "operator", "diffusion")
-TRAINING_BACKENDS = ("in-process",)  # issue #9 adds "pytorchjob" (components/pytorchjob.py)
+# in-process: this step trains (one GPU); pytorchjob: a Kubeflow PyTorchJob trains under torchrun on
+# N workers (components/pytorchjob.py; needs the shared training volume mounted in this step's pod).
+TRAINING_BACKENDS = ("in-process", "pytorchjob")
 
 
 class StepFailed(HNDSRError):
@@ -157,14 +159,27 @@ def train_stage(
     ):
         if init_checkpoint:
             mlflow.set_tag("hndsr.init_sha256", read_checkpoint_config(init_checkpoint).get("sha256", ""))
-        checkpoint = train(
-            p,
-            work,
-            stages=[stage],
-            init_checkpoint=init_checkpoint or None,
-            callbacks=[tracking.MlflowEpochLogger()],
-            progress=False,
-        )
+        if training_backend == "pytorchjob":
+            from components.pytorchjob import cli_args, train_stage_as_pytorchjob
+
+            # Per-epoch metrics stay in the job's logs; this run records the final checkpoint.
+            checkpoint = train_stage_as_pytorchjob(
+                stage,
+                overrides["data.train_dir"],
+                params_text=params,
+                run_id=run.info.run_id,
+                init_checkpoint=init_checkpoint or None,
+                extra_args=cli_args(profile, overrides),
+            )
+        else:
+            checkpoint = train(
+                p,
+                work,
+                stages=[stage],
+                init_checkpoint=init_checkpoint or None,
+                callbacks=[tracking.MlflowEpochLogger()],
+                progress=False,
+            )
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         for name in (WEIGHTS_FILE, CONFIG_FILE):
