@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from jobstack import WorkerProcess, fresh_config, redis_server  # noqa: F401  (fixture)
+from jobstack import fresh_config, redis_server, worker  # noqa: F401  (fixture)
 from servingstack import b64, free_port, png_bytes, tiny_model, transformer, write_checkpoint
 
 from hndsr.imageio import encode_image, read_image_bytes
@@ -35,7 +35,7 @@ def test_large_requests_become_jobs_with_status_and_result(
     server = transformer(
         tmp_path, nowhere, "--redis-url", config.redis_url, "--max-sync-tiles", "0", "--rate-limit-rps", "0"
     )
-    worker = WorkerProcess(config, write_checkpoint(tmp_path / "tiny"), tmp_path / "worker.log")
+    job_worker = worker(config, write_checkpoint(tmp_path / "tiny"), tmp_path / "worker.log")
     server.start(ready_path="/v2/health/live")
     try:
         image = png_bytes(40, 48, seed=2)
@@ -71,11 +71,11 @@ def test_large_requests_become_jobs_with_status_and_result(
         assert r2.status_code == 202, r2.text
         v2_id = r2.json()["id"]
 
-        worker.start()
+        job_worker.start()
         deadline = time.monotonic() + 120
         while (status := http.get(f"/jobs/{job_id}").json())["status"] != "done":
             assert status["status"] in ("queued", "running"), status
-            assert time.monotonic() < deadline, worker.log_tail()
+            assert time.monotonic() < deadline, job_worker.log_tail()
             time.sleep(0.2)
         assert status["attempts"] == 1 and status["result"]["url"] == f"/jobs/{job_id}/result"
         assert (status["result"]["width"], status["result"]["height"]) == (192, 160)
@@ -94,7 +94,7 @@ def test_large_requests_become_jobs_with_status_and_result(
 
         deadline = time.monotonic() + 120
         while (v2_status := http.get(f"/jobs/{v2_id}").json())["status"] != "done":
-            assert time.monotonic() < deadline, worker.log_tail()
+            assert time.monotonic() < deadline, job_worker.log_tail()
             time.sleep(0.2)
         assert (v2_status["result"]["width"], v2_status["result"]["height"]) == (96, 80)
 
@@ -102,5 +102,5 @@ def test_large_requests_become_jobs_with_status_and_result(
         assert unknown.status_code == 404 and "results expire" in unknown.json()["error"]
         assert http.get("/jobs/..%2Fetc").status_code == 404
     finally:
-        worker.stop()
+        job_worker.stop()
         server.stop()

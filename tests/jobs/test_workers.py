@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from jobstack import WorkerProcess, fresh_config, metric_value, redis_server  # noqa: F401  (fixture)
+from jobstack import fresh_config, metric_value, metrics_of, name_of, redis_server, start_all, worker  # noqa: F401
 from PIL import Image
 from servingstack import ROOT, png_bytes, tiny_model, write_checkpoint
 
@@ -58,14 +58,9 @@ def test_a_job_of_a_killed_worker_completes_on_another(
     config = fresh_config(redis_server.url, visibility_timeout_s=3.0)
     store = JobStore(config)
     data = png_bytes(224, 224, seed=11)
-    workers = [
-        WorkerProcess(config, checkpoint, tmp_path / f"w{i}.log", extra=["--tile", "128"]) for i in (0, 1)
-    ]
-    for w in workers:
-        w.start(wait=False)
+    workers = [worker(config, checkpoint, tmp_path / f"w{i}.log", "--tile", "128") for i in (0, 1)]
     try:
-        for w in workers:
-            w.wait_ready()
+        start_all(workers)
         job_id = store.submit(data, PARAMS).id
         deadline = time.monotonic() + 120
         while True:  # mid-job: running, some tiles done, not all
@@ -75,18 +70,18 @@ def test_a_job_of_a_killed_worker_completes_on_another(
             assert record.get("status") != DONE, "the job finished before it could be killed: make it larger"
             assert time.monotonic() < deadline, f"the job never ran: {[w.log_tail() for w in workers]}"
             time.sleep(0.05)
-        victim, rescuer = workers if record["worker"] == workers[0].name else workers[::-1]
-        assert record["worker"] == victim.name
+        victim, rescuer = workers if record["worker"] == name_of(workers[0]) else workers[::-1]
+        assert record["worker"] == name_of(victim)
         tiles_total = int(record["tiles_total"])
         assert 0 < int(record["tiles_done"]) < tiles_total
         victim.kill()  # the other worker is idle: it takes the job once the lease expires
         record = store.wait(job_id, timeout_s=180) or {}
         assert record.get("status") == DONE, rescuer.log_tail()
-        assert record["worker"] == rescuer.name
+        assert record["worker"] == name_of(rescuer)
         assert (record["attempts"], record["completions"]) == ("2", "1")
         assert int(record["tiles_done"]) == tiles_total
         assert_same_image(store.blobs.get(record["result"]), engine_png(data, tile=128))
-        assert metric_value(rescuer.metrics(), 'hndsr_jobs_attempts_total{outcome="done"}') == 1.0
+        assert metric_value(metrics_of(rescuer), 'hndsr_jobs_attempts_total{outcome="done"}') == 1.0
         assert store.counts()["processing"] == 0
     finally:
         for w in workers:
@@ -99,12 +94,9 @@ def test_many_concurrent_submissions_complete_exactly_once(
     tmp_path: Path,
 ) -> None:
     config = fresh_config(redis_server.url)
-    workers = [WorkerProcess(config, checkpoint, tmp_path / f"w{i}.log") for i in range(2)]
-    for w in workers:
-        w.start(wait=False)
+    workers = [worker(config, checkpoint, tmp_path / f"w{i}.log") for i in range(2)]
     try:
-        for w in workers:
-            w.wait_ready()
+        start_all(workers)
         store = JobStore(config)
         images = [png_bytes(16 + 8 * (i % 3), 24, seed=i) for i in range(24)]
         with ThreadPoolExecutor(max_workers=8) as pool:  # concurrent producers
@@ -118,17 +110,17 @@ def test_many_concurrent_submissions_complete_exactly_once(
             assert (int(record["height"]), int(record["width"])) == (4 * h, 4 * w)
         counts = store.counts()
         assert (counts["queued"], counts["processing"], counts["dead"], counts["completed"]) == (0, 0, 0, 24)
-        texts = [w.metrics() for w in workers]
+        texts = [metrics_of(w) for w in workers]
         done = [metric_value(t, 'hndsr_jobs_attempts_total{outcome="done"}') for t in texts]
         assert sum(done) == 24 and min(done) > 0, done  # both took a share, nothing ran twice
-        assert {r["worker"] for r in records} == {w.name for w in workers}
+        assert {r["worker"] for r in records} == {name_of(w) for w in workers}
         assert metric_value(texts[0], "hndsr_jobs_queue_depth") == 0.0
         assert metric_value(texts[0], "hndsr_jobs_dead_letter") == 0.0
         assert metric_value(texts[0], "hndsr_jobs_redis_up") == 1.0
         assert metric_value(texts[0], "hndsr_jobs_latency_seconds_count") == done[0]
         assert metric_value(texts[0], "hndsr_jobs_worker_peak_rss_bytes") > 50e6
         health = httpx.get(workers[0].url + "/health", timeout=5).json()
-        assert health["ready"] is True and health["worker"] == workers[0].name
+        assert health["ready"] is True and health["worker"] == name_of(workers[0])
         assert httpx.get(workers[0].url + "/live", timeout=5).status_code == 200
         missing = httpx.get(workers[0].url + "/nope", timeout=5)
         assert missing.status_code == 404 and "/metrics" in missing.json()["error"]
