@@ -31,7 +31,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from serving.jobs.redisserver import EmbeddedRedis, free_port
+from hndsr.s3server import free_ports
+from serving.jobs.redisserver import EmbeddedRedis
 from serving.jobs.store import DONE, JobConfig, JobStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +104,7 @@ def run(redis_url: str, workers: int, jobs: int, data: bytes, scale: float, tmp:
     config = JobConfig(redis_url=redis_url, namespace=f"bench:{workers}", visibility_timeout_s=600.0)
     store = JobStore(config)
     threads = max(1, (os.cpu_count() or 1) // workers)
-    ports = [free_port() for _ in range(workers)]
+    ports = free_ports(workers)
     logs = [tmp / f"worker-{workers}-{i}.log" for i in range(workers)]
     procs = [start_worker(config, p, threads, log) for p, log in zip(ports, logs, strict=True)]
     try:

@@ -4,19 +4,13 @@ no persistence (``--save "" --appendonly no``); ``with EmbeddedRedis(dir) as r: 
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from hndsr.errors import ConfigError
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from hndsr.s3server import free_ports
 
 
 class EmbeddedRedis:
@@ -42,7 +36,7 @@ class EmbeddedRedis:
             raise ConfigError("redis-server is not installed: run scripts/install-system-deps.sh")
         self.directory.mkdir(parents=True, exist_ok=True)
         for _ in range(3):  # a free port can be taken before the server binds it: try another
-            self.port = free_port()
+            self.port = free_ports(1)[0]
             args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
             args += ["--dir", str(self.directory), "--logfile", str(self.log_path)]
             self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
