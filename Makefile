@@ -35,13 +35,20 @@ lint: venv
 	$(VENV)/bin/ruff format --check hndsr serving data_validation monitoring components pipelines tests benchmarks
 	$(VENV)/bin/mypy
 
+SERVE_PORT ?= 8080
+SERVE_PREDICTOR_PORT ?= 8081
+
 ## make run: the main job on embedded defaults — sample imagery, then the Kubeflow training pipeline run here
 ## (kfp.local): prepare, validate, train x3 (quick profile), evaluate beside bicubic, register in MLflow
 ## (sqlite mlflow.db + mlartifacts/ unless MLFLOW_TRACKING_URI is set); prints where the report is, the
 ## metrics and the champion. A second run with nothing changed is served from the task cache (.pipeline/).
+## Then the champion is served locally (KServe predictor + transformer) for one x4 request, and stopped.
 run: venv
 	$(HNDSR) data sample --out data/raw
 	$(HNDSR) pipeline run --local --data data/raw --profile quick --summary-json .pipeline/summary.json
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} $(HNDSR) serve local \
+		--storage-uri models:/hndsr@champion --port $(SERVE_PORT) --predictor-port $(SERVE_PREDICTOR_PORT) \
+		--sample data/raw/neon/SOAP_031.png --smoke outputs/SOAP_031_x4.png
 
 ## make benchmark: speed and memory of the release checkpoint on this machine
 benchmark: venv

@@ -180,6 +180,10 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
         ] = False,
         https_port: Annotated[int, typer.Option(help="With --tls: the HTTPS port.")] = 8443,
         http_port: Annotated[int, typer.Option(help="With --tls: plain HTTP, redirected.")] = 8000,
+        smoke: Annotated[
+            Path | None,
+            typer.Option(help="Upscale --sample x4 once through the servers into this file, then stop."),
+        ] = None,
     ) -> None:
         """Predictor + transformer on this machine, with a ready-to-paste curl example (make serve)."""
         from serving.ingress import IngressConfig
@@ -194,6 +198,7 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
             predictor_port=predictor_port,
             sample=sample,
             ingress=ingress,
+            smoke=(sample, smoke) if smoke is not None else None,
         )
 
     @client_app.command("sr")

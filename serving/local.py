@@ -78,6 +78,21 @@ def _wait_ready(proc: subprocess.Popen[bytes], url: str, what: str, timeout_s: f
     raise HNDSRError(f"the {what} was not ready within {timeout_s:.0f} s")
 
 
+def _smoke(url: str, image: Path, output: Path) -> None:
+    from serving.client import SRClient
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with SRClient(url) as client:
+        result = client.upscale_file(image, output, scale=4.0)
+    meta = result.meta
+    size = f"{meta.get('width')}x{meta.get('height')}"
+    print(
+        f"served {image} -> {output} ({size}), model {meta.get('model_version')}, {meta.get('tiles')} tiles, "
+        f"cycle PSNR {meta.get('cycle_psnr_db')} dB, timings {meta.get('timings_ms')}",
+        flush=True,
+    )
+
+
 def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
@@ -92,7 +107,11 @@ def run_local(
     extra_transformer: list[str] | None = None,
     timeout_s: float = 300.0,
     ingress: IngressConfig | None = None,
+    smoke: tuple[Path, Path] | None = None,
 ) -> None:
+    """Start the servers and serve until Ctrl+C/SIGTERM; with ``smoke=(image, output)`` upscale that
+    image x4 once through the transformer, print the response's figures and stop (the main job's
+    serving check)."""
     uri = storage_uri or default_storage_uri()
     base = [sys.executable, "-m", "hndsr.cli", "serve"]
     predictor_cmd = [*base, "predictor", "--http-port", str(predictor_port), "--storage-uri", uri]
@@ -125,6 +144,9 @@ def run_local(
         procs.append(subprocess.Popen(transformer_cmd + (extra_transformer or [])))
         url = f"http://127.0.0.1:{transformer_port}"
         _wait_ready(procs[1], url, "transformer", timeout_s)
+        if smoke is not None:
+            _smoke(url, *smoke)
+            return
         print(examples(url, _sample_image(sample)), flush=True)
         if ingress is not None:  # make serve-tls: nginx (TLS, limits, buffering) in front
             proxy = NginxIngress(ingress, Path("outputs/ingress"))
