@@ -54,6 +54,9 @@ def register(serve_app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -
         ] = "release",
         device: Annotated[str | None, typer.Option(help="cpu, cuda (default: cuda if present).")] = None,
         tile: Annotated[int, typer.Option(help="Tile size, output px (memory bound).")] = 1024,
+        max_output_mp: Annotated[
+            float, typer.Option(help="Refuse larger outputs (the canvas needs ~50 bytes per pixel).")
+        ] = 400.0,
         http_port: Annotated[int, typer.Option(help="Port of /metrics, /health and /live.")] = 8082,
         http_host: Annotated[str, typer.Option(help="Address of that port.")] = "0.0.0.0",
         namespace: Annotated[
@@ -82,6 +85,7 @@ def register(serve_app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -
             storage_uri=storage_uri,
             device=device,
             tile=tile,
+            max_output_pixels=int(max_output_mp * 1e6),
             http_host=http_host,
             http_port=http_port,
             name=name or f"{os.uname().nodename}-{os.getpid()}",

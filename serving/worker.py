@@ -34,6 +34,7 @@ import numpy as np
 from hndsr.errors import HNDSRError, InputError, OutputValidationError
 from hndsr.imageio import encode_image, read_image_bytes
 from hndsr.inference import Upscaler, upscale_raster
+from hndsr.resample import sr_size
 from serving.jobs.metrics import JobMetrics
 from serving.jobs.store import JobConfig, JobStore, Lease
 
@@ -46,6 +47,9 @@ class WorkerSettings:
     device: str | None = None
     tile: int = 1024  # output px per tile (the engine's default)
     max_input_pixels: int = 20_000 * 20_000  # decompression-bomb guard; scenes are large here
+    # The engine holds the whole output canvas (~50 bytes per output pixel at peak, measured): refuse
+    # what cannot fit rather than be OOM-killed max_attempts times.
+    max_output_pixels: int = 400_000_000
     png_compress_level: int = 1
     block_s: float = 2.0  # how long one BLMOVE waits
     maintenance_s: float = 1.0  # reaper / sweeper period
@@ -158,10 +162,18 @@ class Worker:
         )
         if not np.isfinite(raster.rgb()).all():
             raise InputError("the input holds non-finite values (NaN or Inf): fix or mask them first")
+        scale = float(p.get("scale", 4.0))
+        out_h, out_w = sr_size((raster.height, raster.width), scale)
+        if out_h * out_w > self.settings.max_output_pixels:
+            raise InputError(
+                f"the output would be {out_w}x{out_h} = {out_h * out_w / 1e6:,.1f} MP, over this worker's "
+                f"limit of {self.settings.max_output_pixels / 1e6:,.1f} MP (about 50 bytes of memory per "
+                "output pixel): split the scene, or run workers with more memory and --max-output-mp"
+            )
         out = upscale_raster(
             self.upscaler,
             raster,
-            scale=float(p.get("scale", 4.0)),
+            scale=scale,
             steps=p.get("steps"),
             strength=p.get("strength"),
             seed=int(p.get("seed", 0)),

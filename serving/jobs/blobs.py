@@ -39,10 +39,11 @@ class BlobStore:
         self.namespace = namespace
         self.inline_max_bytes = inline_max_bytes
         self.s3_prefix = s3_prefix.rstrip("/") if s3_prefix else None
-        self._s3_settings = s3_settings
         self._s3: Any = None
-        if self.s3_prefix:
-            parse_s3_uri(self.s3_prefix)  # InputError for a malformed prefix, at start-up
+        self._s3_settings = s3_settings
+        if self.s3_prefix:  # misconfiguration fails at start-up, not on the first large job
+            parse_s3_uri(self.s3_prefix)
+            self._s3_settings = s3_settings or S3Settings.from_env()
 
     @property
     def expiry_key(self) -> str:
@@ -59,8 +60,7 @@ class BlobStore:
 
     def _client(self) -> Any:
         if self._s3 is None:
-            settings = self._s3_settings or S3Settings.from_env()
-            self._s3 = settings.client()
+            self._s3 = (self._s3_settings or S3Settings.from_env()).client()
         return self._s3
 
     def put_s3(self, uri: str, data: bytes, *, expires_at: float | None = None) -> str:

@@ -206,3 +206,14 @@ def test_large_inputs_and_results_go_to_s3_and_are_swept(
     time.sleep(max(0.0, expires_at - store.now()) + 0.2)
     worker._tick()  # the result after its TTL
     assert names() == []
+
+
+def test_an_output_too_large_for_the_worker_is_refused_before_rendering(redis_server, upscaler) -> None:  # noqa: F811
+    store = JobStore(fresh_config(redis_server.url))
+    job_id = store.submit(png_bytes(64, 64), PARAMS).id
+    settings = WorkerSettings(http_port=None, tile=128, max_output_pixels=200 * 200)
+    assert Worker(store, upscaler, settings).run_once(block_s=1.0) == "dead"
+    record = store.get(job_id)
+    assert record is not None and record["attempts"] == "1" and record["tiles_done"] == "0"
+    assert "256x256 = 0.1 MP, over this worker's limit" in record["error"]
+    assert "--max-output-mp" in record["error"]
