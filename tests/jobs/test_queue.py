@@ -217,3 +217,18 @@ def test_an_output_too_large_for_the_worker_is_refused_before_rendering(redis_se
     assert record is not None and record["attempts"] == "1" and record["tiles_done"] == "0"
     assert "256x256 = 0.1 MP, over this worker's limit" in record["error"]
     assert "--max-output-mp" in record["error"]
+
+
+def test_a_stopping_worker_hands_its_job_back_without_spending_an_attempt(redis_server, upscaler) -> None:  # noqa: F811
+    store = JobStore(fresh_config(redis_server.url))
+    first = store.submit(png_bytes(32, 32, seed=1), PARAMS).id
+    second = store.submit(png_bytes(32, 32, seed=2), PARAMS).id
+    worker = make_worker(store, upscaler)
+    worker.stop.set()  # SIGTERM: the first progress callback stops the job
+    assert worker.run_once(block_s=1.0) == "released"
+    record = store.get(first)
+    assert record is not None and (record["status"], record["attempts"]) == (QUEUED, "0")
+    assert "token" not in record and store.counts()["processing"] == 0
+    worker.stop.clear()
+    assert worker.run_once(block_s=1.0) == "done" and store.get(first)["status"] == DONE  # type: ignore[index]
+    assert store.get(second)["status"] == QUEUED  # type: ignore[index]  # the handed-back job went first
