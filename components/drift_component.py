@@ -24,9 +24,11 @@ def drift_check(
     min_samples: int,
     report: Output[HTML],
     metrics: Output[Metrics],
+    stattest: str = "wasserstein_ks",
+    stattest_threshold: float = 0.0,
 ) -> str:
     """Request statistics of the window vs the training reference; returns the state
-    (ok | drift | insufficient_data)."""
+    (ok | drift | insufficient_data). ``stattest_threshold`` 0: the method's default."""
     from monitoring.drift import DriftSettings, run_drift
 
     result = run_drift(
@@ -36,7 +38,12 @@ def drift_check(
         report=report.path,
         pushgateway=pushgateway or None,
         schedule=schedule or None,
-        settings=DriftSettings(drift_share=drift_share, min_samples=min_samples),
+        settings=DriftSettings(
+            drift_share=drift_share,
+            min_samples=min_samples,
+            stattest=stattest,
+            stattest_threshold=stattest_threshold or None,
+        ),
     )
     for name, value in result.metric_values().items():
         metrics.log_metric(name, value)

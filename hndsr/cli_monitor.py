@@ -36,7 +36,19 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
             str | None, typer.Option(help="How often this runs (default: the window); stale after 2x.")
         ] = None,
         drift_share: Annotated[float, typer.Option(help="Share of drifted features that is drift.")] = 0.3,
-        threshold: Annotated[float, typer.Option(help="Per-feature K-S p-value threshold.")] = 0.05,
+        threshold: Annotated[
+            float, typer.Option(help="K-S p-value significance (wasserstein_ks; the ks threshold).")
+        ] = 0.05,
+        stattest: Annotated[
+            str,
+            typer.Option(
+                help="Per-feature method: wasserstein_ks | auto (Evidently's choice) | ks | psi ..."
+            ),
+        ] = "wasserstein_ks",
+        stattest_threshold: Annotated[
+            float | None,
+            typer.Option(help="The method's threshold (default: 0.25 for wasserstein_ks, Evidently's else)."),
+        ] = None,
         min_samples: Annotated[int, typer.Option(help="Fewer records: insufficient data, no verdict.")] = 50,
         split: Annotated[str, typer.Option(help="Catalog split of the reference (or all).")] = "train",
         reference_images: Annotated[str, typer.Option(help="lr (the model's inputs) | hr tiles.")] = "lr",
@@ -50,6 +62,8 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
         settings = DriftSettings(
             drift_share=drift_share,
             threshold=threshold,
+            stattest=stattest,
+            stattest_threshold=stattest_threshold,
             min_samples=min_samples,
             reference_sample=reference_sample,
             split=split,

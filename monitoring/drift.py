@@ -4,9 +4,20 @@
 tiles, the images the model is trained on, computed by :func:`monitoring.features.raster_features`
 — or a features table written by ``hndsr drift reference``), reads the request records of the window
 (the JSONL files or S3 objects the transformer's recorder writes), runs Evidently's
-``DataDriftPreset`` with a two-sample Kolmogorov-Smirnov test per feature, saves the HTML report and
-pushes the result to a Prometheus Pushgateway. Fewer records than ``min_samples`` is a reported state
+``DataDriftPreset`` with one drift method per feature, saves the HTML report and pushes the result to
+a Prometheus Pushgateway. Fewer records than ``min_samples`` is a reported state
 (``hndsr_drift_insufficient_data 1``, ``hndsr_drift_detected 0``), not an alarm.
+
+The default method, ``wasserstein_ks``, calls a feature drifted when its distribution moved by a
+relevant amount *and* the move is statistically real: normed Wasserstein distance (Evidently's
+"wasserstein": the distance divided by the reference's std) at least ``stattest_threshold`` (0.25)
+and two-sample K-S p-value below ``threshold`` (0.05). A K-S test alone flags practically irrelevant
+differences once the samples are large (held-out RSSCN7 read as drift); a distance alone is noisy in
+small windows (at 50 requests the third-largest normed distance of a sample *of the reference itself*
+reaches 0.32 in 5% of draws). Evidently's own choice (``auto``: K-S up to 1000 reference rows, normed
+Wasserstein at 0.1 above) and any Evidently test by name (``ks``, ``wasserstein``, ``psi``, ...) can
+be chosen instead. The K-S p-values are computed for every method (``hndsr_drift_feature_pvalue``),
+the chosen method's score is ``hndsr_drift_feature_score``.
 """
 
 from __future__ import annotations
@@ -46,10 +57,18 @@ def parse_window(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
+#: This project's drift method: normed Wasserstein >= threshold and K-S p-value < DriftSettings.threshold.
+WASSERSTEIN_KS = "wasserstein_ks"
+#: Thresholds of the methods when --stattest-threshold is not given (others: Evidently's default).
+DEFAULT_STATTEST_THRESHOLDS = {WASSERSTEIN_KS: 0.25}
+
+
 @dataclass
 class DriftSettings:
     drift_share: float = 0.3  # share of drifted features that makes the dataset drifted
-    threshold: float = 0.05  # per-feature K-S p-value below which a feature drifted
+    threshold: float = 0.05  # K-S p-value significance (wasserstein_ks; ks's threshold by default)
+    stattest: str = WASSERSTEIN_KS  # per-feature method: wasserstein_ks | auto | an Evidently test name
+    stattest_threshold: float | None = None  # None: 0.25 (wasserstein_ks), threshold (ks), Evidently
     min_samples: int = 50  # fewer request records in the window: insufficient data, no verdict
     reference_sample: int = 5000  # reference rows used at most (random, seeded)
     split: str = "train"  # catalog split of the reference ("all": every split)
@@ -64,6 +83,84 @@ class DriftSettings:
             raise InputError(f"min samples {self.min_samples} must be at least 2 (two-sample tests)")
         if self.images not in ("lr", "hr"):
             raise InputError(f"reference images {self.images!r}: use lr or hr")
+        if self.stattest == "auto" and self.stattest_threshold is not None:
+            raise InputError(
+                "--stattest-threshold needs an explicit --stattest: auto picks K-S or Wasserstein per "
+                "reference size, whose thresholds mean different things"
+            )
+        if self.stattest_threshold is not None and self.stattest_threshold <= 0:
+            raise InputError(f"stattest threshold {self.stattest_threshold} must be positive")
+        if self.stattest not in ("auto", WASSERSTEIN_KS):
+            from evidently.legacy.calculations.stattests.registry import (
+                StatTestNotFoundError,
+                get_registered_stattest,
+            )
+            from evidently.legacy.core import ColumnType
+
+            try:
+                get_registered_stattest(self.stattest, ColumnType.Numerical)
+            except (StatTestNotFoundError, ValueError) as exc:
+                raise InputError(
+                    f"stattest {self.stattest!r} is not an Evidently test for numerical features ({exc}); "
+                    f"use {WASSERSTEIN_KS}, auto, ks, wasserstein, psi, ..."
+                ) from exc
+
+    def method(self) -> str | None:
+        """The name Evidently gets (None: its own choice per column)."""
+        if self.stattest == "auto":
+            return None
+        if self.stattest == WASSERSTEIN_KS:
+            return _register_wasserstein_ks(self.threshold)
+        return self.stattest
+
+    def method_threshold(self) -> float | None:
+        if self.stattest_threshold is not None:
+            return self.stattest_threshold
+        if self.stattest == "ks":
+            return self.threshold
+        return DEFAULT_STATTEST_THRESHOLDS.get(self.stattest)
+
+
+def _register_wasserstein_ks(alpha: float) -> str:
+    """Register (once per ``alpha``) the Evidently test ``wasserstein_ks``: score = normed Wasserstein
+    distance; drifted when the score reaches the threshold and the K-S p-value is below ``alpha``."""
+    from evidently.legacy.calculations.stattests.registry import (
+        StatTest,
+        _registered_stat_tests,
+        register_stattest,
+    )
+    from evidently.legacy.core import ColumnType
+    from scipy import stats
+
+    name = f"{WASSERSTEIN_KS}_p{alpha:g}"
+    if name in _registered_stat_tests:
+        return name
+
+    def wasserstein_ks(
+        reference: pd.Series, current: pd.Series, _type: Any, threshold: float
+    ) -> tuple[float, bool]:
+        norm = max(float(np.std(reference)), 0.001)  # as Evidently's "wasserstein"
+        distance = float(stats.wasserstein_distance(reference, current)) / norm
+        return distance, bool(distance >= threshold and _ks_pvalue(reference, current) < alpha)
+
+    register_stattest(
+        StatTest(
+            name=name,
+            display_name=f"Wasserstein distance (normed), with K-S p < {alpha:g}",
+            allowed_feature_types=[ColumnType.Numerical],
+            default_threshold=DEFAULT_STATTEST_THRESHOLDS[WASSERSTEIN_KS],
+        ),
+        wasserstein_ks,
+    )
+    return name
+
+
+def _ks_pvalue(reference: Any, current: Any) -> float:
+    from scipy import stats
+
+    if np.ptp(np.asarray(reference)) == 0 and np.ptp(np.asarray(current)) == 0:  # constant, e.g. no nodata
+        return 1.0 if float(np.asarray(reference)[0]) == float(np.asarray(current)[0]) else 0.0
+    return float(stats.ks_2samp(reference, current).pvalue)
 
 
 @dataclass
@@ -73,8 +170,10 @@ class DriftResult:
     reference_size: int
     drift_share: float | None = None
     detected: bool = False
-    pvalues: dict[str, float] = field(default_factory=dict)
+    pvalues: dict[str, float] = field(default_factory=dict)  # K-S p-value per feature (every method)
     drifted: list[str] = field(default_factory=list)
+    scores: dict[str, float] = field(default_factory=dict)  # the method's score (distance or p-value)
+    methods: dict[str, str] = field(default_factory=dict)  # the method per feature (Evidently's name)
     timestamp: float = field(default_factory=time.time)
     snapshot: Any = None  # the Evidently snapshot (None without a verdict)
 
@@ -88,7 +187,11 @@ class DriftResult:
         }
         if self.drift_share is not None:
             values["drift_share"] = self.drift_share
-        return values | {f"pvalue_{k}": v for k, v in self.pvalues.items()}
+        return (
+            values
+            | {f"pvalue_{k}": v for k, v in self.pvalues.items()}
+            | {f"score_{k}": v for k, v in self.scores.items()}
+        )
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -99,6 +202,8 @@ class DriftResult:
             "detected": self.detected,
             "drifted_features": self.drifted,
             "pvalues": self.pvalues,
+            "scores": self.scores,
+            "methods": self.methods,
             "timestamp": self.timestamp,
         }
 
@@ -269,7 +374,8 @@ def _stats_blobs(stats: str, *, modified_since: float) -> Iterator[bytes]:
 
 
 def detect_drift(reference: pd.DataFrame, current: pd.DataFrame, settings: DriftSettings) -> DriftResult:
-    """Evidently ``DataDriftPreset`` (K-S per feature) over :data:`DRIFT_FEATURES`."""
+    """Evidently ``DataDriftPreset`` over :data:`DRIFT_FEATURES` with ``settings``' method per feature,
+    plus the K-S p-value of every feature."""
     settings.check()
     if len(reference) < settings.min_samples:
         raise InputError(
@@ -278,26 +384,36 @@ def detect_drift(reference: pd.DataFrame, current: pd.DataFrame, settings: Drift
     if len(current) < settings.min_samples:
         return DriftResult(state="insufficient_data", window_size=len(current), reference_size=len(reference))
     from evidently import Report
+    from evidently.legacy.calculations.stattests.registry import get_stattest
+    from evidently.legacy.core import ColumnType
     from evidently.presets import DataDriftPreset
 
     columns = list(DRIFT_FEATURES)
+    ref, cur = reference[columns].astype(float), current[columns].astype(float)
+    method, threshold = settings.method(), settings.method_threshold()
     preset = DataDriftPreset(
-        columns=columns, drift_share=settings.drift_share, num_method="ks", num_threshold=settings.threshold
+        columns=columns, drift_share=settings.drift_share, num_method=method, num_threshold=threshold
     )
+    pvalues: dict[str, float] = {}
+    scores: dict[str, float] = {}
+    methods: dict[str, str] = {}
+    drifted: list[str] = []
     with warnings.catch_warnings():  # constant columns (no nodata anywhere) warn; their p-value is 1
         warnings.simplefilter("ignore", RuntimeWarning)
-        snapshot = Report([preset]).run(
-            current_data=current[columns].astype(float), reference_data=reference[columns].astype(float)
-        )
-    pvalues: dict[str, float] = {}
-    share = 0.0
+        snapshot = Report([preset]).run(current_data=cur, reference_data=ref)
+        for column in columns:  # the same tests Evidently ran, for the verdict per feature
+            test = get_stattest(ref[column], cur[column], ColumnType.Numerical, method)
+            outcome = test(ref[column], cur[column], ColumnType.Numerical, threshold)
+            scores[column] = float(outcome.drift_score)
+            methods[column] = test.name
+            pvalues[column] = _ks_pvalue(ref[column], cur[column])
+            if outcome.drifted:
+                drifted.append(column)
+    share = len(drifted) / len(columns)
     for metric in snapshot.dict()["metrics"]:
         config = metric.get("config", {})
-        if config.get("type", "").endswith(":ValueDrift"):
-            pvalues[config["column"]] = float(metric["value"])
-        elif config.get("type", "").endswith(":DriftedColumnsCount"):
+        if config.get("type", "").endswith(":DriftedColumnsCount"):
             share = float(metric["value"]["share"])
-    drifted = [c for c in columns if pvalues.get(c, 1.0) < settings.threshold]
     detected = share >= settings.drift_share
     return DriftResult(
         state="drift" if detected else "ok",
@@ -307,6 +423,8 @@ def detect_drift(reference: pd.DataFrame, current: pd.DataFrame, settings: Drift
         detected=detected,
         pvalues=pvalues,
         drifted=drifted,
+        scores=scores,
+        methods=methods,
         snapshot=snapshot,
     )
 
@@ -381,12 +499,20 @@ def push_registry(result: DriftResult, *, schedule_s: float) -> Any:
         )
         pvalue = Gauge(
             "hndsr_drift_feature_pvalue",
-            "Kolmogorov-Smirnov p-value per feature.",
+            "Kolmogorov-Smirnov p-value per feature (computed whatever the drift method).",
             ["feature"],
             registry=registry,
         )
         for feature, value in result.pvalues.items():
             pvalue.labels(feature=feature).set(value)
+        score = Gauge(
+            "hndsr_drift_feature_score",
+            "Drift method's score per feature (wasserstein_ks: normed Wasserstein distance).",
+            ["feature"],
+            registry=registry,
+        )
+        for feature, value in result.scores.items():
+            score.labels(feature=feature).set(value)
     return registry
 
 

@@ -23,6 +23,8 @@ def drift_pipeline(
     schedule: str = "",
     drift_share: float = 0.3,
     min_samples: int = 50,
+    stattest: str = "wasserstein_ks",
+    stattest_threshold: float = 0.0,
 ) -> str:
     task = drift_check(
         reference=reference,
@@ -32,6 +34,8 @@ def drift_pipeline(
         schedule=schedule,
         drift_share=drift_share,
         min_samples=min_samples,
+        stattest=stattest,
+        stattest_threshold=stattest_threshold,
     )
     task.set_caching_options(False)  # every run reads a new window of requests
     return task.outputs["Output"]

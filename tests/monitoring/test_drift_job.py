@@ -9,7 +9,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import orjson
+import pandas as pd
 import pytest
 from driftdata import drift_catalog, record, request_rasters, write_requests  # noqa: F401 - fixtures
 from typer.testing import CliRunner
@@ -103,8 +105,6 @@ def test_window_selects_recent_records(
 
 
 def test_reference_from_catalog_uses_lr_tiles_of_the_split(drift_catalog: Path, cache: Path) -> None:  # noqa: F811
-    import pandas as pd
-
     catalog = pd.read_parquet(drift_catalog)
     ref = load_reference(str(drift_catalog), DriftSettings(), cache_dir=cache)
     assert len(ref) == 3 * (catalog["split"] == "train").sum()  # x2, x3, x4 tiles of train
@@ -150,3 +150,67 @@ def test_cli_run_and_reference(
     assert res.output.startswith("drift: 60 requests")
     assert json.loads(out.read_text())["detected"] is True
     assert runner.invoke(app, [*args, "--fail-on-drift"]).exit_code == 1
+
+
+def _normal_features(n: int, seed: int, shift: float = 0.0) -> pd.DataFrame:
+
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({f: rng.normal(shift, 1.0, n) for f in DRIFT_FEATURES})
+
+
+def test_large_samples_with_irrelevant_differences_are_not_drift() -> None:
+    """Thousands of rows: K-S flags a 0.15-std offset of every feature, wasserstein_ks does not; a
+    0.5-std offset is drift for both. The K-S p-values and the method's scores are reported either way."""
+    from monitoring.drift import detect_drift
+
+    reference, tiny = _normal_features(5000, 0), _normal_features(3000, 1, shift=0.15)
+    ks = detect_drift(reference, tiny, DriftSettings(stattest="ks"))
+    assert ks.detected and ks.drift_share is not None and ks.drift_share >= 0.8
+    result = detect_drift(reference, tiny, DriftSettings())
+    assert not result.detected and result.drift_share == 0.0 and not result.drifted
+    assert all(p < 0.05 for p in result.pvalues.values())  # significant, but irrelevant
+    assert all(0.05 < s < 0.25 for s in result.scores.values())  # normed Wasserstein ~ 0.15
+    assert set(result.methods.values()) == {"wasserstein_ks_p0.05"}
+    big = detect_drift(reference, _normal_features(3000, 2, shift=0.5), DriftSettings())
+    assert big.detected and big.drift_share == 1.0
+    strict = detect_drift(reference, tiny, DriftSettings(stattest="wasserstein", stattest_threshold=0.05))
+    assert strict.detected and set(strict.methods.values()) == {"wasserstein"}
+    samples = [s for m in push_registry(result, schedule_s=60).collect() for s in m.samples]
+    scores = {s.labels["feature"]: s.value for s in samples if s.name == "hndsr_drift_feature_score"}
+    assert scores == result.scores and {s.name for s in samples} >= {"hndsr_drift_feature_pvalue"}
+
+
+def test_small_windows_need_significance() -> None:
+    """50 requests drawn from the reference's own distribution: normed distances are noisy, the K-S
+    condition keeps them from reading as drift."""
+    from monitoring.drift import detect_drift
+
+    reference = _normal_features(5000, 0)
+    for seed in range(3):
+        result = detect_drift(reference, _normal_features(50, 10 + seed), DriftSettings())
+        assert not result.detected, result.summary()
+
+
+def test_stattest_settings_are_checked(
+    drift_catalog: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(InputError, match="explicit --stattest"):
+        DriftSettings(stattest="auto", stattest_threshold=0.1).check()
+    with pytest.raises(InputError, match="not an Evidently test"):
+        DriftSettings(stattest="nonsense").check()
+    DriftSettings(stattest="psi").check()
+    res = CliRunner().invoke(
+        app,
+        [
+            "drift",
+            "run",
+            "--reference",
+            str(drift_catalog),
+            "--stats",
+            str(tmp_path),
+            "--stattest",
+            "nonsense",
+        ],
+    )
+    assert res.exit_code == 2 and "wasserstein_ks" in res.output

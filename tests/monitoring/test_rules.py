@@ -149,7 +149,14 @@ def exported_metrics() -> set[str]:
     registry = CollectorRegistry()
     ServingMetrics(registry)
     pushed = push_registry(
-        DriftResult(state="ok", window_size=1, reference_size=1, drift_share=0.1, pvalues={"mean_r": 1.0}),
+        DriftResult(
+            state="ok",
+            window_size=1,
+            reference_size=1,
+            drift_share=0.1,
+            pvalues={"mean_r": 1.0},
+            scores={"mean_r": 0.0},
+        ),
         schedule_s=60,
     )
     import kserve.metrics  # noqa: F401 - KServe's own histograms, on every server's /metrics
@@ -189,6 +196,7 @@ def test_dashboard_covers_the_signals() -> None:
         "hndsr_circuit_breaker_state",
         "hndsr_drift_share",
         "hndsr_drift_feature_pvalue",
+        "hndsr_drift_feature_score",
         "hndsr_gpu_vram_used_bytes",
     ):
         assert needed in read, needed
