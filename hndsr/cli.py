@@ -105,19 +105,28 @@ def sr(
         str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present).")
     ] = None,
 ) -> None:
-    """Super-resolve one image. Bands beyond R,G,B (e.g. NIR) are upsampled bicubically and carried."""
+    """Super-resolve one image. Bands beyond R,G,B (e.g. NIR) are upsampled bicubically and carried.
+
+    GeoTIFF outputs (.tif/.tiff) are streamed to disk row band by row band (the same pixels as in
+    memory, without the output canvas in memory: scene-size outputs fit); PNG/JPEG are rendered whole."""
     from hndsr.imageio import read_image, write_image
     from hndsr.inference import Upscaler, upscale_raster
     from hndsr.resample import check_scale
+    from hndsr.streaming import upscale_raster_to_geotiff
 
     check_scale(scale)
     raster = read_image(input)
     model, _ = _load_model(checkpoint)
     upscaler = Upscaler(model, device=device, tile=tile, overlap=overlap, halo=halo)
-    result = upscale_raster(upscaler, raster, scale=scale, steps=steps, strength=strength, seed=seed)
-    write_image(output, result)
+    kwargs: dict[str, Any] = {"scale": scale, "steps": steps, "strength": strength, "seed": seed}
+    if output.suffix.lower() in (".tif", ".tiff"):
+        height, width = upscale_raster_to_geotiff(upscaler, raster, output, **kwargs)
+    else:
+        result = upscale_raster(upscaler, raster, **kwargs)
+        write_image(output, result)
+        height, width = result.height, result.width
     used_steps = model.default_steps if steps is None else steps
-    typer.echo(f"wrote {output} ({result.width}x{result.height}, x{scale:g}, steps={used_steps})")
+    typer.echo(f"wrote {output} ({width}x{height}, x{scale:g}, steps={used_steps})")
 
 
 @app.command()

@@ -55,8 +55,18 @@ def register(serve_app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -
         device: Annotated[str | None, typer.Option(help="cpu, cuda (default: cuda if present).")] = None,
         tile: Annotated[int, typer.Option(help="Tile size, output px (memory bound).")] = 1024,
         max_output_mp: Annotated[
-            float, typer.Option(help="Refuse larger outputs (the canvas needs ~50 bytes per pixel).")
+            float, typer.Option(help="Refuse larger PNG outputs (rendered in memory: ~50 bytes per pixel).")
         ] = 400.0,
+        max_stream_output_mp: Annotated[
+            float,
+            typer.Option(
+                help="Refuse larger GeoTIFF outputs (streamed: the decoded input + 4 bytes per output "
+                "pixel of diffusion noise + a tile-high band)."
+            ),
+        ] = 2000.0,
+        scratch_dir: Annotated[
+            str | None, typer.Option(help="Where streamed GeoTIFF results are written before upload.")
+        ] = None,
         http_port: Annotated[int, typer.Option(help="Port of /metrics, /health and /live.")] = 8082,
         http_host: Annotated[str, typer.Option(help="Address of that port.")] = "0.0.0.0",
         namespace: Annotated[
@@ -86,6 +96,8 @@ def register(serve_app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -
             device=device,
             tile=tile,
             max_output_pixels=int(max_output_mp * 1e6),
+            max_stream_output_pixels=int(max_stream_output_mp * 1e6),
+            scratch_dir=scratch_dir,
             http_host=http_host,
             http_port=http_port,
             name=name or f"{os.uname().nodename}-{os.getpid()}",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -18,7 +18,7 @@ from hndsr.errors import ImageTooSmallError, InputError, OutputValidationError
 from hndsr.imageio import Raster
 from hndsr.models.hndsr_model import HNDSR
 from hndsr.resample import check_scale, resize, sr_size
-from hndsr.tiling import Stitcher, Tile, plan_tiles, round_up
+from hndsr.tiling import BandStitcher, Stitcher, Tile, plan_tiles, round_up
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,25 @@ def validate_output(sr: torch.Tensor, *, tolerance: float = 0.05) -> torch.Tenso
     if lo < -tolerance - 1.0 or hi > 2.0 + tolerance:
         raise OutputValidationError(f"model output range [{lo:.3f}, {hi:.3f}] is far outside [0, 1]")
     return sr.clamp(0.0, 1.0)
+
+
+@dataclass
+class _Job:
+    """One image planned for rendering: its tiles, sizes and noise."""
+
+    lr: torch.Tensor
+    out_h: int
+    out_w: int
+    canvas_h: int
+    canvas_w: int
+    tiles: list[Tile]
+    overlap: int
+    halo: int
+    effective: float
+    steps: int
+    strength: float
+    eta: float
+    noise: list[torch.Tensor]
 
 
 class Upscaler:
@@ -104,6 +123,83 @@ class Upscaler:
         conditioned on is then the actual ratio.
         """
         started = time.perf_counter()
+        job = self._plan(lr, scale, out_size, steps, strength, eta, seed, tile, overlap, halo)
+        stitcher = Stitcher(
+            3, job.canvas_h, job.canvas_w, overlap=job.overlap, halo=job.halo, device=str(self.device)
+        )
+        for t, values in self._render(job, progress, stats):
+            stitcher.add(t, values)
+        out = stitcher.result()[:, : job.out_h, : job.out_w].clamp(0.0, 1.0)
+        if stats is not None:
+            stats.seconds += time.perf_counter() - started
+        return out
+
+    @torch.no_grad()
+    def upscale_rows(
+        self,
+        lr: torch.Tensor,
+        *,
+        scale: float | None = None,
+        out_size: tuple[int, int] | None = None,
+        steps: int | None = None,
+        strength: float | None = None,
+        eta: float = 0.0,
+        seed: int = 0,
+        tile: int | None = None,
+        overlap: int | None = None,
+        halo: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        stats: InferenceStats | None = None,
+        band: Callable[[BandStitcher], None] | None = None,
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """:meth:`upscale` as a stream of finished output rows ``(y0, (3, n, W))``, top to bottom.
+
+        The rows equal the same rows of :meth:`upscale` exactly (same tiles, batches, noise and
+        blending), but only a band of (tallest tile) x (canvas width) accumulators is held instead
+        of the whole canvas. The diffusion path's noise is still drawn per canvas in latent space
+        (``latent_channels / factor**2`` floats per output pixel, times ``1 + steps`` when eta > 0),
+        so that it stays identical. ``band`` receives the :class:`BandStitcher` (instrumentation).
+        """
+        started = time.perf_counter()
+        job = self._plan(lr, scale, out_size, steps, strength, eta, seed, tile, overlap, halo)
+        tallest = max(t.height for t in job.tiles)
+        stitcher = BandStitcher(
+            3,
+            job.canvas_h,
+            job.canvas_w,
+            rows=tallest,
+            overlap=job.overlap,
+            halo=job.halo,
+            device=str(self.device),
+        )
+        if band is not None:
+            band(stitcher)
+
+        def finished(chunks: list[tuple[int, torch.Tensor]]) -> Iterator[tuple[int, torch.Tensor]]:
+            for y0, rows in chunks:
+                rows = rows[:, : max(0, job.out_h - y0), : job.out_w]  # canvas padding dropped
+                if rows.shape[1]:
+                    yield y0, rows.clamp(0.0, 1.0)
+
+        for t, values in self._render(job, progress, stats):
+            yield from finished(stitcher.add(t, values))
+        yield from finished(stitcher.finish())
+        if stats is not None:
+            stats.seconds += time.perf_counter() - started
+
+    def _plan(
+        self,
+        lr: torch.Tensor,
+        scale: float | None,
+        out_size: tuple[int, int] | None,
+        steps: int | None,
+        strength: float | None,
+        eta: float,
+        seed: int,
+        tile: int | None,
+        overlap: int | None,
+        halo: int | None,
+    ) -> _Job:
         if lr.ndim != 3 or lr.shape[0] != 3:
             raise InputError(f"expected an RGB image (3, h, w), got shape {tuple(lr.shape)}")
         h, w = int(lr.shape[1]), int(lr.shape[2])
@@ -130,38 +226,54 @@ class Upscaler:
         overlap = self.overlap if overlap is None else overlap
         halo = self.halo if halo is None else halo
         tiles = plan_tiles(canvas_h, canvas_w, tile=tile, overlap=overlap, halo=halo, align=factor)
+        return _Job(
+            lr=lr.to(self.device, torch.float32),
+            out_h=out_h,
+            out_w=out_w,
+            canvas_h=canvas_h,
+            canvas_w=canvas_w,
+            tiles=tiles,
+            overlap=overlap,
+            halo=halo,
+            effective=float(effective),
+            steps=steps,
+            strength=strength,
+            eta=eta,
+            noise=self._noise(canvas_h // factor, canvas_w // factor, steps, eta, seed),
+        )
 
-        lr = lr.to(self.device, torch.float32)
-        noise = self._noise(canvas_h // factor, canvas_w // factor, steps, eta, seed)
-        stitcher = Stitcher(3, canvas_h, canvas_w, overlap=overlap, halo=halo, device=str(self.device))
-        scale_t = torch.full((1,), float(effective), device=self.device)
+    def _render(
+        self,
+        job: _Job,
+        progress: Callable[[int, int], None] | None,
+        stats: InferenceStats | None,
+    ) -> Iterator[tuple[Tile, torch.Tensor]]:
+        """Each tile's validated model output, in plan order, batch by batch."""
+        tiles, noise, eta = job.tiles, job.noise, job.eta
+        scale_t = torch.full((1,), job.effective, device=self.device)
         model_seconds = 0.0
         for start in range(0, len(tiles), self.batch_size):
             batch = tiles[start : start + self.batch_size]
-            up = torch.stack([self._bicubic_tile(lr, t, out_h, out_w) for t in batch])
+            up = torch.stack([self._bicubic_tile(job.lr, t, job.out_h, job.out_w) for t in batch])
             t0 = time.perf_counter()
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.half):
                 sr = self.model.render(
                     up,
                     scale_t.expand(len(batch)),
-                    steps=steps,
-                    strength=strength,
+                    steps=job.steps,
+                    strength=job.strength,
                     eta=eta,
                     initial_noise=self._slice_noise(noise[0], batch) if noise else None,
                     step_noise=(lambda i, b=batch: self._slice_noise(noise[i + 1], b)) if eta > 0 else None,
                 )
             model_seconds += time.perf_counter() - t0
             sr = validate_output(sr.float())
-            for t, values in zip(batch, sr, strict=True):
-                stitcher.add(t, values)
+            yield from zip(batch, sr, strict=True)
             if progress is not None:
                 progress(min(start + len(batch), len(tiles)), len(tiles))
-        out = stitcher.result()[:, :out_h, :out_w].clamp(0.0, 1.0)
         if stats is not None:
             stats.tiles += len(tiles)
-            stats.seconds += time.perf_counter() - started
             stats.stage_seconds["model"] = stats.stage_seconds.get("model", 0.0) + model_seconds
-        return out
 
     def _bicubic_tile(self, lr: torch.Tensor, t: Tile, out_h: int, out_w: int) -> torch.Tensor:
         # Rows/cols past the output size (canvas padding to the latent factor) replicate the last one.

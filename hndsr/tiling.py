@@ -128,3 +128,67 @@ class Stitcher:
         if bool((self.weight <= 0).any()):
             raise RuntimeError("stitching left uncovered pixels: the tile plan does not cover the canvas")
         return self.total / self.weight
+
+
+class BandStitcher:
+    """The streaming form of :class:`Stitcher`: the same weighted mean, row band by row band.
+
+    Tiles must come in ``plan_tiles`` order (rows of tiles top to bottom). When a tile starting at
+    row ``y0`` arrives, no later tile touches the rows above ``y0``, so those rows are final: they are
+    divided by their weights (the very arithmetic of :meth:`Stitcher.result`) and handed back, and
+    the band slides down. Only ``rows`` (the tallest tile) x ``width`` accumulators are ever held.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        height: int,
+        width: int,
+        *,
+        rows: int,
+        overlap: int,
+        halo: int = 0,
+        device: str = "cpu",
+    ) -> None:
+        self.height, self.width, self.overlap, self.halo = height, width, overlap, halo
+        self.rows = min(rows, height)
+        self.total = torch.zeros(channels, self.rows, width, device=device)
+        self.weight = torch.zeros(self.rows, width, device=device)
+        self.top = 0  # canvas row of the band's first row; rows above it were handed back
+        self.band_bytes = (self.total.numel() + self.weight.numel()) * self.total.element_size()
+
+    def add(self, tile: Tile, values: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+        """Accumulate ``tile``; returns the rows it made final as ``[(y0, (C, n, width))]``."""
+        if tile.y0 < self.top:
+            raise ValueError(f"tile {tile} starts above row {self.top}, which was already handed back")
+        done = self._advance(tile.y0)
+        if tile.y1 - self.top > self.rows:
+            raise ValueError(f"tile {tile} is taller than the band ({self.rows} rows)")
+        w = blend_window(tile, self.height, self.width, self.overlap, self.halo).to(values.device)
+        y0, y1 = tile.y0 - self.top, tile.y1 - self.top
+        self.total[:, y0:y1, tile.x0 : tile.x1] += values.float() * w
+        self.weight[y0:y1, tile.x0 : tile.x1] += w
+        return done
+
+    def finish(self) -> list[tuple[int, torch.Tensor]]:
+        """The remaining rows, once every tile was added."""
+        return self._advance(self.height)
+
+    def _advance(self, y: int) -> list[tuple[int, torch.Tensor]]:
+        n = y - self.top
+        if n <= 0:
+            return []
+        if n > self.rows:  # rows no tile ever covered (a plan with a gap): never silently zero
+            raise RuntimeError("stitching left uncovered pixels: the tile plan does not cover the canvas")
+        weight = self.weight[:n]
+        if bool((weight <= 0).any()):
+            raise RuntimeError("stitching left uncovered pixels: the tile plan does not cover the canvas")
+        out = self.total[:, :n] / weight
+        keep = self.rows - n
+        # Slide the band: the rows below y move to its top (clone: source and target overlap).
+        self.total[:, :keep] = self.total[:, n:].clone()
+        self.weight[:keep] = self.weight[n:].clone()
+        self.total[:, keep:] = 0.0
+        self.weight[keep:] = 0.0
+        self.top = y
+        return [(y - n, out)]

@@ -2,9 +2,13 @@
 
 The main thread takes one job at a time (BLMOVE, :class:`serving.jobs.store.JobStore`), decodes the
 input, runs :func:`hndsr.inference.upscale_raster` (the same engine as ``hndsr sr`` and the
-predictor's model), encodes PNG or GeoTIFF and commits the result. A maintenance thread heartbeats
-the current job's lease (every third of the visibility timeout, with tiles done / total), recovers the
-jobs of dead workers, moves due retries back to the queue and deletes expired S3 objects.
+predictor's model), encodes PNG or GeoTIFF and commits the result. GeoTIFF results are streamed to a
+scratch file by :func:`hndsr.streaming.upscale_raster_to_geotiff` (same pixels, no output canvas in
+memory) and uploaded from it, so scene-size outputs fit; PNG results are rendered in memory.
+
+A maintenance thread heartbeats the current job's lease (every third of the visibility timeout, with
+tiles done / total), recovers the jobs of dead workers, moves due retries back to the queue and
+deletes expired S3 objects.
 
 Failures: an input the engine refuses (undecodable, too small, wrong bands) is permanent — straight to
 the dead-letter queue with the reason; anything else (S3 down, out of memory, a device error) is
@@ -23,10 +27,12 @@ import logging
 import os
 import signal
 import socket
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +41,7 @@ from hndsr.errors import HNDSRError, InputError, OutputValidationError
 from hndsr.imageio import encode_image, read_image_bytes
 from hndsr.inference import Upscaler, upscale_raster
 from hndsr.resample import sr_size
+from hndsr.streaming import upscale_raster_to_geotiff
 from serving.jobs.metrics import JobMetrics
 from serving.jobs.store import JobConfig, JobStore, Lease
 
@@ -47,9 +54,14 @@ class WorkerSettings:
     device: str | None = None
     tile: int = 1024  # output px per tile (the engine's default)
     max_input_pixels: int = 20_000 * 20_000  # decompression-bomb guard; scenes are large here
-    # The engine holds the whole output canvas (~50 bytes per output pixel at peak, measured): refuse
-    # what cannot fit rather than be OOM-killed max_attempts times.
+    # PNG results: the engine holds the whole output canvas (~50 bytes per output pixel at peak,
+    # measured): refuse what cannot fit rather than be OOM-killed max_attempts times.
     max_output_pixels: int = 400_000_000
+    # GeoTIFF results are streamed: memory is the decoded input (~2-3 bytes per output pixel at x4), the
+    # diffusion path's latent noise (4 bytes per output pixel for the release model; none when steps=0)
+    # and a band of tile x width; the scratch file needs disk for the compressed result.
+    max_stream_output_pixels: int = 2_000_000_000
+    scratch_dir: str | None = None  # streamed GeoTIFF results (default: the system temp dir)
     png_compress_level: int = 1
     block_s: float = 2.0  # how long one BLMOVE waits
     maintenance_s: float = 1.0  # reaper / sweeper period
@@ -126,8 +138,9 @@ class Worker:
         started = time.perf_counter()
         logger.info("job %s: attempt %d on %s", lease.id, lease.attempt, self.name)
         try:
-            data, ext, meta = self._render(lease)
-            ref = self.store.store_result(lease, data, ext)
+            with tempfile.TemporaryDirectory(prefix="hndsr-job-", dir=self.settings.scratch_dir) as scratch:
+                data, ext, meta = self._render(lease, Path(scratch))
+                ref = self.store.store_result(lease, data, ext)
         except _Abort:
             if self.stop.is_set() and self.store.release(lease):
                 logger.info("job %s handed back (worker stopping)", lease.id)
@@ -153,7 +166,7 @@ class Worker:
         logger.info("job %s done in %.1f s (%s)", lease.id, meta["seconds"], ref)
         return "done"
 
-    def _render(self, lease: Lease) -> tuple[bytes, str, dict[str, Any]]:
+    def _render(self, lease: Lease, scratch: Path) -> tuple[bytes | Path, str, dict[str, Any]]:
         p = lease.params
         raster = read_image_bytes(
             self.store.input_of(lease),
@@ -163,23 +176,36 @@ class Worker:
         if not np.isfinite(raster.rgb()).all():
             raise InputError("the input holds non-finite values (NaN or Inf): fix or mask them first")
         scale = float(p.get("scale", 4.0))
+        fmt = p.get("output_format", "png")
         out_h, out_w = sr_size((raster.height, raster.width), scale)
-        if out_h * out_w > self.settings.max_output_pixels:
+        s = self.settings
+        if fmt == "geotiff" and out_h * out_w > s.max_stream_output_pixels:
             raise InputError(
                 f"the output would be {out_w}x{out_h} = {out_h * out_w / 1e6:,.1f} MP, over this worker's "
-                f"limit of {self.settings.max_output_pixels / 1e6:,.1f} MP (about 50 bytes of memory per "
-                "output pixel): split the scene, or run workers with more memory and --max-output-mp"
+                f"limit of {s.max_stream_output_pixels / 1e6:,.1f} MP for streamed GeoTIFF results (memory: "
+                "the decoded input plus 4 bytes per output pixel of diffusion noise): split the scene, or "
+                "run workers with more memory and --max-stream-output-mp"
             )
-        out = upscale_raster(
-            self.upscaler,
-            raster,
-            scale=scale,
-            steps=p.get("steps"),
-            strength=p.get("strength"),
-            seed=int(p.get("seed", 0)),
-            progress=self._on_progress,
-        )
-        fmt = p.get("output_format", "png")
+        if fmt != "geotiff" and out_h * out_w > s.max_output_pixels:
+            raise InputError(
+                f"the output would be {out_w}x{out_h} = {out_h * out_w / 1e6:,.1f} MP, over this worker's "
+                f"limit of {s.max_output_pixels / 1e6:,.1f} MP (PNG results are rendered in memory, about 50 "
+                "bytes per output pixel): ask for output_format geotiff (streamed, up to "
+                f"{s.max_stream_output_pixels / 1e6:,.0f} MP), split the scene, or run workers with more "
+                "memory and --max-output-mp"
+            )
+        options: dict[str, Any] = {
+            "scale": scale,
+            "steps": p.get("steps"),
+            "strength": p.get("strength"),
+            "seed": int(p.get("seed", 0)),
+            "progress": self._on_progress,
+        }
+        if fmt == "geotiff":
+            path = scratch / "result.tif"
+            upscale_raster_to_geotiff(self.upscaler, raster, path, **options)
+            return path, "tif", self._meta(fmt, out_w, out_h, path.stat().st_size)
+        out = upscale_raster(self.upscaler, raster, **options)
         if fmt != "geotiff":  # PNG holds R,G,B only
             out = replace(out, data=out.data[:3], band_names=out.band_names[:3])
         data = encode_image(
@@ -187,17 +213,19 @@ class Worker:
         )
         if not data:
             raise OutputValidationError("the encoder produced an empty image")
+        return data, "png" if fmt == "png" else "tif", self._meta(fmt, out.width, out.height, len(data))
+
+    def _meta(self, fmt: str, width: int, height: int, size: int) -> dict[str, Any]:
         done, total = self._progress
-        meta = {
+        return {
             "format": fmt,
-            "width": out.width,
-            "height": out.height,
-            "result_bytes": len(data),
+            "width": width,
+            "height": height,
+            "result_bytes": size,
             "tiles_done": done,
             "tiles_total": total,
             "model_version": self.model_version,
         }
-        return data, "png" if fmt == "png" else "tif", meta
 
     def _on_progress(self, done: int, total: int) -> None:
         with self._lock:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from hndsr.errors import HNDSRError
@@ -63,10 +64,17 @@ class BlobStore:
             self._s3 = (self._s3_settings or S3Settings.from_env()).client()
         return self._s3
 
-    def put_s3(self, uri: str, data: bytes, *, expires_at: float | None = None) -> str:
+    def put_s3(self, uri: str, data: bytes | Path, *, expires_at: float | None = None) -> str:
+        """Upload bytes, or a file streamed from disk (multipart: never read whole into memory)."""
         bucket, key = parse_s3_uri(uri)
         try:
-            self._client().put_object(bucket, key, io.BytesIO(data), len(data))
+            if isinstance(data, Path):
+                with open(data, "rb") as fh:
+                    self._client().put_object(
+                        bucket, key, fh, data.stat().st_size, part_size=64 * 1024 * 1024
+                    )
+            else:
+                self._client().put_object(bucket, key, io.BytesIO(data), len(data))
         except Exception as exc:  # minio raises S3Error, urllib3 and OS errors
             raise BlobError(f"S3 upload of {uri} failed ({type(exc).__name__}: {exc})") from exc
         if expires_at is not None:

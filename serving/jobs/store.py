@@ -29,6 +29,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hndsr.lake import S3Settings
@@ -398,12 +399,16 @@ class JobStore:
     def input_of(self, lease: Lease) -> bytes:
         return self.blobs.get(lease.record["input"])
 
-    def store_result(self, lease: Lease, data: bytes, ext: str) -> str:
-        """The result under a name of this attempt (a stale attempt never overwrites a committed one)."""
+    def store_result(self, lease: Lease, data: bytes | Path, ext: str) -> str:
+        """The result under a name of this attempt (a stale attempt never overwrites a committed one).
+        ``data`` may be a file (a streamed result): it goes to S3 from disk when large enough."""
         c = self.config
-        if self.blobs.goes_to_s3(len(data)):
+        size = data.stat().st_size if isinstance(data, Path) else len(data)
+        if self.blobs.goes_to_s3(size):
             uri = self.blobs.s3_uri(lease.id, f"result-{lease.token[:8]}.{ext}")
             return self.blobs.put_s3(uri, data, expires_at=self.now() + c.result_ttl_s)
+        if isinstance(data, Path):
+            data = data.read_bytes()
         key = self.key("result", lease.id, lease.token[:8])
         self.redis.set(key, data, ex=int(c.result_ttl_s))
         return REDIS_REF + key

@@ -232,3 +232,45 @@ def test_a_stopping_worker_hands_its_job_back_without_spending_an_attempt(redis_
     worker.stop.clear()
     assert worker.run_once(block_s=1.0) == "done" and store.get(first)["status"] == DONE  # type: ignore[index]
     assert store.get(second)["status"] == QUEUED  # type: ignore[index]  # the handed-back job went first
+
+
+GEOTIFF = {**PARAMS, "output_format": "geotiff"}
+
+
+def _pixels(data: bytes) -> np.ndarray:
+    return read_image_bytes(data).data
+
+
+def test_geotiff_results_are_streamed_from_a_scratch_file_to_s3(
+    redis_server,  # noqa: F811
+    s3_server: EmbeddedS3,  # noqa: F811
+    upscaler,
+    tmp_path: Path,
+) -> None:
+    config = fresh_config(redis_server.url, inline_max_bytes=512, s3_prefix="s3://hndsr/jobs-test")
+    store = JobStore(config, s3_settings=s3_server.settings)
+    data = png_bytes(72, 40, seed=6)  # 288 x 160 output: 3 rows of 128 px tiles
+    job_id = store.submit(data, GEOTIFF).id
+    settings = WorkerSettings(http_port=None, tile=128, max_output_pixels=100, scratch_dir=str(tmp_path))
+    assert Worker(store, upscaler, settings).run_once(block_s=1.0) == "done"  # PNG limit does not apply
+    record = store.get(job_id)
+    assert record is not None and record["result"].startswith("s3://") and record["format"] == "geotiff"
+    result = store.blobs.get(record["result"])
+    assert int(record["result_bytes"]) == len(result)
+    expected = upscale_raster(upscaler, read_image_bytes(data), scale=4.0, steps=0)
+    assert np.array_equal(_pixels(result), _pixels(encode_image(expected, "geotiff")))
+    assert list(tmp_path.iterdir()) == []  # the scratch file is gone
+
+
+def test_streamed_geotiff_has_its_own_limit_and_png_refusal_points_to_it(redis_server, upscaler) -> None:  # noqa: F811
+    store = JobStore(fresh_config(redis_server.url))
+    tif = store.submit(png_bytes(64, 64), GEOTIFF).id
+    png = store.submit(png_bytes(64, 64, seed=2), PARAMS).id
+    settings = WorkerSettings(
+        http_port=None, tile=128, max_output_pixels=200 * 200, max_stream_output_pixels=200 * 200
+    )
+    worker = Worker(store, upscaler, settings)
+    assert worker.run_once(block_s=1.0) == "dead" and worker.run_once(block_s=1.0) == "dead"
+    tif_error, png_error = store.get(tif)["error"], store.get(png)["error"]  # type: ignore[index]
+    assert "streamed GeoTIFF" in tif_error and "--max-stream-output-mp" in tif_error
+    assert "PNG results are rendered in memory" in png_error and "geotiff" in png_error
