@@ -13,8 +13,10 @@ It prints seconds, output MP/min, VmHWM and VmHWM after loading the model and th
 that does not depend on the output path), and checks that both files hold the same pixels. Run it
 once: it is CPU-heavy (2048 -> 8192 is ~2 min per mode on 2 cores).
 
-Usage: python benchmarks/streaming_memory.py [--size 2048] [--scale 4] [--modes stream memory]
-       [--threads 2] [--tile 1024]
+Usage: python benchmarks/streaming_memory.py [--size 2048 [4096 ...]] [--memory-max-mp 150]
+       [--scale 4] [--modes stream memory] [--threads 2] [--tile 1024]
+
+``--memory-max-mp``: the in-memory mode is skipped for larger outputs (~50 bytes per output pixel).
 """
 
 from __future__ import annotations
@@ -93,7 +95,8 @@ def same_pixels(a: Path, b: Path) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--size", type=int, nargs="+", default=[2048])
+    parser.add_argument("--memory-max-mp", type=float, default=150.0, help="skip the in-memory mode above")
     parser.add_argument("--scale", type=float, default=4.0)
     parser.add_argument("--modes", nargs="+", default=["stream", "memory"], choices=["stream", "memory"])
     parser.add_argument("--threads", type=int, default=2)
@@ -105,16 +108,26 @@ def main() -> None:
         print(json.dumps(child(mode, Path(src), Path(dst), args.scale, args.tile, args.threads)))
         return
 
+    for size in args.size:
+        bench(size, args)
+
+
+def bench(size: int, args: argparse.Namespace) -> None:
+    out_mp = round(size * args.scale) ** 2 / 1e6
+    modes = [m for m in args.modes if m == "stream" or out_mp <= args.memory_max_mp]
+    if modes != args.modes:
+        limit = f"--memory-max-mp {args.memory_max_mp:g}"
+        print(f"{size}: {out_mp:.1f} MP of output is over {limit}: memory mode skipped")
     with tempfile.TemporaryDirectory(prefix="hndsr-stream-bench-") as tmp:
         src = Path(tmp) / "input.tif"
-        write_input(src, args.size)
+        write_input(src, size)
         load = Path("/proc/loadavg").read_text().split()[:3]
         print(
-            f"input {args.size}x{args.size} RGB GeoTIFF, x{args.scale:g}, deterministic path, release "
+            f"input {size}x{size} RGB GeoTIFF, x{args.scale:g}, deterministic path, release "
             f"checkpoint, tile {args.tile}, {args.threads} torch threads; load average {' '.join(load)}"
         )
         outputs = {}
-        for mode in args.modes:
+        for mode in modes:
             dst = Path(tmp) / f"{mode}.tif"
             cmd = [sys.executable, __file__, "--child", mode, str(src), str(dst)]
             cmd += ["--scale", str(args.scale), "--tile", str(args.tile), "--threads", str(args.threads)]
@@ -128,7 +141,8 @@ def main() -> None:
                 f"{mode:>6}: {r['seconds']:7.1f} s  {r['out_mp'] / (r['seconds'] / 60):6.1f} output MP/min  "
                 f"peak RSS (VmHWM) {r['vm_hwm'] / 1e9:5.2f} GB (model + input loaded: "
                 f"{r['vm_hwm_base'] / 1e9:4.2f} GB; {r['out_mp']:.1f} MP out, "
-                f"{(r['vm_hwm'] - r['vm_hwm_base']) / (r['out_mp'] * 1e6):.1f} B per output px above it), "
+                f"+{(r['vm_hwm'] - r['vm_hwm_base']) / 1e9:.2f} GB to render and write "
+                f"{(r['vm_hwm'] - r['vm_hwm_base']) / (r['out_mp'] * 1e6):.1f} B per output px), "
                 f"{dst.stat().st_size / 1e6:.1f} MB file"
             )
         load = Path("/proc/loadavg").read_text().split()[:3]

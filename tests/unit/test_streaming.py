@@ -156,3 +156,25 @@ def test_writer_refuses_png_non_finite_rows_and_missing_rows(tmp_path) -> None:
     ):
         w.write(0, np.zeros((3, 4, 8), np.float32))
     assert list(tmp_path.iterdir()) == []  # nothing left behind
+
+
+def test_hndsr_sr_streams_tif_outputs_with_the_same_pixels(model, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from hndsr.checkpoint import load_checkpoint, save_checkpoint
+    from hndsr.cli import app
+
+    save_checkpoint(model, tmp_path / "ckpt", stages=["autoencoder", "operator", "diffusion"])
+    loaded, _ = load_checkpoint(tmp_path / "ckpt")
+    raster = _raster(30, 44, 4, dtype="uint8")
+    write_image(tmp_path / "in.tif", raster)
+    args = ["--scale", "3", "--steps", "0", "--tile", "48", "--overlap", "8", "--halo", "8"]
+    args += ["--checkpoint", str(tmp_path / "ckpt"), "--device", "cpu"]
+    result = CliRunner().invoke(app, ["sr", str(tmp_path / "in.tif"), str(tmp_path / "out.tif"), *args])
+    assert result.exit_code == 0, result.output
+    assert "(132x90, x3, steps=0)" in result.output
+    expected = upscale_raster(
+        Upscaler(loaded, tile=48, overlap=8, halo=8), read_image(tmp_path / "in.tif"), scale=3.0, steps=0
+    )
+    write_image(tmp_path / "memory.tif", expected)
+    _same_file(tmp_path / "memory.tif", tmp_path / "out.tif")
