@@ -27,6 +27,7 @@ MAX_STEPS = 1000
 DEFAULT_TILE = 1024  # output pixels: halo + overlap cost (1024 / 928)^2 = 1.2x on large images
 DEFAULT_OVERLAP = 32  # output pixels blended between neighbouring tiles
 DEFAULT_HALO = 32  # output pixels of context on interior tile sides (>= the effective receptive field)
+ROW_CHUNK = 256  # rows handed on at a time when streaming: bounds the copies made while writing them
 
 
 @dataclass
@@ -175,15 +176,17 @@ class Upscaler:
         if band is not None:
             band(stitcher)
 
-        def finished(chunks: list[tuple[int, torch.Tensor]]) -> Iterator[tuple[int, torch.Tensor]]:
-            for y0, rows in chunks:
+        def finished(until: int) -> Iterator[tuple[int, torch.Tensor]]:
+            while (chunk := stitcher.pop(until, ROW_CHUNK)) is not None:
+                y0, rows = chunk
                 rows = rows[:, : max(0, job.out_h - y0), : job.out_w]  # canvas padding dropped
                 if rows.shape[1]:
                     yield y0, rows.clamp(0.0, 1.0)
 
         for t, values in self._render(job, progress, stats):
-            yield from finished(stitcher.add(t, values))
-        yield from finished(stitcher.finish())
+            yield from finished(t.y0)
+            stitcher.add(t, values)
+        yield from finished(job.canvas_h)
         if stats is not None:
             stats.seconds += time.perf_counter() - started
 

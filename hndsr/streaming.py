@@ -8,10 +8,12 @@ together with the same rows of the extra bands (e.g. NIR, bicubic: the resampler
 The file holds the same pixels, georeferencing and band names as the in-memory path (tested).
 
 Memory: the input raster (read whole: 1/16 of the output at x4), a band of (tallest tile, 1024 by
-default) x (output width) accumulators (16 bytes per pixel), a strip of at most 2 x 256 quantised rows,
-and on the diffusion path the canvas-wide latent noise field (``latent_channels / factor**2`` floats per
-output pixel: 4 bytes per output pixel for the release model, times ``1 + steps`` when eta > 0, which
-:func:`upscale_raster` never uses) — it is drawn per canvas so that the result stays identical.
+default) x (output width) accumulators (16 bytes per pixel), the copies made while dividing, clamping,
+carrying bands and quantising at most ``ROW_CHUNK`` (256) rows at a time, a strip of at most 2 x 256
+quantised rows, the model's activations on one batch of tiles, and on the diffusion path the
+canvas-wide latent noise field (``latent_channels / factor**2`` floats per output pixel: 4 bytes per
+output pixel for the release model, times ``1 + steps`` when eta > 0, which :func:`upscale_raster`
+never uses) — it is drawn per canvas so that the result stays identical.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from hndsr.imageio import GeoTIFFRowWriter, Raster
@@ -47,9 +50,9 @@ def upscale_raster_to_geotiff(
     band (instrumentation)."""
     check_scale(scale)
     out_h, out_w = sr_size((raster.height, raster.width), scale)
-    rgb = torch.from_numpy(raster.rgb().copy())
+    rgb = _tensor(raster.rgb())  # views of the raster: no second copy of the input
     extra_np = raster.extra_bands()
-    extra = None if extra_np is None else torch.from_numpy(extra_np.copy())
+    extra = None if extra_np is None else _tensor(extra_np)
     profile = None
     if raster.profile is not None:
         profile = raster.profile.scaled(out_w / raster.width, out_h / raster.height)
@@ -80,3 +83,9 @@ def upscale_raster_to_geotiff(
                 parts.append(resize(extra, (out_h, out_w), rows=window).clamp(0.0, 1.0))
             writer.write(y0, torch.cat(parts).numpy())
     return out_h, out_w
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``a``'s memory when it can (read only here), else a copy."""
+    a = np.ascontiguousarray(a)
+    return torch.from_numpy(a if a.flags.writeable else a.copy())

@@ -133,10 +133,11 @@ class Stitcher:
 class BandStitcher:
     """The streaming form of :class:`Stitcher`: the same weighted mean, row band by row band.
 
-    Tiles must come in ``plan_tiles`` order (rows of tiles top to bottom). When a tile starting at
-    row ``y0`` arrives, no later tile touches the rows above ``y0``, so those rows are final: they are
-    divided by their weights (the very arithmetic of :meth:`Stitcher.result`) and handed back, and
-    the band slides down. Only ``rows`` (the tallest tile) x ``width`` accumulators are ever held.
+    Tiles must come in ``plan_tiles`` order (rows of tiles top to bottom). Once a tile starting at row
+    ``y`` is next, no later tile touches the rows above ``y``: :meth:`pop` hands them back, divided by
+    their weights (the very arithmetic of :meth:`Stitcher.result`), a few rows at a time, and the band
+    slides down when the next tile needs room. Only ``rows`` (the tallest tile) x ``width``
+    accumulators are ever held.
     """
 
     def __init__(
@@ -154,41 +155,51 @@ class BandStitcher:
         self.rows = min(rows, height)
         self.total = torch.zeros(channels, self.rows, width, device=device)
         self.weight = torch.zeros(self.rows, width, device=device)
-        self.top = 0  # canvas row of the band's first row; rows above it were handed back
+        self.base = 0  # canvas row of the band's first row
+        self.top = 0  # first canvas row not handed back yet (>= base)
         self.band_bytes = (self.total.numel() + self.weight.numel()) * self.total.element_size()
 
-    def add(self, tile: Tile, values: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
-        """Accumulate ``tile``; returns the rows it made final as ``[(y0, (C, n, width))]``."""
+    def add(self, tile: Tile, values: torch.Tensor) -> None:
+        """Accumulate ``tile``; the final rows above it must have been popped (:meth:`pop`)."""
         if tile.y0 < self.top:
             raise ValueError(f"tile {tile} starts above row {self.top}, which was already handed back")
-        done = self._advance(tile.y0)
-        if tile.y1 - self.top > self.rows:
-            raise ValueError(f"tile {tile} is taller than the band ({self.rows} rows)")
+        if tile.y1 - self.base > self.rows:
+            self._slide()
+        if tile.y1 - self.base > self.rows:
+            raise ValueError(
+                f"tile {tile} does not fit the band of rows {self.base}..{self.base + self.rows}: "
+                "pop the finished rows above it first"
+            )
         w = blend_window(tile, self.height, self.width, self.overlap, self.halo).to(values.device)
-        y0, y1 = tile.y0 - self.top, tile.y1 - self.top
+        y0, y1 = tile.y0 - self.base, tile.y1 - self.base
         self.total[:, y0:y1, tile.x0 : tile.x1] += values.float() * w
         self.weight[y0:y1, tile.x0 : tile.x1] += w
-        return done
 
-    def finish(self) -> list[tuple[int, torch.Tensor]]:
-        """The remaining rows, once every tile was added."""
-        return self._advance(self.height)
-
-    def _advance(self, y: int) -> list[tuple[int, torch.Tensor]]:
-        n = y - self.top
+    def pop(self, until: int, max_rows: int) -> tuple[int, torch.Tensor] | None:
+        """Up to ``max_rows`` final rows before canvas row ``until`` (the next tile's first row, or the
+        height once every tile was added) as ``(y0, (C, n, width))``; None when there are none left."""
+        n = min(until, self.height) - self.top
         if n <= 0:
-            return []
-        if n > self.rows:  # rows no tile ever covered (a plan with a gap): never silently zero
+            return None
+        if self.top + 1 > self.base + self.rows:  # rows no tile ever covered: never silently zero
             raise RuntimeError("stitching left uncovered pixels: the tile plan does not cover the canvas")
-        weight = self.weight[:n]
+        n = min(n, max_rows, self.base + self.rows - self.top)
+        a = self.top - self.base
+        weight = self.weight[a : a + n]
         if bool((weight <= 0).any()):
             raise RuntimeError("stitching left uncovered pixels: the tile plan does not cover the canvas")
-        out = self.total[:, :n] / weight
+        out = self.total[:, a : a + n] / weight
+        self.top += n
+        return self.top - n, out
+
+    def _slide(self) -> None:
+        """Drop the rows handed back: the rest moves to the band's top (clone: they overlap)."""
+        n = self.top - self.base
+        if n <= 0:
+            return
         keep = self.rows - n
-        # Slide the band: the rows below y move to its top (clone: source and target overlap).
         self.total[:, :keep] = self.total[:, n:].clone()
         self.weight[:keep] = self.weight[n:].clone()
         self.total[:, keep:] = 0.0
         self.weight[keep:] = 0.0
-        self.top = y
-        return [(y - n, out)]
+        self.base = self.top

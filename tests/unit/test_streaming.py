@@ -69,13 +69,22 @@ def test_streamed_geotiff_equals_in_memory(model, tmp_path, steps, scale, size, 
     assert band[0].total.shape[1] == band[0].rows <= 48 < out_h  # the tile height, never the output's
 
 
-def test_batched_tiles_and_geotiff_strips(model, tmp_path) -> None:
-    # 4-tile batches straddle rows of tiles; > 512 rows: several 256-row strips; float32 output.
+def test_batched_tiles_and_geotiff_strips(model, tmp_path, monkeypatch) -> None:
+    # 4-tile batches straddle rows of tiles; > 512 rows: several 256-row strips; float32 output;
+    # finished rows handed on 20 at a time.
+    monkeypatch.setattr("hndsr.inference.ROW_CHUNK", 20)
     upscaler = Upscaler(model, tile=96, overlap=8, halo=8, batch_size=4)
     raster = _raster(140, 132, 4, dtype="float32")
     memory, streamed, _ = _both(upscaler, raster, tmp_path, scale=4.0, steps=0)
     _same_file(memory, streamed)
     assert read_image(streamed).data.shape == (4, 560, 528)
+
+
+def _drain(band: BandStitcher, until: int, chunk: int = 50) -> list[tuple[int, torch.Tensor]]:
+    out = []
+    while (rows := band.pop(until, chunk)) is not None:
+        out.append(rows)
+    return out
 
 
 def test_band_is_bounded_by_tile_height_times_width() -> None:
@@ -89,15 +98,17 @@ def test_band_is_bounded_by_tile_height_times_width() -> None:
     rows: list[tuple[int, torch.Tensor]] = []
     for t, v in zip(tiles, values, strict=True):
         whole.add(t, v)
-        rows += band.add(t, v)
+        rows += _drain(band, t.y0)
+        band.add(t, v)
         assert band.total.shape == (3, 64, w)  # allocated once, never grown
-    rows += band.finish()
-    assert [y for y, _ in rows] == sorted(y for y, _ in rows) and rows[0][0] == 0
+    rows += _drain(band, h)
+    assert [y for y, _ in rows] == [sum(r.shape[1] for _, r in rows[:i]) for i in range(len(rows))]
+    assert all(r.shape[1] <= 50 for _, r in rows)  # handed on in chunks
     assert torch.equal(torch.cat([r for _, r in rows], dim=1), whole.result())
     assert band.band_bytes == 64 * w * 4 * 4 < whole.total.numel() * 4 / 4
 
 
-def test_band_refuses_tiles_out_of_order() -> None:
+def test_band_refuses_tiles_out_of_order_and_gaps() -> None:
     tiles = plan_tiles(200, 64, tile=64, overlap=8, halo=8)
     band = BandStitcher(3, 200, 64, rows=64, overlap=8, halo=8)
 
@@ -105,11 +116,14 @@ def test_band_refuses_tiles_out_of_order() -> None:
         return torch.rand(3, t.height, t.width)
 
     band.add(tiles[0], v(tiles[0]))
+    _drain(band, tiles[1].y0)
     band.add(tiles[1], v(tiles[1]))
     with pytest.raises(ValueError, match="already handed back"):
         band.add(tiles[0], v(tiles[0]))
-    with pytest.raises(RuntimeError, match="uncovered"):  # a row of tiles skipped: never zeros
+    with pytest.raises(ValueError, match="pop the finished rows"):
         band.add(tiles[-1], v(tiles[-1]))
+    with pytest.raises(RuntimeError, match="uncovered"):  # a row of tiles skipped: never zeros
+        _drain(band, tiles[-1].y0)
 
 
 def test_peak_traced_memory_is_a_band_not_a_canvas(model, tmp_path) -> None:
