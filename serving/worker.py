@@ -57,7 +57,7 @@ class WorkerSettings:
     # PNG results: the engine holds the whole output canvas (~50 bytes per output pixel at peak,
     # measured): refuse what cannot fit rather than be OOM-killed max_attempts times.
     max_output_pixels: int = 400_000_000
-    # GeoTIFF results are streamed: memory is the decoded input (~2-3 bytes per output pixel at x4), the
+    # GeoTIFF results are streamed: memory is the decoded input (~1-2 bytes per output pixel at x4), the
     # diffusion path's latent noise (4 bytes per output pixel for the release model; none when steps=0)
     # and a band of tile x width; the scratch file needs disk for the compressed result.
     max_stream_output_pixels: int = 2_000_000_000
