@@ -32,7 +32,9 @@ ToleranceOpt = Annotated[float, typer.Option(help="How much worse LPIPS a new ch
 MlflowOpt = Annotated[
     str, typer.Option(help="MLflow tracking URI ('' = $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db).")
 ]
-BackendOpt = Annotated[str, typer.Option(help="Training backend: in-process (the only one so far).")]
+BackendOpt = Annotated[
+    str, typer.Option(help="Training backend: in-process, or pytorchjob (a Kubeflow PyTorchJob per stage).")
+]
 
 
 def register(app: typer.Typer, *, friendly_errors: Decorator) -> None:

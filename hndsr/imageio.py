@@ -561,7 +561,7 @@ def _encode_to(
             target.write_bytes(data)
             return b""
         if fmt == "tiff":
-            return _encode_gdal(prepared, fmt, target)
+            return _encode_geotiff(prepared, target)
         return _encode_pillow(prepared, fmt, target)
 
 
@@ -645,7 +645,7 @@ def _gtiff_profile(
     return profile
 
 
-def _encode_gdal(prepared: _Prepared, fmt: str, target: Path | None) -> bytes:
+def _encode_geotiff(prepared: _Prepared, target: Path | None) -> bytes:
     count, height, width = prepared.pixels.shape
     profile = _gtiff_profile(count, height, width, prepared.dtype, prepared.profile, prepared.nodata)
     # PAM off: no .aux.xml sidecar next to the temporary file (it would be orphaned by the rename).
@@ -653,18 +653,17 @@ def _encode_gdal(prepared: _Prepared, fmt: str, target: Path | None) -> bytes:
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         if target is not None:
             with rasterio.open(target, "w", **profile) as dst:
-                _fill(dst, prepared, fmt)
+                _fill(dst, prepared)
             return b""
         with MemoryFile() as mf:
             with mf.open(**profile) as dst:
-                _fill(dst, prepared, fmt)
+                _fill(dst, prepared)
             return bytes(mf.read())
 
 
-def _fill(dst: rasterio.io.DatasetWriter, prepared: _Prepared, fmt: str) -> None:
+def _fill(dst: rasterio.io.DatasetWriter, prepared: _Prepared) -> None:
     dst.write(prepared.pixels)
-    if fmt == "tiff":
-        dst.descriptions = prepared.band_names
+    dst.descriptions = prepared.band_names
 
 
 # ---------------------------------------------------------------------------------------------- streaming
