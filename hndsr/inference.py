@@ -8,6 +8,7 @@ the tile size plus the output canvas.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -45,12 +46,14 @@ def pick_device(device: str | None = None) -> torch.device:
 
 def validate_output(sr: torch.Tensor, *, tolerance: float = 0.05) -> torch.Tensor:
     """Refuse non-finite or wildly out-of-range outputs; clamp the small overshoot of a residual model."""
-    if not bool(torch.isfinite(sr).all()):
+    # One pass: a NaN makes both extremes NaN, an infinity makes one of them infinite.
+    lo_t, hi_t = torch.aminmax(sr)
+    lo, hi = float(lo_t), float(hi_t)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise OutputValidationError(
             "model produced non-finite values: the checkpoint is broken or the device failed; "
             "re-run on CPU or with a verified checkpoint"
         )
-    lo, hi = float(sr.min()), float(sr.max())
     if lo < -tolerance - 1.0 or hi > 2.0 + tolerance:
         raise OutputValidationError(f"model output range [{lo:.3f}, {hi:.3f}] is far outside [0, 1]")
     return sr.clamp(0.0, 1.0)

@@ -110,24 +110,48 @@ def blend_window(tile: Tile, height: int, width: int, overlap: int, halo: int = 
 
 
 class Stitcher:
-    """Accumulates weighted tiles of a ``(C, height, width)`` canvas and returns their weighted mean."""
+    """Accumulates weighted tiles of a ``(C, height, width)`` canvas and returns their weighted mean.
+
+    A single tile covering the whole canvas has weight 1 everywhere (no interior sides): it is kept
+    as it is, without the accumulators (``add`` may then hold on to ``values`` without copying).
+    """
 
     def __init__(
         self, channels: int, height: int, width: int, *, overlap: int, halo: int = 0, device: str = "cpu"
     ) -> None:
+        self.channels, self.device = channels, device
         self.height, self.width, self.overlap, self.halo = height, width, overlap, halo
-        self.total = torch.zeros(channels, height, width, device=device)
-        self.weight = torch.zeros(height, width, device=device)
+        self._whole: torch.Tensor | None = None
+        self._total: torch.Tensor | None = None
+        self._weight: torch.Tensor | None = None
+
+    def _accumulators(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._total is None or self._weight is None:
+            self._total = torch.zeros(self.channels, self.height, self.width, device=self.device)
+            self._weight = torch.zeros(self.height, self.width, device=self.device)
+            if self._whole is not None:  # a second tile after a whole-canvas one: weight 1 so far
+                self._total += self._whole
+                self._weight += 1.0
+                self._whole = None
+        return self._total, self._weight
 
     def add(self, tile: Tile, values: torch.Tensor) -> None:
+        covers = (tile.y0, tile.x0, tile.y1, tile.x1) == (0, 0, self.height, self.width)
+        if covers and self._whole is None and self._total is None:
+            self._whole = values.float()
+            return
+        total, weight = self._accumulators()
         w = blend_window(tile, self.height, self.width, self.overlap, self.halo).to(values.device)
-        self.total[:, tile.y0 : tile.y1, tile.x0 : tile.x1] += values.float() * w
-        self.weight[tile.y0 : tile.y1, tile.x0 : tile.x1] += w
+        total[:, tile.y0 : tile.y1, tile.x0 : tile.x1] += values.float() * w
+        weight[tile.y0 : tile.y1, tile.x0 : tile.x1] += w
 
     def result(self) -> torch.Tensor:
-        if bool((self.weight <= 0).any()):
+        if self._whole is not None:
+            return self._whole
+        total, weight = self._accumulators()
+        if bool((weight <= 0).any()):
             raise RuntimeError("stitching left uncovered pixels: the tile plan does not cover the canvas")
-        return self.total / self.weight
+        return total / weight
 
 
 class BandStitcher:

@@ -252,4 +252,14 @@ def test_wire_format_round_trip() -> None:
     bad["instances"][0]["geometry"][4] = 59  # the crop no longer covers the tile
     with pytest.raises(BadRequest):
         decode_v1_request(bad, BatchLimits())
+    lr_nan = lr.clone()
+    lr_nan[1, 30, 30] = float("nan")
+    poisoned = TileBatch(canvas, specs, [crop(lr_nan, s).numpy() for s in specs], RenderParams(scale=4.0))
+    for encoding in ("b64", "fp32_json"):
+        body, _ = encode_v2(poisoned, encoding)
+        request = InferRequest.from_inference_request(InferenceRequest.model_validate_json(body), "hndsr")
+        with pytest.raises(BadRequest, match="non-finite"):
+            decode_v2_request(request, BatchLimits())
+    with pytest.raises(BadRequest, match="non-finite"):
+        decode_v1_request(orjson.loads(encode_v1(poisoned)[0]), BatchLimits())
     np.testing.assert_array_equal(decoded.up.numpy(), expected.numpy())

@@ -446,8 +446,9 @@ def test_is_image_file(tmp_path: Path) -> None:
     assert not is_image_file(tmp_path / "notes.txt")
 
 
+@pytest.mark.parametrize("level", [0, 1, 3, 6])  # stored, ISA-L (1-3), zlib
 @pytest.mark.parametrize(("bands", "dtype"), [(1, np.uint8), (3, np.uint8), (1, np.uint16), (3, np.uint16)])
-def test_png_writer_round_trips_exactly(bands: int, dtype: type) -> None:
+def test_png_writer_round_trips_exactly(bands: int, dtype: type, level: int) -> None:
     from hndsr.imageio import png_bytes
 
     rng = np.random.default_rng(bands)
@@ -455,9 +456,19 @@ def test_png_writer_round_trips_exactly(bands: int, dtype: type) -> None:
     pixels = rng.integers(0, top + 1, size=(bands, 37, 53), dtype=dtype)
     pixels[:, 5] = top  # rows whose Up difference wraps around modulo 256
     pixels[:, 6] = 0
-    raster = read_image_bytes(png_bytes(pixels, level=1), name="x.png")
+    raster = read_image_bytes(png_bytes(pixels, level=level), name="x.png")
     assert raster.dtype == np.dtype(dtype).name and raster.data.shape == pixels.shape
     np.testing.assert_array_equal(np.rint(raster.data * top).astype(dtype), pixels)
+
+
+def test_deflate_levels_give_standard_zlib_streams() -> None:
+    import zlib
+
+    from hndsr.imageio import deflate
+
+    data = np.random.default_rng(0).integers(0, 8, 100_000, dtype=np.uint8).tobytes()
+    for level in range(10):
+        assert zlib.decompress(deflate(data, level)) == data, level
 
 
 def test_png_writer_refuses_what_png_cannot_hold() -> None:

@@ -28,6 +28,11 @@ def test_validate_output_clamps_small_overshoot_and_refuses_garbage() -> None:
     assert float(validate_output(torch.tensor([-0.02, 1.03])).max()) == 1.0
     with pytest.raises(OutputValidationError, match="outside"):
         validate_output(torch.tensor([0.0, 7.0]))
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        values = torch.rand(3, 32, 32)
+        values[1, 7, 9] = bad  # a single non-finite pixel is enough
+        with pytest.raises(OutputValidationError, match="non-finite"):
+            validate_output(values)
 
 
 @pytest.mark.parametrize(

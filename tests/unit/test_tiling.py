@@ -54,7 +54,7 @@ def test_halo_gets_zero_weight_inside_and_full_weight_at_borders() -> None:
     s = Stitcher(1, h, w, overlap=16, halo=24)
     for t in tiles:
         s.add(t, torch.ones(1, t.height, t.width))
-    assert float(s.weight.min()) > 0.0
+    assert torch.allclose(s.result(), torch.ones(1, h, w))  # every pixel covered (result() checks)
 
 
 def test_plan_rejects_bad_arguments() -> None:
@@ -84,6 +84,27 @@ def test_stitching_a_constant_gives_the_constant() -> None:
     for t in tiles:
         s.add(t, torch.full((3, t.height, t.width), 0.7))
     assert torch.allclose(s.result(), torch.full((3, h, w), 0.7), atol=1e-6)
+
+
+def test_a_whole_canvas_tile_is_returned_as_is() -> None:
+    from hndsr.tiling import Tile
+
+    values = torch.rand(3, 64, 80)
+    s = Stitcher(3, 64, 80, overlap=16, halo=8)
+    s.add(Tile(0, 0, 64, 80), values)
+    assert torch.equal(s.result(), values)  # the accumulator path divides by weight 1: the same values
+
+
+def test_tiles_after_a_whole_canvas_tile_are_blended_with_it() -> None:
+    from hndsr.tiling import Tile
+
+    first, second = torch.full((3, 64, 80), 0.2), torch.full((3, 32, 80), 0.8)
+    s = Stitcher(3, 64, 80, overlap=16)
+    s.add(Tile(0, 0, 64, 80), first)
+    s.add(Tile(32, 0, 64, 80), second)
+    out = s.result()
+    assert torch.allclose(out[:, :16], torch.full((3, 16, 80), 0.2))  # only the first tile there
+    assert float(out[:, 63].min()) > 0.2 and float(out[:, 63].max()) < 0.8  # a blend of both
 
 
 @pytest.fixture
