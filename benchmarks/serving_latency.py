@@ -307,6 +307,9 @@ def main() -> None:
     parser.add_argument("--overhead-repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    from hndsr.runtime import tune_allocator
+
+    tune_allocator()  # what every `hndsr` command does (HNDSR_MALLOC_TUNING=0 measures glibc's defaults)
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     tmp = Path(tempfile.mkdtemp(prefix="hndsr-bench-"))

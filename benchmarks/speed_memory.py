@@ -95,6 +95,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    from hndsr.runtime import tune_allocator
+
+    tune_allocator()  # what every `hndsr` command does (HNDSR_MALLOC_TUNING=0 measures glibc's defaults)
     if args.memory_child:
         peak_memory_child(args.checkpoint, args.threads, args.steps)
         return

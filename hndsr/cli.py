@@ -59,6 +59,9 @@ def main(
     if version:
         typer.echo(__version__)
         raise typer.Exit(0)
+    from hndsr.runtime import tune_allocator
+
+    tune_allocator()  # before any worker thread: large tensors reused, not re-mapped each pass
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

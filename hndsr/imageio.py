@@ -486,8 +486,12 @@ def _prepare(raster: Raster, fmt: str, dtype: str | None, name: str) -> _Prepare
         data = data[:keep]
         names = names[:keep]
 
-    if not np.isfinite(data).all():
-        bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+    # One reduction (a NaN or an infinity always reaches the sum); the exact count only when it fails,
+    # since huge finite values can overflow the sum too.
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.sum(data)
+    bad = 0 if np.isfinite(total) else int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+    if bad:
         raise OutputValidationError(
             f"refusing to write {name}: {bad} non-finite values (NaN/inf) in the output; the model output "
             "is broken"
@@ -514,12 +518,15 @@ def _output_dtype(source: str, requested: str | None, fmt: str, name: str) -> st
 
 
 def _quantise(data: np.ndarray, dtype: str) -> np.ndarray:
-    out = np.clip(data, 0.0, 1.0).astype(np.float32, copy=False)  # clip made a copy: scale it in place
+    """``[0, 1]`` floats -> ``dtype`` (clipped, rounded half to even like ``np.rint``). Through torch:
+    numpy's clip on a multi-megapixel float32 array took 1-30 ms depending on the values (measured),
+    torch's clamp/round a steady ~2 ms on 2 threads."""
+    import torch
+
+    values = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)).clamp(0.0, 1.0)
     if dtype == "float32":
-        return np.ascontiguousarray(out)
-    out *= np.float32(np.iinfo(dtype).max)
-    np.rint(out, out=out)
-    return out.astype(dtype)
+        return values.numpy()
+    return values.mul_(float(np.iinfo(dtype).max)).round_().numpy().astype(dtype)
 
 
 def _output_nodata(raster: Raster, out_dtype: str, name: str) -> float | None:

@@ -52,8 +52,16 @@ HEADER_LENGTH = "inference-header-content-length"
 LR_CONTENT_TYPE = "fp32_base64"
 MAX_SEED = 2**63 - 1
 ENCODINGS = ("b64", "fp32_binary", "fp32_json", "up_json")
-TILE_SCALE = 65535  # output tiles travel as uint16 in units of 1/65535
-_TILE_DTYPES: dict[str, np.dtype[Any]] = {"UINT16": np.dtype("<u2"), "FP32": np.dtype("<f4")}
+TILE_SCALE = 65535  # output tiles travel as uint16 in units of 1/65535 ...
+TILE_BITS: dict[int, np.dtype[Any]] = {
+    8: np.dtype("u1"),
+    16: np.dtype("<u2"),
+}  # ... or uint8 when one tile is the whole 8-bit output
+_TILE_DTYPES: dict[str, np.dtype[Any]] = {
+    "UINT8": np.dtype("u1"),
+    "UINT16": np.dtype("<u2"),
+    "FP32": np.dtype("<f4"),
+}
 
 
 @dataclass(frozen=True)
@@ -81,21 +89,31 @@ class TileBatch:
     crops: list[np.ndarray]  # float32 (3, rows, cols), contiguous
     params: RenderParams
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    tile_bits: int = 16  # 8 only where the tiles are the final 8-bit pixels (no blending follows)
+    lr_dtype: str = "float32"  # "uint8" when the crops are 8-bit values k/255: a quarter of the bytes
 
     def parameters(self) -> dict[str, Any]:
-        return self.params.as_params() | self.canvas.as_params()
+        extra = {"tile_bits": self.tile_bits, "lr_dtype": self.lr_dtype}
+        return self.params.as_params() | self.canvas.as_params() | extra
+
+    def encoded_crops(self) -> list[str]:
+        return [_b64(c, self.lr_dtype) for c in self.crops]
 
 
 @dataclass
 class BatchResult:
-    sr: np.ndarray  # (B, 3, th, tw): uint16 (units of 1/65535) or float32 in [0, 1]
+    sr: np.ndarray  # (B, 3, th, tw): uint16 / uint8 (units of 1/65535, 1/255) or float32 in [0, 1]
     model_version: str = ""
     model_ms: float = 0.0
     steps: int | None = None
 
 
-def _b64(array: np.ndarray) -> str:
-    return base64.b64encode(np.ascontiguousarray(array, dtype="<f4").tobytes()).decode("ascii")
+def _b64(array: np.ndarray, lr_dtype: str = "float32") -> str:
+    if lr_dtype == "uint8":  # k/255 in float32 times 255 rounds back to k exactly
+        raw = np.rint(np.multiply(array, np.float32(255))).astype(np.uint8).tobytes()
+    else:
+        raw = np.ascontiguousarray(array, dtype="<f4").tobytes()
+    return base64.b64encode(raw).decode("ascii")
 
 
 # ------------------------------------------------------------------------------------ transformer side
@@ -121,7 +139,7 @@ def encode_v2(batch: TileBatch, encoding: str = "b64") -> tuple[bytes, dict[str,
             "name": "lr",
             "datatype": "BYTES",
             "shape": [len(batch.crops)],
-            "data": [_b64(c) for c in batch.crops],
+            "data": batch.encoded_crops(),
             "parameters": {"content_type": LR_CONTENT_TYPE},
         }
         req["inputs"] = [lr, geometry]
@@ -178,7 +196,8 @@ def _pad_stack(crops: list[np.ndarray]) -> np.ndarray:
 def encode_v1(batch: TileBatch) -> tuple[bytes, dict[str, str]]:
     body = {
         "instances": [
-            {"lr_b64": _b64(c), "geometry": s.as_row()} for c, s in zip(batch.crops, batch.specs, strict=True)
+            {"lr_b64": v, "geometry": s.as_row()}
+            for v, s in zip(batch.encoded_crops(), batch.specs, strict=True)
         ],
         "parameters": batch.parameters(),
     }
@@ -248,6 +267,7 @@ class DecodedBatch:
     params: RenderParams
     request_id: str
     binary_output: bool
+    tile_bits: int = 16
 
 
 def _param(params: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
@@ -275,6 +295,13 @@ def render_params(params: dict[str, Any]) -> RenderParams:
     if strength is not None and not (math.isfinite(strength) and 0.0 < strength <= 1.0):
         raise BadRequest(f"strength must be in (0, 1], got {strength}")
     return RenderParams(scale=scale, steps=steps, seed=seed, strength=strength)
+
+
+def tile_bits(params: dict[str, Any]) -> int:
+    bits = _param(params, "tile_bits", int, 16)
+    if bits not in TILE_BITS:
+        raise BadRequest(f"tile_bits must be 8 or 16, got {bits}")
+    return int(bits)
 
 
 @dataclass(frozen=True)
@@ -327,7 +354,17 @@ def _bicubic(crops: list[torch.Tensor], specs: list[TileSpec], canvas: Canvas) -
         raise BadRequest(f"inconsistent tile batch: {exc}") from exc
 
 
-def _decode_b64_crop(value: Any, spec: TileSpec, index: int) -> torch.Tensor:
+LR_DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "uint8": np.dtype("u1")}
+
+
+def lr_dtype(params: dict[str, Any]) -> np.dtype[Any]:
+    name = params.get("lr_dtype", "float32")
+    if name not in LR_DTYPES:
+        raise BadRequest(f"lr_dtype must be one of {', '.join(LR_DTYPES)}, got {name!r}")
+    return LR_DTYPES[name]
+
+
+def _decode_b64_crop(value: Any, spec: TileSpec, index: int, dtype: np.dtype[Any]) -> torch.Tensor:
     if isinstance(value, bytes):
         value = value.decode("ascii", errors="replace")
     if not isinstance(value, str):
@@ -336,12 +373,18 @@ def _decode_b64_crop(value: Any, spec: TileSpec, index: int) -> torch.Tensor:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise BadRequest(f"lr[{index}] is not valid base64: {exc}") from exc
-    expected = 3 * spec.rows * spec.cols * 4
+    expected = 3 * spec.rows * spec.cols * dtype.itemsize
     if len(raw) != expected:
         raise BadRequest(
-            f"lr[{index}] holds {len(raw)} bytes; geometry {spec.rows}x{spec.cols} needs {expected}"
+            f"lr[{index}] holds {len(raw)} bytes; geometry {spec.rows}x{spec.cols} of {dtype.name} needs "
+            f"{expected}"
         )
-    return torch.from_numpy(np.frombuffer(raw, dtype="<f4").reshape(3, spec.rows, spec.cols).copy())
+    crop = np.frombuffer(raw, dtype=dtype).reshape(3, spec.rows, spec.cols)
+    if dtype == np.uint8:  # the very division the image reader does (hndsr.imageio): identical floats
+        values = crop.astype(np.float32)
+        values /= np.float32(255)
+        return torch.from_numpy(values)
+    return torch.from_numpy(crop.copy())
 
 
 def decode_v2_request(request: Any, limits: BatchLimits) -> DecodedBatch:
@@ -363,7 +406,10 @@ def decode_v2_request(request: Any, limits: BatchLimits) -> DecodedBatch:
             values = [v for row in data for v in (row if isinstance(row, list) else [row])]
             if len(values) != len(specs):
                 raise BadRequest(f"'lr' holds {len(values)} tiles, 'geometry' {len(specs)}")
-            crops = [_decode_b64_crop(v, s, i) for i, (v, s) in enumerate(zip(values, specs, strict=True))]
+            dtype = lr_dtype(params)
+            crops = [
+                _decode_b64_crop(v, s, i, dtype) for i, (v, s) in enumerate(zip(values, specs, strict=True))
+            ]
         else:
             arr = _as_numpy(lr, np.float32)
             if arr.ndim != 4 or arr.shape[0] != len(specs) or arr.shape[1] != 3:
@@ -387,7 +433,7 @@ def decode_v2_request(request: Any, limits: BatchLimits) -> DecodedBatch:
         p = out.parameters or {}
         if out.name == "sr" and "binary_data" in p:
             binary = bool(p["binary_data"])
-    return DecodedBatch(canvas, specs, up, rp, str(request.id or uuid.uuid4().hex), binary)
+    return DecodedBatch(canvas, specs, up, rp, str(request.id or uuid.uuid4().hex), binary, tile_bits(params))
 
 
 def _as_numpy(inp: Any, dtype: type) -> np.ndarray:
@@ -425,22 +471,27 @@ def decode_v1_request(payload: Any, limits: BatchLimits) -> DecodedBatch:
     except (KeyError, TypeError, ValueError) as exc:
         raise BadRequest(f"each instance needs 'lr_b64' and 'geometry' (8 integers): {exc}") from exc
     specs = _specs(rows, canvas, limits)
-    crops = [_decode_b64_crop(v, s, i) for i, (v, s) in enumerate(zip(values, specs, strict=True))]
+    dtype = lr_dtype(params)
+    crops = [_decode_b64_crop(v, s, i, dtype) for i, (v, s) in enumerate(zip(values, specs, strict=True))]
     up = _bicubic(crops, specs, canvas)
-    return DecodedBatch(canvas, specs, up, rp, str(payload.get("id") or uuid.uuid4().hex), False)
+    return DecodedBatch(
+        canvas, specs, up, rp, str(payload.get("id") or uuid.uuid4().hex), False, tile_bits(params)
+    )
 
 
-def quantise_tiles(sr: np.ndarray) -> np.ndarray:
-    """float32 tiles in [0, 1] -> uint16 in units of 1/65535 (the wire format); scales ``sr`` in place."""
-    np.multiply(sr, np.float32(TILE_SCALE), out=sr)
+def quantise_tiles(sr: np.ndarray, bits: int = 16) -> np.ndarray:
+    """float32 tiles in [0, 1] -> the wire format: uint16 in units of 1/65535 (or uint8, 1/255, for
+    ``bits=8``); scales ``sr`` in place."""
+    dtype = TILE_BITS[bits]
+    np.multiply(sr, np.float32(np.iinfo(dtype).max), out=sr)
     np.rint(sr, out=sr)
-    return sr.astype(np.uint16)
+    return sr.astype(dtype)
 
 
 def tile_values(sr: np.ndarray) -> np.ndarray:
     """One tile (or batch) of the wire format as float32 in [0, 1]."""
-    if sr.dtype == np.uint16:
-        return sr.astype(np.float32) * np.float32(1.0 / TILE_SCALE)
+    if sr.dtype in (np.uint8, np.uint16):
+        return sr.astype(np.float32) * np.float32(1.0 / np.iinfo(sr.dtype).max)
     return np.asarray(sr, dtype=np.float32)
 
 
@@ -448,8 +499,8 @@ def encode_v1_response(sr: np.ndarray, model_version: str, model_ms: float, step
     return {
         "predictions": [
             {
-                "sr_b64": base64.b64encode(t.astype("<u2").tobytes()).decode("ascii"),
-                "dtype": "uint16",
+                "sr_b64": base64.b64encode(t.astype(t.dtype.newbyteorder("<")).tobytes()).decode("ascii"),
+                "dtype": t.dtype.name,
                 "shape": list(t.shape),
             }
             for t in sr

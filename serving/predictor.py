@@ -41,6 +41,7 @@ from serving.codec import (
     encode_v1_response,
     quantise_tiles,
 )
+from serving.compute import ComputeExecutor
 from serving.errors import InferenceFailed, NotReady, OutputCheckFailed, ServingError
 from serving.metrics import ServingMetrics
 from serving.storage import resolve_storage_uri
@@ -128,6 +129,8 @@ class HNDSRPredictor(Model):
         default_batch = 4 if self.device.type == "cuda" else 1
         self.compute_batch = max(1, settings.compute_batch or default_batch)
         self._noise: OrderedDict[tuple[int, int, int, int], torch.Tensor] = OrderedDict()
+        # All tensor work on one thread on CPU (serving.compute); a GPU takes the concurrent inferences.
+        self.compute = ComputeExecutor(settings.max_concurrency if self.device.type == "cuda" else 1)
         if metrics is not None:
             metrics.bind(
                 queue_depth=lambda: float(self.gate.waiting),
@@ -142,7 +145,7 @@ class HNDSRPredictor(Model):
             return True
         try:
             directory = resolve_storage_uri(self.settings.storage_uri, cache_dir=self.settings.cache_dir)
-            model, config = load_checkpoint(directory)
+            model, config = self.compute.call(load_checkpoint, directory)
             sha = str(config.get("sha256", ""))
             expected = self.settings.expected_sha256
             if expected and sha != expected:
@@ -151,8 +154,8 @@ class HNDSRPredictor(Model):
                     f"{expected}: "
                     "deploy the pinned checkpoint or update the pin"
                 )
-            model = model.to(self.device).eval()
-            self._warmup(model)
+            model = self.compute.call(lambda: model.to(self.device).eval())
+            self.compute.call(self._warmup, model)
         except Exception as exc:  # every failure keeps the model not ready, loudly
             self.load_error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, HNDSRError) else str(exc)
             self.ready = False
@@ -226,9 +229,9 @@ class HNDSRPredictor(Model):
 
     async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
         if isinstance(payload, InferRequest):
-            batch = await asyncio.to_thread(decode_v2_request, payload, self.limits)
+            batch = await self.compute.run(decode_v2_request, payload, self.limits)
             return ("v2", batch)
-        batch = await asyncio.to_thread(decode_v1_request, payload, self.limits)
+        batch = await self.compute.run(decode_v1_request, payload, self.limits)
         return ("v1", batch)
 
     async def predict(
@@ -242,7 +245,7 @@ class HNDSRPredictor(Model):
         async with self.gate.slot():
             self.breaker.allow()
             try:
-                sr, model_ms = await asyncio.to_thread(self._infer, batch)
+                sr, model_ms = await self.compute.run(self._infer, batch)
             except ServingError as exc:
                 if exc.status >= 500:
                     self.breaker.failure(exc.message)
@@ -302,7 +305,7 @@ class HNDSRPredictor(Model):
                     )
                 )
         sr = check_output(torch.cat(parts), up, floor=self.settings.sharpness_floor)
-        out = quantise_tiles(sr.cpu().numpy().astype(np.float32, copy=False))
+        out = quantise_tiles(sr.cpu().numpy().astype(np.float32, copy=False), batch.tile_bits)
         return out, (time.perf_counter() - started) * 1000.0
 
     def _noise_field(self, seed: int, channels: int, lh: int, lw: int) -> torch.Tensor:
@@ -325,7 +328,9 @@ class HNDSRPredictor(Model):
             return await asyncio.to_thread(
                 encode_v1_response, sr, self.model_version, model_ms, self.steps_for(batch)
             )
-        out = InferOutput(name="sr", shape=list(sr.shape), datatype="UINT16")
+        out = InferOutput(
+            name="sr", shape=list(sr.shape), datatype="UINT8" if sr.dtype == np.uint8 else "UINT16"
+        )
         if batch.binary_output:
             out.set_data_from_numpy(sr, binary_data=True)
         else:

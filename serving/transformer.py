@@ -29,7 +29,7 @@ import torch
 from kserve import InferOutput, InferRequest, InferResponse, Model
 
 from hndsr.errors import InputError
-from hndsr.imageio import Raster, encode_image, read_image_bytes
+from hndsr.imageio import Raster, encode_image, png_bytes, read_image_bytes
 from hndsr.resample import resize
 from hndsr.tiling import Stitcher
 from serving.admission import BreakerState, CircuitBreaker, ConcurrencyGate, RateLimiter
@@ -43,6 +43,7 @@ from serving.codec import (
     encode_v2,
     tile_values,
 )
+from serving.compute import ComputeExecutor
 from serving.errors import (
     OutputCheckFailed,
     PayloadTooLarge,
@@ -85,6 +86,7 @@ class TransformerSettings:
     breaker_threshold: int = 3
     breaker_reset_s: float = 30.0
     retry_after_s: float = 1.0
+    compute_threads: int = 1  # threads for tensor work (serving.compute); more only with cores to spare
     png_compress_level: int = 1  # deflate level of PNG outputs (0-9); 1-3 use ISA-L: ~6x faster than zlib
     request_stats: str | None = None  # DIR | s3://bucket/prefix: per-request image statistics (drift)
     jobs: JobConfig | None = None  # set: requests above max_sync_tiles become jobs (202, serving.jobs)
@@ -104,6 +106,7 @@ class Job:
     model_version: str = ""
     model_ms: float = 0.0
     steps: int | None = None
+    pixels: np.ndarray | None = None  # the final uint8 pixels, when one 8-bit tile is the output
 
 
 @dataclass
@@ -201,7 +204,7 @@ def _breaker_counts(err: ServingError) -> bool:
     return err.status >= 500
 
 
-def cycle_psnr(lr: torch.Tensor, sr: torch.Tensor, window: int = 128) -> float:
+def cycle_psnr(lr: torch.Tensor, sr: torch.Tensor, window: int = 96) -> float:
     """PSNR (dB) of the output downsampled back to the input size against the input, on a central
     window of at most ``window`` x ``window`` input pixels (exactly that window of the whole
     downsample: the resampler computes a window from the rows/cols it needs only)."""
@@ -244,6 +247,8 @@ class HNDSRTransformer(Model):
             timeout_s=settings.timeout_s,
         )
         self.model_version = ""
+        # Stitching, cycle PSNR and encoding on one thread (serving.compute: one OpenMP team).
+        self.compute = ComputeExecutor(settings.compute_threads)
         self.jobs = JobStore(settings.jobs) if settings.jobs is not None else None
         self.request_stats = _request_stats_recorder(settings.request_stats, metrics)
         if metrics is not None:
@@ -380,17 +385,29 @@ class HNDSRTransformer(Model):
         s = self.settings
         p = job.inp.params
         params = RenderParams(scale=p.scale, steps=p.steps, seed=p.seed, strength=p.strength)
-        lr = torch.from_numpy(job.raster.rgb())
+        rgb = job.raster.rgb()
+        lr = torch.from_numpy(rgb)
+        # 8-bit sources travel as their 8-bit values (a quarter of the float32 bytes), bit-exact.
+        lr_dtype = "uint8" if job.raster.dtype == "uint8" and _holds_8bit_values(rgb) else "float32"
         c = job.canvas
         stitcher = Stitcher(3, c.canvas_h, c.canvas_w, overlap=s.overlap, halo=s.halo)
         batches = [job.specs[i : i + s.batch_size] for i in range(0, len(job.specs), s.batch_size)]
+        # One tile is the whole canvas (no blending follows): an 8-bit image can travel as its 8-bit
+        # output pixels, half the bytes of the uint16 tiles that blending needs.
+        bits = 8 if len(job.specs) == 1 and job.raster.dtype == "uint8" else 16
         inflight = asyncio.Semaphore(max(1, s.inflight_batches))
 
         async def send(specs: list[TileSpec], index: int) -> BatchResult:
             async with inflight:
                 crops = [crop(lr, spec).numpy() for spec in specs]
                 batch = TileBatch(
-                    canvas=c, specs=specs, crops=crops, params=params, request_id=f"{request_id}-{index}"
+                    canvas=c,
+                    specs=specs,
+                    crops=crops,
+                    params=params,
+                    request_id=f"{request_id}-{index}",
+                    tile_bits=bits,
+                    lr_dtype=lr_dtype,
                 )
                 return await self.client.infer(batch)
 
@@ -405,8 +422,10 @@ class HNDSRTransformer(Model):
                     raise PredictorFailed(
                         f"the predictor returned {result.sr.shape[0]} tiles for a batch of {len(specs)}"
                     )
+                if result.sr.dtype == np.uint8:  # asked for with bits == 8: these are the output pixels
+                    job.pixels = result.sr[0][:, : c.out_h, : c.out_w]
                 t0 = time.perf_counter()
-                await asyncio.to_thread(_stitch, stitcher, specs, result.sr)
+                await self.compute.run(_stitch, stitcher, specs, result.sr)
                 stitch_s += time.perf_counter() - t0
                 job.model_ms += result.model_ms
                 job.model_version = result.model_version or job.model_version
@@ -424,7 +443,7 @@ class HNDSRTransformer(Model):
         self.breaker.success()
         self.model_version = job.model_version or self.model_version
         t0 = time.perf_counter()
-        job.sr = await asyncio.to_thread(lambda: stitcher.result()[:, : c.out_h, : c.out_w].clamp_(0.0, 1.0))
+        job.sr = await self.compute.run(lambda: stitcher.result()[:, : c.out_h, : c.out_w].clamp_(0.0, 1.0))
         stitch_s += time.perf_counter() - t0
         job.timings_ms["predict"] = (time.perf_counter() - started) * 1000.0 - stitch_s * 1000.0
         job.timings_ms["model"] = job.model_ms
@@ -436,7 +455,7 @@ class HNDSRTransformer(Model):
         self, result: Any, headers: dict[str, str] | None = None, response_headers: Any = None
     ) -> Any:
         prepared: Prepared = result
-        outputs = [await asyncio.to_thread(self._finish, job) for job in prepared.jobs]
+        outputs = [await self.compute.run(self._finish, job) for job in prepared.jobs]
         total_ms = (time.perf_counter() - prepared.started) * 1000.0
         for out in outputs:
             out["timings_ms"]["total"] = round(total_ms, 2)
@@ -480,7 +499,11 @@ class HNDSRTransformer(Model):
         )
         names = raster.band_names[: data.shape[0]]
         out_raster = Raster(data=data, dtype=raster.dtype, profile=profile, band_names=names)
-        encoded = encode_output(out_raster, fmt, self.settings.png_compress_level)
+        if job.pixels is not None and fmt == "png" and job.pixels.shape[0] == 3:
+            # What encode_output would write (k/255 quantises back to k), minus two full-image passes.
+            encoded = png_bytes(np.ascontiguousarray(job.pixels), level=self.settings.png_compress_level)
+        else:
+            encoded = encode_output(out_raster, fmt, self.settings.png_compress_level)
         job.timings_ms["encode"] = (time.perf_counter() - t0) * 1000.0
         psnr = cycle_psnr(torch.from_numpy(raster.rgb()), job.sr)
         return {
@@ -505,6 +528,12 @@ def _request_stats_recorder(
     if not target:
         return None
     return RequestStatsRecorder(open_sink(target), on_drop=metrics.stats_dropped if metrics else None)
+
+
+def _holds_8bit_values(rgb: np.ndarray) -> bool:
+    """Every value is some k/255 in float32 (what the reader makes of 8-bit pixels)."""
+    k = np.rint(rgb * np.float32(255))
+    return bool(np.array_equal((k / np.float32(255)).astype(np.float32), rgb))
 
 
 def _stitch(stitcher: Stitcher, specs: list[TileSpec], sr: np.ndarray) -> None:

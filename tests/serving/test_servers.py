@@ -92,6 +92,21 @@ def test_v1_round_trip_equals_the_in_process_engine(stack: tuple[Server, Server]
     assert diff.max() <= 1 and np.mean(diff > 0) < 0.01, (diff.max(), np.mean(diff > 0))
 
 
+def test_single_tile_8bit_output_equals_the_engine_exactly(
+    stack: tuple[Server, Server], http: httpx.Client
+) -> None:
+    # One tile covers the canvas: the predictor sends the final 8-bit pixels (tile_bits 8).
+    data = png_bytes(40, 52, seed=5)
+    _, trans = stack
+    r = http.post(trans.url + V1, json={"instances": [{"image_b64": b64(data), "scale": 4}]})
+    assert r.status_code == 200, r.text
+    out = r.json()["predictions"][0]
+    assert out["tiles"] == 1 and (out["width"], out["height"]) == (208, 160)
+    served = read_image_bytes(base64.b64decode(out["image_b64"]))
+    got = np.rint(served.data * 255).astype(np.uint8)
+    np.testing.assert_array_equal(got, expected_uint8(read_image_bytes(data), out["tile_size"], 4.0))
+
+
 def test_v2_geotiff_keeps_georeferencing_bands_and_depth(
     stack: tuple[Server, Server], http: httpx.Client
 ) -> None:
@@ -164,7 +179,24 @@ def test_predictor_speaks_v1_and_v2_encodings_alike(stack: tuple[Server, Server]
     for other in results[1:]:
         np.testing.assert_allclose(other, results[0], atol=1e-6)
     t = specs[0].tile
-    assert results[0].shape == (4, 3, t.height, t.width)
+    assert results[0].shape == (4, 3, t.height, t.width) and results[0].dtype == np.uint16
+    # 8-bit tiles (what the transformer asks for when one tile is the whole 8-bit output), v2 and v1.
+    batch.tile_bits = 8
+    body, headers = encode_v2(batch, "b64")
+    r = http.post(pred.url + V2, content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    tiles8 = [decode_v2_response(r.content, r.headers).sr]
+    r = http.post(pred.url + V1, content=encode_v1(batch)[0], headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    tiles8.append(decode_v1_response(r.content).sr)
+    for t8 in tiles8:
+        assert t8.dtype == np.uint8 and t8.shape == results[0].shape
+        # The same values, rounded once to 8 bits instead of to 16 (so at most one 8-bit step apart).
+        from16 = np.rint(results[0].astype(np.float64) * 255 / 65535)
+        assert np.abs(t8.astype(np.float64) - from16).max() <= 1
+    batch.tile_bits = 7
+    r = http.post(pred.url + V1, content=encode_v1(batch)[0], headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "tile_bits" in r.text
 
 
 # ------------------------------------------------------------------------------------ bad inputs

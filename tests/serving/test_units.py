@@ -252,6 +252,27 @@ def test_wire_format_round_trip() -> None:
     bad["instances"][0]["geometry"][4] = 59  # the crop no longer covers the tile
     with pytest.raises(BadRequest):
         decode_v1_request(bad, BatchLimits())
+    # 8-bit sources: the crops travel as uint8 and decode to the very same float32 values.
+    lr8 = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 60, 70), dtype=np.uint8))
+    lr8f = lr8.numpy().astype(np.float32)
+    lr8f /= np.float32(255)  # what the image reader makes of 8-bit pixels
+    crops8 = [crop(torch.from_numpy(lr8f), s).numpy() for s in specs]
+    as_float = TileBatch(canvas, specs, crops8, RenderParams(scale=4.0))
+    as_uint8 = TileBatch(canvas, specs, crops8, RenderParams(scale=4.0), lr_dtype="uint8")
+    assert len(encode_v1(as_uint8)[0]) < len(encode_v1(as_float)[0]) / 3
+    want8 = decode_v1_request(orjson.loads(encode_v1(as_float)[0]), BatchLimits()).up
+    got8 = decode_v1_request(orjson.loads(encode_v1(as_uint8)[0]), BatchLimits()).up
+    assert torch.equal(got8, want8)
+    body, _ = encode_v2(as_uint8, "b64")
+    request = InferRequest.from_inference_request(InferenceRequest.model_validate_json(body), "hndsr")
+    assert torch.equal(decode_v2_request(request, BatchLimits()).up, want8)
+    wrong = orjson.loads(encode_v1(as_uint8)[0])
+    wrong["parameters"]["lr_dtype"] = "float16"
+    with pytest.raises(BadRequest, match="lr_dtype"):
+        decode_v1_request(wrong, BatchLimits())
+    wrong["parameters"]["lr_dtype"] = "float32"  # uint8 bytes declared as float32: the size disagrees
+    with pytest.raises(BadRequest, match="needs"):
+        decode_v1_request(wrong, BatchLimits())
     lr_nan = lr.clone()
     lr_nan[1, 30, 30] = float("nan")
     poisoned = TileBatch(canvas, specs, [crop(lr_nan, s).numpy() for s in specs], RenderParams(scale=4.0))

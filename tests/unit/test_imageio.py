@@ -478,3 +478,14 @@ def test_png_writer_refuses_what_png_cannot_hold() -> None:
         png_bytes(np.zeros((2, 4, 4), np.uint8))
     with pytest.raises(ValueError, match="uint8/uint16"):
         png_bytes(np.zeros((3, 4, 4), np.float32))
+
+
+def test_encoder_refuses_non_finite_outputs_but_not_huge_finite_ones() -> None:
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        data = np.full((3, 8, 8), 0.5, np.float32)
+        data[2, 3, 3] = bad
+        with pytest.raises(OutputValidationError, match="1 non-finite"):
+            encode_image(Raster(data=data, dtype="uint8"), "png")
+    huge = np.full((3, 8, 8), 3e38, np.float32)  # finite, but their float32 sum overflows
+    png = encode_image(Raster(data=huge, dtype="uint8"), "png")
+    assert read_image_bytes(png).data.min() == 1.0  # clipped to white
