@@ -272,15 +272,19 @@ def bench_overhead(url: str, checkpoint: str, size: int, repeats: int, compute_b
             e2e.append(dt / 1000)
             metas.append(meta)
     e2e_s, engine_s = statistics.median(e2e), statistics.median(engine)
+    # Each service run against the engine run just before it: the machine's drift cancels out.
+    paired_s = statistics.median(a - b for a, b in zip(e2e, engine, strict=True))
     stages = {
         k: round(statistics.median(m["timings_ms"][k] for m in metas), 1) for k in metas[0]["timings_ms"]
     }
     row = {
         "input": f"{size}x{size}",
-        "end_to_end_median_s": round(e2e_s, 2),
-        "engine_median_s": round(engine_s, 2),
-        "overhead_s": round(e2e_s - engine_s, 2),
-        "overhead_pct_of_end_to_end": round(100 * (e2e_s - engine_s) / e2e_s, 1),
+        "repeats": repeats,
+        "end_to_end_median_s": round(e2e_s, 3),
+        "engine_median_s": round(engine_s, 3),
+        "overhead_s": round(paired_s, 3),
+        "overhead_pct_of_end_to_end": round(100 * paired_s / e2e_s, 1),
+        "overhead_of_medians_pct": round(100 * (e2e_s - engine_s) / e2e_s, 1),
         "transformer_stages_ms": stages,
     }
     print(json.dumps(row), flush=True)
@@ -304,7 +308,10 @@ def main() -> None:
     parser.add_argument("--hop-repeats", type=int, default=3)
     parser.add_argument("--skip-hop", action="store_true")
     parser.add_argument("--skip-overhead", action="store_true")
-    parser.add_argument("--overhead-repeats", type=int, default=3)
+    parser.add_argument("--overhead-repeats", type=int, default=15)
+    parser.add_argument(
+        "--overhead-inflight", default="1,2", help="transformer --inflight-batches values (2: its default)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     from hndsr.runtime import tune_allocator
@@ -379,27 +386,31 @@ def main() -> None:
 
     overhead = []
     if not args.skip_overhead:
-        # One batch in flight, like the in-process engine; engine and service runs interleaved so that
-        # both see the same machine (other load included).
+        # One batch in flight (like the in-process engine) and the transformer's default (batches
+        # pipelined); engine and service runs interleaved so that both see the same machine.
         pred = Proc(["predictor", "--storage-uri", ckpt], tmp / "predictor-overhead.log")
-        trans = Proc(
-            [
-                "transformer",
-                "--predictor-host",
-                f"127.0.0.1:{pred.port}",
-                "--rate-limit-rps",
-                "0",
-                "--inflight-batches",
-                "1",
-            ],
-            tmp / "transformer-overhead.log",
-        )
         try:
-            for size in (int(s) for s in args.sizes.split(",")):
-                compute_batch = int(httpx.get(pred.url + "/health").json()["compute_batch"])
-                overhead.append(bench_overhead(trans.url, ckpt, size, args.overhead_repeats, compute_batch))
+            compute_batch = int(httpx.get(pred.url + "/health").json()["compute_batch"])
+            for inflight in (int(v) for v in args.overhead_inflight.split(",")):
+                trans = Proc(
+                    [
+                        "transformer",
+                        "--predictor-host",
+                        f"127.0.0.1:{pred.port}",
+                        "--rate-limit-rps",
+                        "0",
+                        "--inflight-batches",
+                        str(inflight),
+                    ],
+                    tmp / f"transformer-overhead-{inflight}.log",
+                )
+                try:
+                    for size in (int(s) for s in args.sizes.split(",")):
+                        row = bench_overhead(trans.url, ckpt, size, args.overhead_repeats, compute_batch)
+                        overhead.append({"inflight_batches": inflight} | row)
+                finally:
+                    trans.stop()
         finally:
-            trans.stop()
             pred.stop()
     results["serving_overhead"] = overhead
     results["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]
