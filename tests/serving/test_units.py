@@ -284,3 +284,25 @@ def test_wire_format_round_trip() -> None:
     with pytest.raises(BadRequest, match="non-finite"):
         decode_v1_request(orjson.loads(encode_v1(poisoned)[0]), BatchLimits())
     np.testing.assert_array_equal(decoded.up.numpy(), expected.numpy())
+
+
+def test_compute_executor_runs_everything_on_one_thread_and_propagates_errors() -> None:
+    import asyncio
+    import threading
+
+    from serving.compute import ComputeExecutor
+
+    compute = ComputeExecutor()
+
+    async def scenario() -> set[int]:
+        idents = await asyncio.gather(*(compute.run(threading.get_ident) for _ in range(8)))
+        with pytest.raises(ZeroDivisionError):
+            await compute.run(lambda: 1 / 0)
+        return set(idents)
+
+    try:
+        idents = asyncio.run(scenario())
+        assert len(idents) == 1 and threading.get_ident() not in idents
+        assert compute.call(threading.get_ident) in idents  # the synchronous path uses the same thread
+    finally:
+        compute.shutdown()
