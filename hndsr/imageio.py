@@ -265,8 +265,9 @@ def _check_size(width: int, height: int, bands: int, max_pixels: int, name: str)
         )
 
 
-def _to_unit_float(arr: np.ndarray, name: str) -> np.ndarray:
-    """Integers divided by their dtype's max; floats kept as they are (writers clip)."""
+def to_unit_float(arr: np.ndarray, name: str) -> np.ndarray:
+    """Integers divided by their dtype's max; floats kept as they are (writers clip). The one
+    conversion of stored pixels to floats: the serving wire decodes 8-bit crops with it too."""
     if arr.dtype.kind in "ui":
         out = arr.astype(np.float32)
         out /= np.float32(np.iinfo(arr.dtype).max)
@@ -307,7 +308,7 @@ def _read_pillow(fp: BinaryIO, name: str, max_pixels: int, kind: str) -> Raster:
             arr, dtype = _pillow_pixels(im, name)
         finally:
             im.close()
-    data = _to_unit_float(arr, name)
+    data = to_unit_float(arr, name)
     return Raster(data=data, dtype=dtype, profile=None, band_names=_default_band_names(data.shape[0]))
 
 
@@ -381,7 +382,7 @@ def _read_gdal(
         logger.debug("%s: dropping the alpha channel of a 16-bit PNG", name)
         arr = arr[:-1]
         descriptions = descriptions[:-1]
-    data = _to_unit_float(arr, name)
+    data = to_unit_float(arr, name)
     return Raster(data=data, dtype=dtype, profile=profile, band_names=_band_names(descriptions))
 
 

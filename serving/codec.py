@@ -43,6 +43,7 @@ import numpy as np
 import orjson
 import torch
 
+from hndsr.imageio import to_unit_float
 from hndsr.inference import MAX_STEPS
 from hndsr.resample import check_scale
 from serving.errors import BadRequest, PredictorFailed
@@ -380,11 +381,9 @@ def _decode_b64_crop(value: Any, spec: TileSpec, index: int, dtype: np.dtype[Any
             f"{expected}"
         )
     crop = np.frombuffer(raw, dtype=dtype).reshape(3, spec.rows, spec.cols)
-    if dtype == np.uint8:  # the very division the image reader does (hndsr.imageio): identical floats
-        values = crop.astype(np.float32)
-        values /= np.float32(255)
-        return torch.from_numpy(values)
-    return torch.from_numpy(crop.copy())
+    # 8-bit values through the image reader's own conversion: the floats the transformer holds.
+    values = to_unit_float(crop, f"lr[{index}]") if dtype == np.uint8 else crop.copy()
+    return torch.from_numpy(values)
 
 
 def decode_v2_request(request: Any, limits: BatchLimits) -> DecodedBatch:

@@ -29,7 +29,7 @@ import torch
 from kserve import InferOutput, InferRequest, InferResponse, Model
 
 from hndsr.errors import InputError
-from hndsr.imageio import Raster, encode_image, png_bytes, read_image_bytes
+from hndsr.imageio import Raster, encode_image, png_bytes, read_image_bytes, to_unit_float
 from hndsr.resample import resize
 from hndsr.tiling import Stitcher
 from serving.admission import BreakerState, CircuitBreaker, ConcurrencyGate, RateLimiter
@@ -499,7 +499,7 @@ class HNDSRTransformer(Model):
         )
         names = raster.band_names[: data.shape[0]]
         out_raster = Raster(data=data, dtype=raster.dtype, profile=profile, band_names=names)
-        if job.pixels is not None and fmt == "png" and job.pixels.shape[0] == 3:
+        if job.pixels is not None and fmt == "png":
             # What encode_output would write (k/255 quantises back to k), minus two full-image passes.
             encoded = png_bytes(np.ascontiguousarray(job.pixels), level=self.settings.png_compress_level)
         else:
@@ -531,9 +531,9 @@ def _request_stats_recorder(
 
 
 def _holds_8bit_values(rgb: np.ndarray) -> bool:
-    """Every value is some k/255 in float32 (what the reader makes of 8-bit pixels)."""
-    k = np.rint(rgb * np.float32(255))
-    return bool(np.array_equal((k / np.float32(255)).astype(np.float32), rgb))
+    """Reading the 8-bit values back (the reader's conversion) gives exactly these floats."""
+    levels = np.rint(rgb * np.float32(255)).astype(np.uint8)
+    return bool(np.array_equal(to_unit_float(levels, "rgb"), rgb))
 
 
 def _stitch(stitcher: Stitcher, specs: list[TileSpec], sr: np.ndarray) -> None:
