@@ -3,7 +3,9 @@
 KServe splits traffic between the last rolled-out predictor revision and a new one when
 ``spec.predictor.canaryTrafficPercent`` is set; this needs the Serverless (Knative) deployment mode.
 
-- start: a new ``storageUri`` with ``canaryTrafficPercent: 10`` -> the new revision gets 10%.
+- start: a new ``storageUri`` with ``canaryTrafficPercent: 10`` -> the new revision gets 10%; the
+  pod annotation ``hndsr.io/model-version`` (the URI's last segment) becomes the ``model_version``
+  label of the revision's metrics and alerts (manifests/base/monitors.yaml).
 - promote: remove ``canaryTrafficPercent`` -> the new revision gets 100%.
 - rollback: ``canaryTrafficPercent: 0`` -> the previous revision gets 100% again.
 
@@ -21,6 +23,7 @@ from typing import Any
 from hndsr.errors import InputError
 
 CANARY_PERCENT = 10
+MODEL_VERSION_ANNOTATION = "hndsr.io/model-version"
 _STORAGE_URI = re.compile(r"^(s3|gs|https?|pvc|hf)://[^/\s]+/\S+$")
 
 
@@ -56,10 +59,17 @@ def start_patch(storage_uri: str, percent: int = CANARY_PERCENT) -> Patch:
         )
     if not 1 <= percent <= 99:
         raise InputError(f"canary percent {percent} is outside 1..99: a canary takes part of the traffic")
-    return Patch(
-        "merge",
-        {"spec": {"predictor": {"canaryTrafficPercent": percent, "model": {"storageUri": storage_uri}}}},
-    )
+    predictor = {
+        "canaryTrafficPercent": percent,
+        "annotations": {MODEL_VERSION_ANNOTATION: model_version(storage_uri)},
+        "model": {"storageUri": storage_uri},
+    }
+    return Patch("merge", {"spec": {"predictor": predictor}})
+
+
+def model_version(storage_uri: str) -> str:
+    """s3://hndsr/models/0.2.0/ -> 0.2.0 (training writes models under their version)."""
+    return storage_uri.rstrip("/").rsplit("/", 1)[-1]
 
 
 def promote_patch() -> Patch:

@@ -16,7 +16,7 @@ import yaml
 from kube_render import KUBECTL, MANIFESTS, find, needs_kubectl, render, validate_custom_resource
 from typer.testing import CliRunner
 
-from hndsr.canary import Patch, Target, promote_patch, rollback_patch, start_patch, step_commands
+from hndsr.canary import MODEL_VERSION_ANNOTATION, Patch, Target, promote_patch, rollback_patch, start_patch, step_commands
 from hndsr.cli import app
 
 pytestmark = needs_kubectl
@@ -70,9 +70,14 @@ def test_start_promote_rollback_on_the_rendered_manifest(prod_isvc: dict[str, An
     predictor = started["spec"]["predictor"]
     assert predictor["canaryTrafficPercent"] == 10
     assert predictor["model"]["storageUri"] == NEW_MODEL != old_model
+    # The new revision's metrics and alerts carry its model version (PodMonitor relabeling).
+    version = NEW_MODEL.rstrip("/").rsplit("/", 1)[-1]
+    assert predictor["annotations"][MODEL_VERSION_ANNOTATION] == version
+    assert prod_isvc["spec"]["predictor"]["annotations"][MODEL_VERSION_ANNOTATION] == old_model.rsplit("/", 1)[-1]
     # Nothing else of the predictor changed (the runtime, resources, autoscaling stay).
-    assert {k: v for k, v in predictor.items() if k not in ("canaryTrafficPercent", "model")} == {
-        k: v for k, v in prod_isvc["spec"]["predictor"].items() if k not in ("canaryTrafficPercent", "model")
+    changed = ("canaryTrafficPercent", "model", "annotations")
+    assert {k: v for k, v in predictor.items() if k not in changed} == {
+        k: v for k, v in prod_isvc["spec"]["predictor"].items() if k not in changed
     }
     assert predictor["model"]["resources"] == prod_isvc["spec"]["predictor"]["model"]["resources"]
 
