@@ -16,7 +16,15 @@ import yaml
 from kube_render import KUBECTL, MANIFESTS, find, needs_kubectl, render, validate_custom_resource
 from typer.testing import CliRunner
 
-from hndsr.canary import MODEL_VERSION_ANNOTATION, Patch, Target, promote_patch, rollback_patch, start_patch, step_commands
+from hndsr.canary import (
+    MODEL_VERSION_ANNOTATION,
+    Patch,
+    Target,
+    promote_patch,
+    rollback_patch,
+    start_patch,
+    step_commands,
+)
 from hndsr.cli import app
 
 pytestmark = needs_kubectl
@@ -73,7 +81,10 @@ def test_start_promote_rollback_on_the_rendered_manifest(prod_isvc: dict[str, An
     # The new revision's metrics and alerts carry its model version (PodMonitor relabeling).
     version = NEW_MODEL.rstrip("/").rsplit("/", 1)[-1]
     assert predictor["annotations"][MODEL_VERSION_ANNOTATION] == version
-    assert prod_isvc["spec"]["predictor"]["annotations"][MODEL_VERSION_ANNOTATION] == old_model.rsplit("/", 1)[-1]
+    assert (
+        prod_isvc["spec"]["predictor"]["annotations"][MODEL_VERSION_ANNOTATION]
+        == old_model.rsplit("/", 1)[-1]
+    )
     # Nothing else of the predictor changed (the runtime, resources, autoscaling stay).
     changed = ("canaryTrafficPercent", "model", "annotations")
     assert {k: v for k, v in predictor.items() if k not in changed} == {

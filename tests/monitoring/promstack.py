@@ -1,8 +1,9 @@
-"""Real prometheus-pushgateway and prometheus (Debian packages) on 127.0.0.1, free ports, started and
-stopped by the fixture that needs them."""
+"""Real prometheus-pushgateway, prometheus and prometheus-alertmanager (Debian packages) on 127.0.0.1,
+free ports, started and stopped by the fixture that needs them."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -69,17 +70,32 @@ def start_pushgateway(tmp: Path) -> Process:
     return start("prometheus-pushgateway", [f"--web.listen-address=127.0.0.1:{port}"], port, tmp, "/-/ready")
 
 
-def start_prometheus(tmp: Path, rule_file: Path, targets: list[str]) -> Process:
-    """Scrapes ``targets`` every second and evaluates ``rule_file`` every second."""
+def start_prometheus(
+    tmp: Path,
+    rule_file: Path,
+    targets: list[str],
+    *,
+    job: str = "pushgateway",
+    target_labels: dict[str, str] | None = None,
+    alertmanager: str | None = None,
+) -> Process:
+    """Scrapes ``targets`` (as ``job``, with ``target_labels``) every second, evaluates ``rule_file``
+    every second and sends its alerts to ``alertmanager`` (host:port) when given."""
     port = free_port()
     config = tmp / "prometheus.yml"
+    static = {"targets": targets, "labels": target_labels or {}}
     config.write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
         f"rule_files: ['{rule_file}']\n"
         "scrape_configs:\n"
-        "  - job_name: pushgateway\n"
+        f"  - job_name: {job}\n"
         "    honor_labels: true\n"
-        f"    static_configs: [{{targets: {targets!r}}}]\n"
+        f"    static_configs: [{json.dumps(static)}]\n"
+        + (
+            f"alerting: {{alertmanagers: [{{static_configs: [{{targets: ['{alertmanager}']}}]}}]}}\n"
+            if alertmanager
+            else ""
+        )
     )
     args = [
         f"--config.file={config}",
@@ -87,6 +103,18 @@ def start_prometheus(tmp: Path, rule_file: Path, targets: list[str]) -> Process:
         f"--web.listen-address=127.0.0.1:{port}",
     ]
     return start("prometheus", args, port, tmp, "/-/ready")
+
+
+def start_alertmanager(tmp: Path, config: Path) -> Process:
+    """Alone (no cluster gossip port), its notification log and silences under ``tmp``."""
+    port = free_port()
+    args = [
+        f"--config.file={config}",
+        f"--storage.path={tmp / 'alertmanager'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",
+    ]
+    return start("prometheus-alertmanager", args, port, tmp, "/-/ready")
 
 
 def alerts(prometheus: Process) -> list[dict[str, Any]]:
