@@ -8,32 +8,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from driftdata import drift_catalog, write_requests  # noqa: F401 - fixtures
-from promstack import Process, alerts, query, start_prometheus, start_pushgateway
+from promstack import Process, alerts, fast_rules, query, start_prometheus, start_pushgateway
 
 from monitoring.drift import run_drift
 
 RULES = Path(__file__).resolve().parents[2] / "monitoring" / "rules" / "hndsr-alerts.yml"
 
 
-def _fast_rules(tmp: Path) -> Path:
-    """The shipped rules with ``for:`` cut to 1 s (the shipped values are tested by promtool)."""
-    doc = yaml.safe_load(RULES.read_text())
-    for group in doc["groups"]:
-        for rule in group["rules"]:
-            if "for" in rule:
-                rule["for"] = "1s"
-    path = tmp / "rules.yml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
-
-
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[Process, Process]]:
     gateway = start_pushgateway(tmp_path)
     try:
-        prometheus = start_prometheus(tmp_path, _fast_rules(tmp_path), [gateway.url.removeprefix("http://")])
+        prometheus = start_prometheus(tmp_path, fast_rules(RULES, tmp_path), [gateway.url.removeprefix("http://")])
         try:
             yield gateway, prometheus
         finally:
