@@ -77,7 +77,12 @@ def render(directory: Path) -> tuple[dict[str, Any], ...]:
         [str(KUBECTL), "kustomize", str(directory)], capture_output=True, text=True, timeout=120, check=False
     )
     assert out.returncode == 0, f"kubectl kustomize {directory} failed:\n{out.stderr}"
-    return tuple(d for d in yaml.load_all(out.stdout, Loader=_Loader) if d)
+    return load_all(out.stdout)
+
+
+def load_all(text: str) -> tuple[dict[str, Any], ...]:
+    """The documents of kubectl's output (with the loader that reads a bare ``=`` as a string)."""
+    return tuple(d for d in yaml.load_all(text, Loader=_Loader) if d)
 
 
 def group_of(doc: dict[str, Any]) -> str:

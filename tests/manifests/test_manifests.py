@@ -11,7 +11,6 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-import yaml
 from kube_render import (
     CRD_FILES,
     CRDS_WITHOUT_SCHEMA,
@@ -20,6 +19,7 @@ from kube_render import (
     find,
     group_of,
     kustomizations,
+    load_all,
     needs_kubectl,
     pod_containers,
     render,
@@ -307,7 +307,7 @@ def test_render_script_retags_every_project_image() -> None:
         check=False,
     )
     assert out.returncode == 0, out.stderr
-    images = {c["image"] for d in yaml.safe_load_all(out.stdout) if d for _, c, _ in pod_containers(d)}
+    images = {c["image"] for d in load_all(out.stdout) for _, c, _ in pod_containers(d)}
     ours = {i for i in images if "/hndsr-" in i}
     assert ours == {f"registry.example/team/hndsr-{kind}:abc123" for kind in IMAGE_KINDS}
     assert not list(MANIFESTS.glob(".render.*")), "render.sh left its work directory behind"

@@ -20,7 +20,9 @@ RULES = Path(__file__).resolve().parents[2] / "monitoring" / "rules" / "hndsr-al
 def stack(tmp_path: Path) -> Iterator[tuple[Process, Process]]:
     gateway = start_pushgateway(tmp_path)
     try:
-        prometheus = start_prometheus(tmp_path, fast_rules(RULES, tmp_path), [gateway.url.removeprefix("http://")])
+        prometheus = start_prometheus(
+            tmp_path, fast_rules(RULES, tmp_path), [gateway.url.removeprefix("http://")]
+        )
         try:
             yield gateway, prometheus
         finally:
