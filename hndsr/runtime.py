@@ -54,3 +54,18 @@ def tune_allocator() -> bool:
     if not _applied:
         logger.debug("mallopt refused the allocator settings; glibc defaults stay")
     return _applied
+
+
+def native_bf16(device_type: str) -> bool:
+    """Whether ``device_type`` computes bfloat16 natively (CPU: AVX-512 BF16 / AMX; CUDA: Ampere+).
+
+    Elsewhere bf16 autocast is emulated and slower than fp32, so training and inference fall back
+    to fp32 there.
+    """
+    import torch
+
+    if device_type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device_type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False

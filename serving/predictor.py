@@ -10,8 +10,8 @@ Per batch: at most ``max_concurrency`` inferences run at once (more wait, up to 
 and lets one trial through after ``breaker_reset_s``; every output is checked (finite, in range, not
 degenerate) and a failed check is a 500 the client sees and a failure for the breaker.
 
-CUDA when present (fp16 autocast by default; the core keeps the spectral convolutions' FFTs in fp32),
-CPU otherwise.
+CUDA when present (fp16 autocast by default), CPU otherwise (bf16 autocast where the CPU computes it
+natively): the precision is chosen by the core's ``autocast_dtype``, as for ``hndsr upscale``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from kserve import InferOutput, InferRequest, InferResponse, Model
 
 from hndsr.checkpoint import load_checkpoint
 from hndsr.errors import CheckpointError, HNDSRError, OutputValidationError
-from hndsr.inference import pick_device, validate_output
+from hndsr.inference import autocast_dtype, pick_device, validate_output
 from hndsr.models.hndsr_model import HNDSR
 from hndsr.resample import resize
 from serving.admission import BreakerState, CircuitBreaker, ConcurrencyGate
@@ -122,6 +122,7 @@ class HNDSRPredictor(Model):
             if settings.half is None
             else (settings.half and self.device.type == "cuda")
         )
+        self.autocast_dtype = autocast_dtype(self.device, half=self.half)
         self.model_version = ""
         self.checkpoint_sha256 = ""
         self.load_error: str | None = None
@@ -175,13 +176,17 @@ class HNDSRPredictor(Model):
             self.model_version,
             sha[:12],
             self.device,
-            " fp16" if self.half else "",
+            f" {self.autocast_dtype}" if self.autocast_dtype else " fp32",
         )
         return True
 
+    def _autocast(self) -> torch.autocast:
+        dtype = self.autocast_dtype
+        return torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
     def _warmup(self, model: HNDSR) -> None:
         up = _warmup_tile().to(self.device)
-        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.float16, enabled=self.half):
+        with torch.no_grad(), self._autocast():
             sr = model.render(up, torch.full((1,), 4.0, device=self.device), steps=0)
         try:
             check_output(sr, up, floor=self.settings.sharpness_floor)
@@ -211,6 +216,7 @@ class HNDSRPredictor(Model):
             "storage_uri": self.settings.storage_uri,
             "device": str(self.device),
             "fp16": self.half,
+            "precision": str(self.autocast_dtype or torch.float32).removeprefix("torch."),
             "compute_batch": self.compute_batch,
             "circuit_breaker": state.name,
             "inflight": self.gate.active,
@@ -291,7 +297,7 @@ class HNDSRPredictor(Model):
         # The batch that travelled is split into the micro-batches the device runs best.
         parts = []
         n = self.compute_batch
-        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.float16, enabled=self.half):
+        with torch.no_grad(), self._autocast():
             for i in range(0, up.shape[0], n):
                 chunk = up[i : i + n]
                 parts.append(
