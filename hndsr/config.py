@@ -40,6 +40,15 @@ class StageParams:
     steps_per_epoch: int = 100
     grad_clip: float = 1.0
     latent_weight: float = 0.0  # AE: L2 on the latent; operator: match the encoder's latent
+    # Operator stage: also train the autoencoder, the deterministic path end to end, with its own
+    # reconstruction loss (weight) keeping the encoder's latents decodable for the diffusion stage.
+    train_decoder: bool = False
+    recon_weight: float = 0.0
+    # ... and an L2 on the encoder's latent there, as latent_weight in the autoencoder stage: without
+    # it the latent scale drifts while both ends train, until a step diverges (seen at lr 1e-3).
+    encoder_l2: float = 0.0
+    # "bf16": autocast the forward pass to bfloat16 (CPUs with AVX-512 BF16 / AMX, GPUs); "fp32" off.
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -196,6 +205,8 @@ def _check(params: Params) -> None:
         s = params.train.stage(name)
         if s.steps < 1 or s.batch_size < 1 or s.lr <= 0 or s.steps_per_epoch < 1:
             raise ConfigError(f"train.{name}: steps, batch_size, steps_per_epoch must be >= 1 and lr > 0")
+        if s.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"train.{name}.precision must be fp32 or bf16, got {s.precision!r}")
     _check_data_stages(params)
 
 

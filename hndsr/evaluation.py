@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -58,8 +58,23 @@ def _mean(rows: list[QualityScores]) -> dict[str, float]:
     return out
 
 
+class ImageUpscaler(Protocol):
+    """What evaluation needs of a model: :class:`Upscaler`, or a baseline measured beside it."""
+
+    def upscale(
+        self,
+        lr: torch.Tensor,
+        *,
+        scale: float,
+        out_size: tuple[int, int],
+        steps: int,
+        strength: float | None,
+        seed: int,
+    ) -> torch.Tensor: ...
+
+
 def evaluate_images(
-    upscaler: Upscaler,
+    upscaler: ImageUpscaler,
     paths: list[Path],
     *,
     scale: float,

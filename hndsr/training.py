@@ -41,6 +41,7 @@ from hndsr.distributed import (
 from hndsr.errors import CheckpointError, ConfigError
 from hndsr.metrics import psnr_y
 from hndsr.models.hndsr_model import HNDSR, STAGES
+from hndsr.runtime import native_bf16
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +69,14 @@ def _lr_at(step: int, cfg: StageParams) -> float:
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
 
 
-def _freeze(model: HNDSR, stage: str) -> list[torch.nn.Parameter]:
+def _bf16(cfg: StageParams, device: torch.device) -> bool:
+    return cfg.precision == "bf16" and native_bf16(device.type)
+
+
+def _freeze(model: HNDSR, stage: str, cfg: StageParams) -> list[torch.nn.Parameter]:
     trainable = model.stage_parameters(stage)
+    if stage == "operator" and cfg.train_decoder:
+        trainable += model.stage_parameters("autoencoder")
     ids = {id(p) for p in trainable}
     for p in model.parameters():
         p.requires_grad_(id(p) in ids)
@@ -84,29 +91,46 @@ def stage_loss(
     hr, up, scale = batch.hr, batch.up, batch.scale
     ae = model.autoencoder
     if stage == "autoencoder":
-        recon, latent = ae(hr, up)
+        with torch.autocast(hr.device.type, dtype=torch.bfloat16, enabled=_bf16(cfg, hr.device)):
+            recon, latent = ae(hr, up)
+        recon, latent = recon.float(), latent.float()
         l1 = F.l1_loss(recon, hr)
         reg = latent.pow(2).mean()
         return l1 + cfg.latent_weight * reg, {"l1": l1.item(), "latent_l2": reg.item()}
     if stage == "operator":
-        with torch.no_grad():
-            target = ae.encode(hr, up)
-        prior = model.prior(up, scale)
-        l1 = F.l1_loss(ae.decode(prior, up), hr)
-        latent = F.mse_loss(prior, target)
-        return l1 + cfg.latent_weight * latent, {"l1": l1.item(), "latent_mse": latent.item()}
-    if stage == "diffusion":
-        with torch.no_grad():
-            std = model.residual_std.view(1, -1, 1, 1)
+        with torch.autocast(hr.device.type, dtype=torch.bfloat16, enabled=_bf16(cfg, hr.device)):
             prior = model.prior(up, scale)
-            x0 = (ae.encode(hr, up) - prior) / std
+            sr = ae.decode(prior, up)
+            if cfg.train_decoder:
+                recon, target = ae(hr, up)
+            else:
+                with torch.no_grad():
+                    target = ae.encode(hr, up)
+        l1 = F.l1_loss(sr.float(), hr)
+        latent = F.mse_loss(prior.float(), target.detach().float())
+        loss = l1 + cfg.latent_weight * latent
+        parts = {"l1": l1.item(), "latent_mse": latent.item()}
+        if cfg.train_decoder:
+            recon_l1 = F.l1_loss(recon.float(), hr)
+            encoder_l2 = target.float().pow(2).mean()
+            loss = loss + cfg.recon_weight * recon_l1 + cfg.encoder_l2 * encoder_l2
+            parts["recon_l1"] = recon_l1.item()
+            parts["latent_l2"] = encoder_l2.item()
+        return loss, parts
+    if stage == "diffusion":
+        bf16 = torch.autocast(hr.device.type, dtype=torch.bfloat16, enabled=_bf16(cfg, hr.device))
+        with torch.no_grad(), bf16:
+            std = model.residual_std.view(1, -1, 1, 1)
+            prior = model.prior(up, scale).float()
+            x0 = (ae.encode(hr, up).float() - prior) / std
         n = shard.total if shard else x0.shape[0]
         rows = shard.rows if shard else slice(None)
         noise = torch.randn((n, *x0.shape[1:]), dtype=x0.dtype, device=x0.device)[rows]
         t = torch.randint(0, model.scheduler.config.num_train_timesteps, (n,), device=x0.device)[rows]
         x_t = model.scheduler.add_noise(x0, noise, t)
-        eps = model.unet(x_t, t, prior / std, scale)
-        mse = F.mse_loss(eps, noise)
+        with bf16:
+            eps = model.unet(x_t, t, prior / std, scale)
+        mse = F.mse_loss(eps.float(), noise)
         return mse, {"eps_mse": mse.item()}
     raise ConfigError(f"unknown stage {stage!r}: use one of {', '.join(STAGES)}")
 
@@ -185,7 +209,7 @@ def train_stage(
     ctx.check_batch(stage, cfg.batch_size)
     shard = ctx.shard(cfg.batch_size)
     model.to(device).train()
-    trainable = _freeze(model, stage)
+    trainable = _freeze(model, stage, cfg)
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start_step = 0
     state_file = _state_path(out_dir, stage)
@@ -396,11 +420,8 @@ def _train(
         # Later stages were trained on top of the old weights of this one: they are stale now.
         done = [s for s in STAGES[: STAGES.index(stage) + 1] if s in set(done) | {stage}]
         meta[stage] = {"final_metrics": metrics, "params": asdict(params.train.stage(stage))}
-        meta["data"] = {
-            "train_dir": str(d.train_dir),
-            "train_images": len(paths),
-            "val_images": len(val_paths),
-        }
+        # The exact data recipe (patches, scale distribution, split) beside each stage's parameters.
+        meta["data"] = asdict(d) | {"train_images": len(paths), "val_images_in_split": len(val_paths)}
         meta["profile"] = params.profile
         if ctx.is_main:
             save_checkpoint(model.cpu(), out, stages=done, metadata=meta)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hndsr.models.layers import ResBlock
+from hndsr.models.layers import ResBlock, activation
 
 
 class DetailAutoencoder(nn.Module):
@@ -28,6 +28,7 @@ class DetailAutoencoder(nn.Module):
         factor: int = 4,
         encoder_blocks: int = 1,
         decoder_blocks: int = 1,
+        act: str = "gelu",
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
@@ -36,13 +37,15 @@ class DetailAutoencoder(nn.Module):
         packed = in_channels * factor * factor
         self.encoder = nn.Sequential(
             nn.Conv2d(packed, width, 3, padding=1),
-            *[ResBlock(width) for _ in range(encoder_blocks)],
-            nn.GELU(),
+            *[ResBlock(width, act=act) for _ in range(encoder_blocks)],
+            activation(act),
             nn.Conv2d(width, latent_channels, 3, padding=1),
         )
         # The decoder also sees the bicubic image (space-to-depth packed), so it renders detail in context.
         self.decoder_head = nn.Conv2d(latent_channels + packed, width, 3, padding=1)
-        self.decoder_body = nn.Sequential(*[ResBlock(width) for _ in range(decoder_blocks)], nn.GELU())
+        self.decoder_body = nn.Sequential(
+            *[ResBlock(width, act=act) for _ in range(decoder_blocks)], activation(act)
+        )
         self.decoder_tail = nn.Conv2d(width, packed, 3, padding=1)
         nn.init.zeros_(self.decoder_tail.weight)  # start as exact bicubic
         nn.init.zeros_(self.decoder_tail.bias)  # type: ignore[arg-type]

@@ -24,13 +24,22 @@ STAGES = ("autoencoder", "operator", "diffusion")
 
 DEFAULT_CONFIG: dict[str, dict[str, Any]] = {
     "autoencoder": {
-        "latent_channels": 16,
-        "width": 48,
+        "latent_channels": 64,
+        "width": 64,
         "factor": 4,
         "encoder_blocks": 1,
         "decoder_blocks": 1,
+        "act": "relu",
     },
-    "operator": {"width": 64, "depth": 4, "kernel_size": 9, "modes": 3, "cond_dim": 64},
+    "operator": {
+        "width": 64,
+        "depth": 8,
+        "kernel_size": 9,
+        "modes": 3,
+        "cond_dim": 64,
+        "spectral": False,
+        "act": "relu",
+    },
     "diffusion": {"width": 64, "width_mult": [1, 2], "cond_dim": 128},
     "scheduler": {
         "num_train_timesteps": 1000,

@@ -7,6 +7,14 @@ import math
 import torch
 from torch import nn
 
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
+
+
+def activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
 
 def sinusoidal_embedding(values: torch.Tensor, dim: int, *, max_period: float = 10_000.0) -> torch.Tensor:
     """Transformer-style embedding of scalars ``(B,)`` -> ``(B, dim)`` (timesteps, scales)."""
@@ -46,11 +54,11 @@ class FiLM(nn.Module):
 class ResBlock(nn.Module):
     """Two 3x3 convolutions with a residual connection (EDSR style: no normalisation)."""
 
-    def __init__(self, channels: int, *, res_scale: float = 1.0) -> None:
+    def __init__(self, channels: int, *, res_scale: float = 1.0, act: str = "gelu") -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.act = nn.GELU()
+        self.act = activation(act)
         self.res_scale = res_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
