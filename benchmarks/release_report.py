@@ -13,12 +13,13 @@ import json
 import logging
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from hndsr.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, release_checkpoint_dir
-from hndsr.config import load_params
+from hndsr.config import Params, load_params
 from hndsr.data import images_in_split
 from hndsr.evaluation import evaluate_images
 from hndsr.inference import Upscaler
@@ -32,6 +33,35 @@ val_fraction 0.05 in params.yaml); the test images were never trained on."""
 LICENCE_TEXT = """RSSCN7 is distributed for research use without a stated licence: the images are not
 redistributed here, only weights trained on them. Users shipping this checkpoint commercially should
 retrain on imagery they hold rights to (`hndsr train` on any folder of HR images)."""
+
+
+def regression_sample(per_image: list[dict], data_dir: Path, n: int) -> dict[str, object]:
+    """The x4 deterministic Y-PSNR of the first ``n`` held-out images, for a test that re-scores the
+    shipped checkpoint on them (a wrong install, a broken loader or an inference change shows up)."""
+    rows = per_image[:n]
+    return {
+        "scale": 4.0,
+        "steps": 0,
+        "images": [Path(r["path"]).relative_to(data_dir).as_posix() for r in rows],
+        "model_psnr_y": [r["model"]["psnr_y"] for r in rows],
+        "bicubic_psnr_y": [r["bicubic"]["psnr_y"] for r in rows],
+    }
+
+
+def training_summary(config: dict, params: Params) -> str:
+    """Wall time per stage (from the checkpoint's metadata) and the data recipe (params.yaml)."""
+    meta = config.get("metadata", {})
+    seconds = {s: meta.get(s, {}).get("final_metrics", {}).get("seconds") for s in config.get("stages", [])}
+    parts = [f"{s} {v / 60:.1f} min" for s, v in seconds.items() if v is not None]
+    total = sum(v for v in seconds.values() if v is not None)
+    return (
+        "### Training run\n\n"
+        f"One uninterrupted `make release-train` on 2 CPU cores (AMD EPYC Zen 4, bf16 autocast): "
+        f"{', '.join(parts)}; **{total / 60:.0f} min** of training in all (validation included).\n\n"
+        "Data recipe (params.yaml `data`):\n\n```json\n"
+        + json.dumps(asdict(params.data), indent=2)
+        + "\n```\n\n"
+    )
 
 
 def main() -> None:
@@ -53,6 +83,12 @@ def main() -> None:
     )
     parser.add_argument("--install", action="store_true", help="copy into hndsr/release with MODEL_CARD.md")
     parser.add_argument("--notes", type=Path, default=None, help="markdown appended to the card's results")
+    parser.add_argument(
+        "--regression-images",
+        type=int,
+        default=4,
+        help="held-out images whose x4 scores are recorded for the shipped-checkpoint regression test",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -72,6 +108,7 @@ def main() -> None:
     upscaler = Upscaler(model)
     lpips = load_lpips()
     evaluations = []
+    regression: dict[str, object] = {}
     plan = [(s, 0, 1.0) for s in args.scales]
     for spec in args.diffusion:
         steps, strength = spec.split(":")
@@ -82,7 +119,9 @@ def main() -> None:
             upscaler, paths, scale=scale, steps=steps, strength=strength, seed=0, lpips_model=lpips
         )
         row = res.as_dict()
-        row.pop("per_image")
+        per_image = row.pop("per_image")
+        if scale == 4.0 and steps == 0:
+            regression = regression_sample(per_image, args.data, args.regression_images)
         row["strength"] = strength if steps else None
         evaluations.append(row)
         m, b = row["model"], row["bicubic"]
@@ -93,7 +132,12 @@ def main() -> None:
             flush=True,
         )
     out = args.out or args.run / "release_eval.json"
-    out.write_text(json.dumps({"split_counts": counts, "evaluations": evaluations}, indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {"split_counts": counts, "evaluations": evaluations, "regression_check": regression}, indent=2
+        )
+        + "\n"
+    )
     print(f"wrote {out}")
     if not args.install:
         return
@@ -107,7 +151,7 @@ def main() -> None:
     }
     (target / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (target / "evaluation.json").write_text(out.read_text())
-    notes = args.notes.read_text() if args.notes else ""
+    notes = training_summary(config, params) + (args.notes.read_text() if args.notes else "")
     card = render_model_card(
         config,
         evaluations,
