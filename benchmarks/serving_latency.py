@@ -328,7 +328,10 @@ def main() -> None:
         from hndsr.models.hndsr_model import HNDSR
 
         tiny = save_checkpoint(HNDSR(**TINY), tmp / "tiny", stages=["autoencoder"])
-        pred = Proc(["predictor", "--storage-uri", str(tiny), "--device", "cpu"], tmp / "hop-predictor.log")
+        pred = Proc(
+            ["predictor", "--storage-uri", str(tiny), "--device", "cpu", "--max-body-mb", "512"],
+            tmp / "hop-predictor.log",
+        )
         try:
             results["hop"] = bench_hop(pred.url, args.hop_repeats)
         finally:

@@ -61,11 +61,25 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
         ] = 30.0,
         expected_sha256: Annotated[str | None, typer.Option(help="Refuse any other checkpoint.")] = None,
         cache_dir: Annotated[Path | None, typer.Option(help="Where s3:// and models:/ downloads go.")] = None,
+        max_body_mb: Annotated[float, typer.Option(help="Request body limit in MB (413 above).")] = 64.0,
+        max_canvas_mp: Annotated[
+            float, typer.Option(help="Largest canvas of a tile batch, megapixels (413 above).")
+        ] = 72.0,
+        noise_cache_mb: Annotated[
+            float, typer.Option(help="Memory for cached diffusion noise fields, MB (LRU).")
+        ] = 256.0,
+        admin_token_file: Annotated[
+            Path | None,
+            typer.Option(
+                envvar="HNDSR_ADMIN_TOKEN_FILE",
+                help="File holding the admin token; enables /v2/repository/... (default: off).",
+            ),
+        ] = None,
     ) -> None:
         """The predictor: batches of tiles on the model (KServe ModelServer, REST v1 + v2)."""
         _isolate_kserve_argv()
         from serving.predictor import PredictorSettings
-        from serving.server import run_predictor
+        from serving.server import read_admin_token, run_predictor
 
         settings = PredictorSettings(
             storage_uri=storage_uri,
@@ -78,8 +92,17 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
             breaker_reset_s=breaker_reset_s,
             expected_sha256=expected_sha256,
             cache_dir=str(cache_dir) if cache_dir else None,
+            max_body_bytes=int(max_body_mb * 2**20),
+            max_canvas_pixels=int(max_canvas_mp * 1e6),
+            noise_cache_bytes=int(noise_cache_mb * 2**20),
         )
-        run_predictor(model_name=model_name, http_port=http_port, grpc_port=grpc_port, settings=settings)
+        run_predictor(
+            model_name=model_name,
+            http_port=http_port,
+            grpc_port=grpc_port,
+            settings=settings,
+            admin_token=read_admin_token(admin_token_file),
+        )
 
     @serve_app.command("transformer", context_settings=KSERVE_OPTION_SPELLING)
     @friendly_errors
@@ -128,11 +151,18 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
             typer.Option(envvar="HNDSR_JOBS_S3_PREFIX", help="s3://bucket/prefix for job inputs over 4 MB."),
         ] = None,
         jobs_max_attempts: Annotated[int, typer.Option(help="Attempts before the dead-letter queue.")] = 3,
+        admin_token_file: Annotated[
+            Path | None,
+            typer.Option(
+                envvar="HNDSR_ADMIN_TOKEN_FILE",
+                help="File holding the admin token; enables /v2/repository/... (default: off).",
+            ),
+        ] = None,
     ) -> None:
         """The transformer: validation, admission, tiling, stitching, encoding; forwards to the predictor."""
         _isolate_kserve_argv()
         from hndsr.cli_jobs import job_config
-        from serving.server import run_transformer
+        from serving.server import read_admin_token, run_transformer
         from serving.transformer import TransformerSettings
         from serving.validation import Limits
 
@@ -160,7 +190,13 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
             if redis_url
             else None,
         )
-        run_transformer(model_name=model_name, http_port=http_port, grpc_port=grpc_port, settings=settings)
+        run_transformer(
+            model_name=model_name,
+            http_port=http_port,
+            grpc_port=grpc_port,
+            settings=settings,
+            admin_token=read_admin_token(admin_token_file),
+        )
 
     @serve_app.command("local")
     @friendly_errors

@@ -26,6 +26,10 @@ class ScaleError(InputError):
     """The requested scale is outside the supported range."""
 
 
+class ValueRangeError(InputError):
+    """Pixel values outside the range the model reads ([0, 1] as float), or not finite."""
+
+
 class CheckpointError(HNDSRError):
     """A checkpoint is missing, incomplete, tampered with or incompatible."""
 

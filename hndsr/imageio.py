@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import struct
 import uuid
@@ -44,7 +45,14 @@ try:  # ISA-L deflate: ~6x faster than zlib at levels 1-3, standard zlib streams
 except ImportError:  # pragma: no cover - isal is a dependency; zlib keeps the writer working without it
     isal_zlib = None  # type: ignore[assignment]
 
-from hndsr.errors import HNDSRError, InputError, OutputValidationError, ScaleError, UnsupportedFormatError
+from hndsr.errors import (
+    HNDSRError,
+    InputError,
+    OutputValidationError,
+    ScaleError,
+    UnsupportedFormatError,
+    ValueRangeError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +61,7 @@ __all__ = [
     "GeoInfo",
     "GeoTIFFRowWriter",
     "Raster",
+    "check_pixel_range",
     "encode_image",
     "is_image_file",
     "read_image",
@@ -280,6 +289,27 @@ def to_unit_float(arr: np.ndarray, name: str) -> np.ndarray:
         f"{name} has pixel type {arr.dtype.name}, which HNDSR cannot use: "
         "convert it to uint8, uint16 or float32"
     )
+
+
+# Float pixels are read as they are (integers are divided by their type's max): they must already be
+# values in [0, 1]. A little overshoot (resampled or compressed float data) is harmless to the model.
+PIXEL_RANGE_TOLERANCE = 0.01
+
+
+def check_pixel_range(values: np.ndarray, name: str, tolerance: float = PIXEL_RANGE_TOLERANCE) -> None:
+    """Refuse non-finite values and values outside ``[0, 1]`` (beyond ``tolerance``) with a
+    :class:`ValueRangeError` that says how to fix the data. One pass each for the extremes."""
+    if values.size == 0:
+        return
+    lo, hi = float(np.min(values)), float(np.max(values))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueRangeError(f"{name} holds non-finite values (NaN or Inf): fix or mask them first")
+    if lo < -tolerance or hi > 1.0 + tolerance:
+        raise ValueRangeError(
+            f"{name} holds values from {lo:.4g} to {hi:.4g}, outside [0, 1]: float images must hold "
+            "values in [0, 1] (integer images are divided by their type's maximum); divide 8-bit data "
+            "stored as float by 255 and 16-bit data by 65535, or send it as uint8/uint16"
+        )
 
 
 def _default_band_names(bands: int) -> tuple[str, ...]:

@@ -43,15 +43,18 @@ import numpy as np
 import orjson
 import torch
 
-from hndsr.imageio import to_unit_float
-from hndsr.inference import MAX_STEPS
+from hndsr.errors import ValueRangeError
+from hndsr.imageio import PIXEL_RANGE_TOLERANCE, check_pixel_range, to_unit_float
 from hndsr.resample import check_scale
-from serving.errors import BadRequest, PredictorFailed
+from serving.errors import BadRequest, PayloadTooLarge, PredictorFailed, Unprocessable
 from serving.tiles import GEOMETRY_FIELDS, Canvas, TileSpec, bicubic_tile
 
 HEADER_LENGTH = "inference-header-content-length"
 LR_CONTENT_TYPE = "fp32_base64"
-MAX_SEED = 2**63 - 1
+# The same limits as the transformer's (serving.validation.Limits): a client that sends tile batches
+# straight to the predictor gets the same answers.
+MAX_STEPS = 50
+MAX_SEED = 2**32 - 1
 ENCODINGS = ("b64", "fp32_binary", "fp32_json", "up_json")
 TILE_SCALE = 65535  # output tiles travel as uint16 in units of 1/65535 ...
 TILE_BITS: dict[int, np.dtype[Any]] = {
@@ -281,7 +284,10 @@ def _param(params: dict[str, Any], key: str, kind: type, default: Any = None) ->
         raise BadRequest(f"parameter {key!r} must be an integer, got {value!r}")
     if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
         raise BadRequest(f"parameter {key!r} must be a number, got {value!r}")
-    return kind(value)
+    try:
+        return kind(value)
+    except OverflowError as exc:
+        raise BadRequest(f"parameter {key!r} is out of range: {value!r}") from exc
 
 
 def render_params(params: dict[str, Any]) -> RenderParams:
@@ -290,11 +296,13 @@ def render_params(params: dict[str, Any]) -> RenderParams:
     seed = _param(params, "seed", int, 0)
     strength = _param(params, "strength", float, None)
     if steps is not None and not 0 <= steps <= MAX_STEPS:
-        raise BadRequest(f"steps must be in [0, {MAX_STEPS}], got {steps}")
+        raise Unprocessable(
+            f"steps {steps} is outside [0, {MAX_STEPS}] (0 = deterministic path)", kind="invalid_steps"
+        )
     if not 0 <= seed <= MAX_SEED:
-        raise BadRequest(f"seed must be in [0, 2^63 - 1], got {seed}")
+        raise Unprocessable(f"seed {seed} is outside [0, {MAX_SEED}]", kind="invalid_seed")
     if strength is not None and not (math.isfinite(strength) and 0.0 < strength <= 1.0):
-        raise BadRequest(f"strength must be in (0, 1], got {strength}")
+        raise Unprocessable(f"strength {strength} is outside (0, 1]", kind="invalid_strength")
     return RenderParams(scale=scale, steps=steps, seed=seed, strength=strength)
 
 
@@ -307,9 +315,37 @@ def tile_bits(params: dict[str, Any]) -> int:
 
 @dataclass(frozen=True)
 class BatchLimits:
+    """What one tile batch may ask the predictor to allocate, checked before anything is allocated.
+
+    The canvas bounds the diffusion noise field (``channels x canvas / factor^2`` floats) and the
+    resampling taps; the defaults cover the transformer's largest synchronous image (2048 x 2048 px at
+    x4: 8192 x 8192) with room to spare."""
+
     max_batch: int = 16
     max_tile: int = 1024
+    min_tile: int = 16  # the smallest tile the transformer plans (8 px at x2)
     factor: int = 4
+    max_canvas_pixels: int = 72_000_000
+    max_side: int = 32_768
+
+
+def check_canvas(canvas: Canvas, scale: float, limits: BatchLimits) -> None:
+    """The canvas must be the one the scale gives (as the transformer plans it) and within the limits."""
+    if max(canvas.lr_h, canvas.lr_w, canvas.canvas_h, canvas.canvas_w) > limits.max_side or (
+        canvas.canvas_h * canvas.canvas_w > limits.max_canvas_pixels
+    ):
+        raise PayloadTooLarge(
+            f"the canvas {canvas.canvas_h}x{canvas.canvas_w} (input {canvas.lr_h}x{canvas.lr_w}) is over "
+            f"this predictor's limits ({limits.max_canvas_pixels:,} px, {limits.max_side:,} px a side): send "
+            "smaller images through the transformer, or large ones through the asynchronous path",
+            kind="canvas_too_large",
+        )
+    want = Canvas.for_scale(canvas.lr_h, canvas.lr_w, scale, limits.factor)
+    if want != canvas:
+        raise BadRequest(
+            f"canvas parameters {canvas.as_params()} disagree with scale {scale:g}: an input of "
+            f"{canvas.lr_h}x{canvas.lr_w} px gives {want.as_params()} (serving.tiles.Canvas.for_scale)"
+        )
 
 
 def _specs(rows: np.ndarray, canvas: Canvas, limits: BatchLimits) -> list[TileSpec]:
@@ -331,6 +367,10 @@ def _specs(rows: np.ndarray, canvas: Canvas, limits: BatchLimits) -> list[TileSp
             raise BadRequest(
                 f"tile {t.height}x{t.width} is above the predictor's limit of {limits.max_tile} px"
             )
+        if min(t.height, t.width) < min(limits.min_tile, canvas.canvas_h, canvas.canvas_w):
+            raise BadRequest(
+                f"tile {t.height}x{t.width} is below the predictor's minimum of {limits.min_tile} px"
+            )
         if any(v % limits.factor for v in (t.y0, t.x0, t.y1, t.x1)):
             raise BadRequest(f"tile {t} is not aligned to the model's factor {limits.factor}")
         if (
@@ -345,22 +385,33 @@ def _specs(rows: np.ndarray, canvas: Canvas, limits: BatchLimits) -> list[TileSp
     return specs
 
 
+def check_values(values: torch.Tensor, name: str, tolerance: float = PIXEL_RANGE_TOLERANCE) -> None:
+    """LR values must be finite and in [0, 1] (the transformer's rule for images, :func:`hndsr.imageio.
+    check_pixel_range`): anything else is the client's mistake (422), never a model failure. Bicubic
+    tiles (``up``) overshoot their LR values (ringing at edges): they get ``BICUBIC_TOLERANCE``."""
+    try:
+        check_pixel_range(values.numpy(), name, tolerance)
+    except ValueRangeError as exc:
+        raise Unprocessable(str(exc), kind="invalid_values") from exc
+
+
 def _bicubic(crops: list[torch.Tensor], specs: list[TileSpec], canvas: Canvas) -> torch.Tensor:
-    # Checked on the LR crops (a bicubic of finite values is finite): 1/scale^2 of the work.
-    if not all(bool(torch.isfinite(c).all()) for c in crops):
-        raise BadRequest("tile batch holds non-finite values")
+    # Checked on the LR crops (a bicubic of values in range stays near it): 1/scale^2 of the work.
+    for i, c in enumerate(crops):
+        check_values(c, f"lr[{i}]")
     try:
         return torch.stack([bicubic_tile(c, s, canvas) for c, s in zip(crops, specs, strict=True)])
     except ValueError as exc:
         raise BadRequest(f"inconsistent tile batch: {exc}") from exc
 
 
+BICUBIC_TOLERANCE = 0.5  # bicubic ringing of values in [0, 1] stays within about [-0.2, 1.2]
 LR_DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "uint8": np.dtype("u1")}
 
 
 def lr_dtype(params: dict[str, Any]) -> np.dtype[Any]:
     name = params.get("lr_dtype", "float32")
-    if name not in LR_DTYPES:
+    if not isinstance(name, str) or name not in LR_DTYPES:
         raise BadRequest(f"lr_dtype must be one of {', '.join(LR_DTYPES)}, got {name!r}")
     return LR_DTYPES[name]
 
@@ -397,6 +448,7 @@ def decode_v2_request(request: Any, limits: BatchLimits) -> DecodedBatch:
     except ValueError as exc:
         raise BadRequest(str(exc)) from exc
     rp = render_params(params)
+    check_canvas(canvas, rp.scale, limits)
     specs = _specs(_as_numpy(inputs["geometry"], np.int64), canvas, limits)
     if "lr" in inputs:
         lr = inputs["lr"]
@@ -425,12 +477,13 @@ def decode_v2_request(request: Any, limits: BatchLimits) -> DecodedBatch:
                 f"'up' must have shape {[len(specs), 3, t.height, t.width]}, got {list(up_arr.shape)}"
             )
         up = torch.from_numpy(np.ascontiguousarray(up_arr))
-        if not bool(torch.isfinite(up).all()):
-            raise BadRequest("tile batch holds non-finite values")
+        check_values(up, "up", BICUBIC_TOLERANCE)
     binary = bool(params.get("binary_data_output", False))
     for out in request.request_outputs or []:
+        if out.name != "sr":
+            raise BadRequest(f"unknown output {out.name!r} requested: this model has one output, 'sr'")
         p = out.parameters or {}
-        if out.name == "sr" and "binary_data" in p:
+        if "binary_data" in p:
             binary = bool(p["binary_data"])
     return DecodedBatch(canvas, specs, up, rp, str(request.id or uuid.uuid4().hex), binary, tile_bits(params))
 
@@ -438,7 +491,7 @@ def decode_v2_request(request: Any, limits: BatchLimits) -> DecodedBatch:
 def _as_numpy(inp: Any, dtype: type) -> np.ndarray:
     try:
         return np.asarray(inp.as_numpy(), dtype=dtype)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         raise BadRequest(f"input {inp.name!r}: {exc} (shape {inp.shape}, datatype {inp.datatype})") from exc
     except Exception as exc:  # KServe's InvalidInput for unknown datatypes
         if type(exc).__name__ == "InvalidInput":
@@ -463,11 +516,12 @@ def decode_v1_request(payload: Any, limits: BatchLimits) -> DecodedBatch:
     except ValueError as exc:
         raise BadRequest(str(exc)) from exc
     rp = render_params(params)
+    check_canvas(canvas, rp.scale, limits)
     instances = payload["instances"]
     try:
         rows = np.asarray([inst["geometry"] for inst in instances], dtype=np.int64)
         values = [inst["lr_b64"] for inst in instances]
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise BadRequest(f"each instance needs 'lr_b64' and 'geometry' (8 integers): {exc}") from exc
     specs = _specs(rows, canvas, limits)
     dtype = lr_dtype(params)

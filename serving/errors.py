@@ -21,6 +21,7 @@ from hndsr.errors import (
     OutputValidationError,
     ScaleError,
     UnsupportedFormatError,
+    ValueRangeError,
 )
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class ServingError(Exception):
 
     status: int = 500
     kind: str = "internal"
+    breaker_neutral: bool = False  # True: never counts against a circuit breaker (the server answered)
 
     def __init__(self, message: str, *, retry_after: float | None = None, kind: str | None = None) -> None:
         super().__init__(message)
@@ -42,10 +44,13 @@ class ServingError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": self.message, "kind": self.kind, "status": self.status}
 
+    extra_headers: dict[str, str] | None = None
+
     def headers(self) -> dict[str, str]:
-        if self.retry_after is None:
-            return {}
-        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+        out = dict(self.extra_headers or {})
+        if self.retry_after is not None:
+            out["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
+        return out
 
 
 # ------------------------------------------------------------------------------------ client mistakes
@@ -113,6 +118,7 @@ class CircuitOpen(Unavailable):
 
 class NotReady(Unavailable):
     kind = "not_ready"
+    breaker_neutral = True  # no model to fail: nothing for a breaker to learn
 
 
 class PredictorUnavailable(Unavailable):
@@ -142,6 +148,31 @@ def from_exception(exc: BaseException) -> ServingError:
         err = ServingError(f"{exc}; list the models with GET /v1/models", kind="model_not_found")
         err.status = 404
         return err
+    if name == "UnsupportedProtocol":
+        return BadRequest(f"unsupported protocol: {exc}")
+    if name == "ServerNotLive":
+        return Unavailable(f"{exc}", kind="not_live", retry_after=5.0)
+    if name == "InferenceError":
+        logger.error("inference error: %s", exc)
+        return InferenceFailed(f"inference failed: {exc}")
+    status = getattr(exc, "status_code", None)
+    if (
+        isinstance(status, int)
+        and 400 <= status < 600
+        and name in ("HTTPException", "StarletteHTTPException")
+    ):
+        detail = getattr(exc, "detail", "") or ""
+        err = ServingError(str(detail), kind=_KIND_BY_STATUS.get(status, "error"))
+        err.status = status
+        if status == 405:
+            allow = (getattr(exc, "headers", None) or {}).get("Allow")
+            if allow:
+                err.extra_headers = {"Allow": allow}
+        return err
+    if isinstance(exc, NotImplementedError):
+        err = ServingError(f"not implemented: {exc}", kind="not_found")
+        err.status = 404
+        return err
     logger.error("unexpected %s while serving: %s", name, exc, exc_info=exc)
     return ServingError(f"internal error ({name}): {exc}")
 
@@ -154,6 +185,8 @@ def _from_core(exc: HNDSRError) -> ServingError:
         return Unprocessable(message, kind="image_too_small")
     if isinstance(exc, UnsupportedFormatError):
         return Unprocessable(message, kind="unsupported_format")
+    if isinstance(exc, ValueRangeError):
+        return Unprocessable(message, kind="invalid_values")
     if isinstance(exc, InputError):
         return Unprocessable(message, kind="invalid_image")
     if isinstance(exc, OutputValidationError):
@@ -164,6 +197,15 @@ def _from_core(exc: HNDSRError) -> ServingError:
 
 
 ERROR_KIND_KEY = "hndsr_error_kind"  # scope["state"] key the metrics middleware reads
+_KIND_BY_STATUS = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "unprocessable",
+}
 
 
 def json_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
@@ -181,13 +223,21 @@ def _mark(request: Any, err: ServingError) -> None:
         state[ERROR_KIND_KEY] = err.kind
 
 
-def install_error_handlers(app: Any) -> None:
+def install_error_handlers(app: Any, *, kserve_errors: bool = False) -> None:
     """Register handlers on a FastAPI/Starlette ``app`` for ServingError, core errors and request
-    validation errors (KServe registers its own for its types and for Exception)."""
+    validation errors; with ``kserve_errors`` (once KServe has registered its own handlers) also for
+    KServe's error types, Starlette's HTTP errors and ``NotImplementedError``, replacing KServe's."""
     from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
 
     async def handle(request: Any, exc: Exception) -> Any:
         err = from_exception(exc)
+        if err.status == 404 and err.message in ("", "Not Found"):
+            err.message = (
+                f"no route {request.method} {request.url.path}: the API is "
+                "POST /v1/models/{model}:predict, POST /v2/models/{model}/infer, GET /v2/models/{model}, "
+                "GET /health, GET /metrics"
+            )
         _mark(request, err)
         if err.status >= 500:
             logger.warning("%s %s: %s", err.status, err.kind, err.message)
@@ -211,3 +261,66 @@ def install_error_handlers(app: Any) -> None:
     app.add_exception_handler(ServingError, handle)
     app.add_exception_handler(HNDSRError, handle)
     app.add_exception_handler(RequestValidationError, handle_validation)
+    if kserve_errors:
+        from kserve import errors as kserve_errors_module
+
+        for name in (
+            "InvalidInput",
+            "InferenceError",
+            "ModelNotFound",
+            "ModelNotReady",
+            "UnsupportedProtocol",
+            "ServerNotLive",
+            "ServerNotReady",
+        ):
+            cls = getattr(kserve_errors_module, name, None)
+            if cls is not None:
+                app.add_exception_handler(cls, handle)
+        app.add_exception_handler(NotImplementedError, handle)
+        app.add_exception_handler(HTTPException, handle)
+
+
+ERROR_RESPONSES: dict[int, str] = {
+    400: "Malformed request: not JSON, wrong structure or types, unknown keys, bad base64 or headers",
+    404: "No such route or model",
+    413: "Body, image, tile count or instances over the limits",
+    422: "Well-formed request with unusable values (scale, steps, seed, image content, value range)",
+    429: "Rate limited (Retry-After)",
+    500: "The model failed (inference_failed, output_check)",
+    502: "The predictor misbehaved",
+    503: "Not ready, overloaded or circuit open (Retry-After)",
+    504: "The predictor was too slow",
+}
+
+
+def openapi_with_errors(app: Any) -> None:
+    """Make ``app.openapi()`` list the error statuses of the inference routes with the error body."""
+    base = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return dict(app.openapi_schema)
+        schema = base()
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        schemas["Error"] = {
+            "type": "object",
+            "required": ["error", "kind", "status"],
+            "properties": {
+                "error": {"type": "string", "description": "what went wrong and what to change"},
+                "kind": {"type": "string", "description": "machine-readable kind (serving/errors.py)"},
+                "status": {"type": "integer"},
+            },
+        }
+        ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        for path, item in schema.get("paths", {}).items():
+            post = item.get("post")
+            if post is None or not (path.endswith(":predict") or path.endswith("/infer")):
+                continue
+            responses = post.setdefault("responses", {})
+            responses.pop("422", None)  # FastAPI's validation error: ours has the error body
+            for status, description in ERROR_RESPONSES.items():
+                responses[str(status)] = {"description": description, **ref}
+        app.openapi_schema = schema
+        return dict(schema)
+
+    app.openapi = openapi

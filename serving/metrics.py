@@ -3,7 +3,7 @@
 =============================== ========= ==========================================================
 name                            type      meaning
 =============================== ========= ==========================================================
-hndsr_inference_latency_ms      histogram predictor: model time per tile batch; transformer: per request
+hndsr_inference_latency_seconds histogram predictor: model time per tile batch; transformer: per request
 hndsr_requests_total{code}      counter   inference requests by final HTTP status
 hndsr_errors_total{kind}        counter   errors by kind (see :mod:`serving.errors`)
 hndsr_gpu_vram_used_bytes       gauge     CUDA memory allocated by this process (0 on CPU)
@@ -28,23 +28,8 @@ from collections.abc import Callable
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-LATENCY_BUCKETS_MS = (
-    5,
-    10,
-    25,
-    50,
-    100,
-    250,
-    500,
-    1000,
-    2500,
-    5000,
-    10_000,
-    30_000,
-    60_000,
-    120_000,
-    300_000,
-)
+# Seconds, the Prometheus base unit (``promtool check metrics`` refuses ``_ms``).
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
 class RollingMean:
@@ -68,10 +53,10 @@ class ServingMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None, *, psnr_window: int = 100) -> None:
         registry = REGISTRY if registry is None else registry
-        self.latency_ms = Histogram(
-            "hndsr_inference_latency_ms",
-            "Inference latency in ms (predictor: per tile batch on the model; transformer: per request).",
-            buckets=LATENCY_BUCKETS_MS,
+        self.latency_s = Histogram(
+            "hndsr_inference_latency_seconds",
+            "Inference latency, seconds (predictor: per tile batch on the model; transformer: per request).",
+            buckets=LATENCY_BUCKETS_S,
             registry=registry,
         )
         self.requests = Counter(

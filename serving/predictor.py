@@ -42,7 +42,7 @@ from serving.codec import (
     quantise_tiles,
 )
 from serving.compute import ComputeExecutor
-from serving.errors import InferenceFailed, NotReady, OutputCheckFailed, ServingError
+from serving.errors import InferenceFailed, NotReady, OutputCheckFailed, ServingError, Unprocessable
 from serving.metrics import ServingMetrics
 from serving.storage import resolve_storage_uri
 from serving.tiles import noise_field, slice_noise
@@ -65,6 +65,9 @@ class PredictorSettings:
     sharpness_floor: float = 0.25
     expected_sha256: str | None = None
     cache_dir: str | None = None
+    max_body_bytes: int = 64 * 2**20  # the transformer sends ~3 MB per batch of 4 tiles (b64 crops)
+    max_canvas_pixels: int = 72_000_000  # 2048 x 2048 px at x4 is 67 MP (serving.codec.BatchLimits)
+    noise_cache_bytes: int = 256 * 2**20  # diffusion noise fields kept between batches of one image
 
 
 def sharpness(x: torch.Tensor) -> torch.Tensor:
@@ -126,10 +129,16 @@ class HNDSRPredictor(Model):
         self.model_version = ""
         self.checkpoint_sha256 = ""
         self.load_error: str | None = None
-        self.limits = BatchLimits(max_batch=settings.max_batch, max_tile=settings.max_tile)
+        self.limits = BatchLimits(
+            max_batch=settings.max_batch,
+            max_tile=settings.max_tile,
+            max_canvas_pixels=settings.max_canvas_pixels,
+        )
         default_batch = 4 if self.device.type == "cuda" else 1
         self.compute_batch = max(1, settings.compute_batch or default_batch)
         self._noise: OrderedDict[tuple[int, int, int, int], torch.Tensor] = OrderedDict()
+        self._noise_bytes = 0
+        self.unloaded = False  # set by the model-repository "unload": the server is no longer live
         # All tensor work on one thread on CPU (serving.compute); a GPU takes the concurrent inferences.
         self.compute = ComputeExecutor(settings.max_concurrency if self.device.type == "cuda" else 1)
         if metrics is not None:
@@ -144,31 +153,29 @@ class HNDSRPredictor(Model):
     def load(self) -> bool:
         if self.model is not None and self.ready:
             return True
+        return self.reload()
+
+    def reload(self) -> bool:
+        """Load the checkpoint from storage again — resolved, sha256-verified (and checked against
+        ``expected_sha256``), moved to the device and warmed up — and swap it in. On failure a model
+        that is serving keeps serving (the error is returned in ``load_error``); without one the
+        server stays not ready with the reason."""
         try:
-            directory = resolve_storage_uri(self.settings.storage_uri, cache_dir=self.settings.cache_dir)
-            model, config = self.compute.call(load_checkpoint, directory)
-            sha = str(config.get("sha256", ""))
-            expected = self.settings.expected_sha256
-            if expected and sha != expected:
-                raise CheckpointError(
-                    f"checkpoint {self.settings.storage_uri} has sha256 {sha}, the deployment pins "
-                    f"{expected}: "
-                    "deploy the pinned checkpoint or update the pin"
-                )
-            model = self.compute.call(lambda: model.to(self.device).eval())
-            self.compute.call(self._warmup, model)
+            model, config, sha = self._load_checkpoint()
         except Exception as exc:  # every failure keeps the model not ready, loudly
             self.load_error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, HNDSRError) else str(exc)
-            self.ready = False
-            logger.error("model %s NOT READY: %s", self.name, self.load_error)
+            logger.error("model %s NOT LOADED: %s", self.name, self.load_error)
             if self.metrics is not None:
                 self.metrics.error("load_failed")
+            if self.model is None:
+                self.ready = False
             return False
         self.model = model
         self.checkpoint_sha256 = sha
         meta = config.get("metadata") or {}
         self.model_version = str(meta.get("version") or f"{config.get('package_version', '?')}+{sha[:12]}")
         self.load_error = None
+        self.unloaded = False
         self.ready = True
         logger.info(
             "model %s ready: %s (sha256 %s) on %s%s",
@@ -179,6 +186,49 @@ class HNDSRPredictor(Model):
             f" {self.autocast_dtype}" if self.autocast_dtype else " fp32",
         )
         return True
+
+    def _load_checkpoint(self) -> tuple[HNDSR, dict[str, Any], str]:
+        directory = resolve_storage_uri(self.settings.storage_uri, cache_dir=self.settings.cache_dir)
+        model, config = self.compute.call(load_checkpoint, directory)  # verifies the weights' sha256
+        sha = str(config.get("sha256", ""))
+        expected = self.settings.expected_sha256
+        if expected and sha != expected:
+            raise CheckpointError(
+                f"checkpoint {self.settings.storage_uri} has sha256 {sha}, the deployment pins "
+                f"{expected}: "
+                "deploy the pinned checkpoint or update the pin"
+            )
+        model = self.compute.call(lambda: model.to(self.device).eval())
+        self.compute.call(self._warmup, model)
+        return model, config, sha
+
+    def unload(self) -> None:
+        """The model-repository "unload": drop the weights. The server is then neither ready nor live
+        (a liveness probe restarts the pod) until a "load" brings the model back."""
+        self.ready = False
+        self.unloaded = True
+        self.model = None
+        self.load_error = "the model was unloaded through the model-repository API; load it again"
+        self._noise.clear()
+        self._noise_bytes = 0
+        logger.warning("model %s unloaded", self.name)
+
+    def live(self) -> bool:
+        """Liveness: false once the model is gone (unloaded), so that a probe restarts the server."""
+        return not self.unloaded
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        """The tensors of a tile batch (serving.codec): ``lr`` LR crops — FP32 ``[B, 3, rows, cols]``
+        or BYTES ``[B]`` (base64 little-endian float32/uint8, see ``lr_dtype``) — or ``up``, the bicubic
+        tiles FP32 ``[B, 3, th, tw]``; ``geometry`` INT64 ``[B, 8]``; canvas and render settings
+        travel as request parameters."""
+        return [
+            {"name": "lr", "datatype": "FP32", "shape": [-1, 3, -1, -1]},
+            {"name": "geometry", "datatype": "INT64", "shape": [-1, 8]},
+        ]
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        return [{"name": "sr", "datatype": "UINT16", "shape": [-1, 3, -1, -1]}]
 
     def _autocast(self) -> torch.autocast:
         dtype = self.autocast_dtype
@@ -251,16 +301,15 @@ class HNDSRPredictor(Model):
         async with self.gate.slot():
             self.breaker.allow()
             try:
-                sr, model_ms = await self.compute.run(self._infer, batch)
+                sr, model_ms, steps = await self.compute.run(self._infer, batch)
             except ServingError as exc:
-                if exc.status >= 500:
+                if exc.status >= 500 and not exc.breaker_neutral:
                     self.breaker.failure(exc.message)
                 else:
                     self.breaker.release()
                 raise
             except OutputValidationError as exc:
-                self.breaker.failure(str(exc))
-                raise OutputCheckFailed(f"output check failed: {exc}") from exc
+                raise await self._output_check_failed(exc) from exc
             except Exception as exc:  # OOM, device and other runtime errors of the model
                 self.breaker.failure(f"{type(exc).__name__}: {exc}")
                 logger.exception("inference failed")
@@ -271,17 +320,37 @@ class HNDSRPredictor(Model):
                 ) from exc
             self.breaker.success()
         if self.metrics is not None:
-            self.metrics.latency_ms.observe(model_ms)
+            self.metrics.latency_s.observe(model_ms / 1000.0)
             self.metrics.tiles.inc(len(batch.specs))
-        return protocol, batch, sr, model_ms
+        return protocol, batch, sr, model_ms, steps
 
-    def steps_for(self, batch: DecodedBatch) -> int:
-        assert self.model is not None
-        return self.model.default_steps if batch.params.steps is None else batch.params.steps
-
-    def _infer(self, batch: DecodedBatch) -> tuple[np.ndarray, float]:
-        assert self.model is not None
+    async def _output_check_failed(self, exc: OutputValidationError) -> ServingError:
+        """Whose failure is it? The model runs its warm-up tile again (the self-check it passed at load):
+        if that still passes, the model is healthy and this input is what it cannot handle — the
+        client's problem (422), which must not open the breaker for everyone; if the self-check fails
+        too, the model or device broke: a 500 that counts against the breaker."""
         model = self.model
+        try:
+            if model is None:
+                raise CheckpointError("the model was unloaded")
+            await self.compute.run(self._warmup, model)
+        except Exception as check_exc:
+            self.breaker.failure(str(exc))
+            logger.error("output check failed and the self-check failed too: %s / %s", exc, check_exc)
+            return OutputCheckFailed(
+                f"output check failed: {exc}; the model's self-check fails too: {check_exc}"
+            )
+        self.breaker.release()
+        return Unprocessable(
+            f"the model's output for this input failed its checks ({exc}) while the model passes its "
+            "self-check: the input is outside what the model can process (check its values and content)",
+            kind="image_not_processable",
+        )
+
+    def _infer(self, batch: DecodedBatch) -> tuple[np.ndarray, float, int]:
+        model = self.model
+        if model is None:  # unloaded while this request waited
+            raise NotReady(f"model {self.name} is not loaded: {self.load_error}", retry_after=10.0)
         started = time.perf_counter()
         p = batch.params
         up = batch.up.to(self.device)
@@ -312,28 +381,34 @@ class HNDSRPredictor(Model):
                 )
         sr = check_output(torch.cat(parts), up, floor=self.settings.sharpness_floor)
         out = quantise_tiles(sr.cpu().numpy().astype(np.float32, copy=False), batch.tile_bits)
-        return out, (time.perf_counter() - started) * 1000.0
+        return out, (time.perf_counter() - started) * 1000.0, steps
 
     def _noise_field(self, seed: int, channels: int, lh: int, lw: int) -> torch.Tensor:
+        """The noise of a whole canvas (the batches of one image share it), kept in an LRU cache bounded
+        in bytes (``noise_cache_bytes``): the canvas was bounded before (serving.codec.check_canvas), and
+        a field larger than the whole budget is made for this batch and not kept."""
         key = (seed, channels, lh, lw)
         field = self._noise.get(key)
-        if field is None:
-            field = noise_field(seed, channels, lh, lw)
-            self._noise[key] = field
-            while len(self._noise) > 4:
-                self._noise.popitem(last=False)
-        else:
+        if field is not None:
             self._noise.move_to_end(key)
+            return field
+        field = noise_field(seed, channels, lh, lw)
+        size = field.numel() * field.element_size()
+        budget = self.settings.noise_cache_bytes
+        if size <= budget:
+            while self._noise and self._noise_bytes + size > budget:
+                _, old = self._noise.popitem(last=False)
+                self._noise_bytes -= old.numel() * old.element_size()
+            self._noise[key] = field
+            self._noise_bytes += size
         return field
 
     async def postprocess(
         self, result: Any, headers: dict[str, str] | None = None, response_headers: Any = None
     ) -> Any:
-        protocol, batch, sr, model_ms = result
+        protocol, batch, sr, model_ms, steps = result
         if protocol == "v1":
-            return await asyncio.to_thread(
-                encode_v1_response, sr, self.model_version, model_ms, self.steps_for(batch)
-            )
+            return await asyncio.to_thread(encode_v1_response, sr, self.model_version, model_ms, steps)
         out = InferOutput(
             name="sr", shape=list(sr.shape), datatype="UINT8" if sr.dtype == np.uint8 else "UINT16"
         )
@@ -350,7 +425,7 @@ class HNDSRPredictor(Model):
                 "model_version": self.model_version,
                 "model_ms": round(model_ms, 3),
                 "tiles": len(batch.specs),
-                "steps": self.steps_for(batch),
+                "steps": steps,
             },
             use_binary_outputs=batch.binary_output,
         )

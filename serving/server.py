@@ -6,13 +6,24 @@ the status when ready, 503 with the reason otherwise) and a ``GET /v2/health/rea
 when the model is (KServe's own says "ready" as soon as the process is up). Prometheus metrics join
 KServe's on ``/metrics``.
 
+The model-repository extension (``POST /v2/repository/models/{name}/load|unload``) is off unless an
+admin token is configured (``--admin-token-file``): then it needs ``Authorization: Bearer <token>``.
+``load`` really loads the checkpoint again (sha256 verified, warm-up checked); ``unload`` drops the
+model, after which the liveness probe (``GET /v2/health/live``) fails so that the pod is restarted.
+
+KServe's exception handlers are replaced by ours (:func:`serving.errors.install_error_handlers`) once
+KServe has registered its own, and the OpenAPI document lists every status the inference routes answer.
+:mod:`serving.protocol` makes the requests KServe reads, and every error answer, follow the protocol.
+
 Note: ``kserve.model_server`` parses ``sys.argv`` when imported; the CLI clears it first so that its
 own options never reach KServe's parser. The REST server binds 0.0.0.0 in this KServe version.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
+from pathlib import Path
 from typing import Any
 
 from serving.metrics import ServingMetrics
@@ -22,9 +33,26 @@ from serving.transformer import TransformerSettings
 logger = logging.getLogger(__name__)
 
 
-def _install(app: Any, model: Any, status: Any, policy: Any) -> None:
-    from serving.errors import install_error_handlers, json_response
+def read_admin_token(path: str | Path | None) -> str | None:
+    """The admin token from a file (a mounted Secret), or None (model-repository endpoints off)."""
+    if path is None:
+        return None
+    token = Path(path).read_text().strip()
+    if len(token) < 16:
+        from hndsr.errors import ConfigError
+
+        raise ConfigError(
+            f"the admin token in {path} is shorter than 16 characters: use a long random secret"
+        )
+    return token
+
+
+def _install(app: Any, model: Any, status: Any, policy: Any, admin_token: str | None = None) -> None:
+    from fastapi import Request
+
+    from serving.errors import NotReady, ServingError, install_error_handlers, json_response
     from serving.middleware import AdmissionMiddleware
+    from serving.protocol import NotFound, ProtocolMiddleware
 
     async def health() -> Any:
         body = await status()
@@ -39,15 +67,100 @@ def _install(app: Any, model: Any, status: Any, policy: Any) -> None:
             return json_response(503, body | {"error": (await status())["reason"]}, {"Retry-After": "5"})
         return json_response(200, body)
 
+    async def server_live() -> Any:
+        if not model.live():
+            return json_response(
+                503,
+                {"live": False, "error": "the model was unloaded: restart the server or load it again"},
+            )
+        return json_response(200, {"live": True})
+
+    def authorise(request: Request) -> None:
+        if admin_token is None:
+            raise NotFound(
+                "the model-repository endpoints are off on this server: start it with --admin-token-file "
+                "to enable them for an operator"
+            )
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), admin_token.encode()
+        ):
+            err = ServingError(
+                "the model-repository endpoints need Authorization: Bearer <admin token>", kind="unauthorized"
+            )
+            err.status = 401
+            raise err
+
+    def check_name(model_name: str) -> None:
+        if model_name != model.name:
+            err = ServingError(f"model {model_name!r} is not served here; this server has {model.name!r}")
+            err.status, err.kind = 404, "model_not_found"
+            raise err
+
+    async def repository_load(model_name: str, request: Request) -> Any:
+        import asyncio
+
+        authorise(request)
+        check_name(model_name)
+        if not await asyncio.to_thread(model.reload):
+            raise NotReady(
+                f"model {model_name} did not load: {getattr(model, 'load_error', None)}", retry_after=30.0
+            )
+        return json_response(200, {"name": model_name, "load": True, "model_version": model.model_version})
+
+    async def repository_unload(model_name: str, request: Request) -> Any:
+        authorise(request)
+        check_name(model_name)
+        model.unload()
+        return json_response(200, {"name": model_name, "unload": True})
+
     app.add_api_route("/health", health, methods=["GET"], include_in_schema=False)
     app.add_api_route("/v2/health/ready", server_ready, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/v2/health/live", server_live, methods=["GET"], include_in_schema=False)
+    # Before KServe's routes of the same paths (registered when the server starts): these win.
+    app.add_api_route(
+        "/v2/repository/models/{model_name}/load", repository_load, methods=["POST"], include_in_schema=False
+    )
+    app.add_api_route(
+        "/v2/repository/models/{model_name}/unload",
+        repository_unload,
+        methods=["POST"],
+        include_in_schema=False,
+    )
+    app.add_middleware(ProtocolMiddleware, routes=app.router)  # inner: after admission (added next)
     app.add_middleware(AdmissionMiddleware, policy=policy)
     install_error_handlers(app)
+
+
+def _patch_kserve_rest_server() -> None:
+    """KServe registers its exception handlers (bodies without a kind, 500s for client mistakes) when
+    the server starts, after ours: register ours again after its, and document our statuses."""
+    import kserve.model_server
+    from kserve.protocol.rest.server import RESTServer
+
+    from serving.errors import install_error_handlers, openapi_with_errors
+
+    if getattr(kserve.model_server.RESTServer, "_hndsr", False):
+        return
+
+    class HNDSRRESTServer(RESTServer):
+        _hndsr = True
+
+        def create_application(self) -> None:
+            super().create_application()
+            from kserve.model_server import app
+
+            install_error_handlers(app, kserve_errors=True)
+            openapi_with_errors(app)
+
+    kserve.model_server.RESTServer = HNDSRRESTServer
 
 
 def _server(http_port: int, grpc_port: int | None, predictor_config: Any = None) -> Any:
     from kserve import ModelServer
 
+    _patch_kserve_rest_server()
     return ModelServer(
         http_port=http_port,
         grpc_port=grpc_port if grpc_port else 0,
@@ -59,7 +172,12 @@ def _server(http_port: int, grpc_port: int | None, predictor_config: Any = None)
 
 
 def run_predictor(
-    *, model_name: str, http_port: int, grpc_port: int | None, settings: PredictorSettings
+    *,
+    model_name: str,
+    http_port: int,
+    grpc_port: int | None,
+    settings: PredictorSettings,
+    admin_token: str | None = None,
 ) -> None:
     """Load (errors keep the model not ready, visible on /health) and serve until SIGTERM/SIGINT."""
     from kserve.model_server import app
@@ -80,16 +198,21 @@ def run_predictor(
         return f"model {model_name} is not ready: {model.load_error or 'still loading'}"
 
     policy = AdmissionPolicy(
-        max_body_bytes=512 * 2**20, metrics=metrics, breaker=model.breaker, not_ready=not_ready
+        max_body_bytes=settings.max_body_bytes, metrics=metrics, breaker=model.breaker, not_ready=not_ready
     )
-    _install(app, model, status, policy)
+    _install(app, model, status, policy, admin_token)
     server = _server(http_port, grpc_port)
     server.register_model(model)  # registered even when not ready, so that /health can say why
     server.start([])
 
 
 def run_transformer(
-    *, model_name: str, http_port: int, grpc_port: int | None, settings: TransformerSettings
+    *,
+    model_name: str,
+    http_port: int,
+    grpc_port: int | None,
+    settings: TransformerSettings,
+    admin_token: str | None = None,
 ) -> None:
     from kserve.predictor_config import PredictorConfig
 
@@ -113,11 +236,9 @@ def run_transformer(
         breaker=model.breaker,
         limiter=model.limiter,
         gate=model.gate,
-        json_example='{"instances": [{"image_b64": "<base64 PNG/JPEG/TIFF>", "scale": 4}]} (v1) or '
-        '{"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["<base64>"]}], '
-        '"parameters": {"scale": 4}} (v2)',
+        # The body's format is checked after admission by serving.protocol (JSON or the v2 binary extension).
     )
-    _install(app, model, model.status, policy)
+    _install(app, model, model.status, policy, admin_token)
     if model.jobs is not None:  # the 202 of the asynchronous path and GET /jobs/{id} (serving.jobs)
         from serving.jobs.api import install_job_routes
 

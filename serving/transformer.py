@@ -28,8 +28,14 @@ import orjson
 import torch
 from kserve import InferOutput, InferRequest, InferResponse, Model
 
-from hndsr.errors import InputError
-from hndsr.imageio import Raster, encode_image, png_bytes, read_image_bytes, to_unit_float
+from hndsr.imageio import (
+    Raster,
+    check_pixel_range,
+    encode_image,
+    png_bytes,
+    read_image_bytes,
+    to_unit_float,
+)
 from hndsr.resample import resize
 from hndsr.tiling import Stitcher
 from serving.admission import BreakerState, CircuitBreaker, ConcurrencyGate, RateLimiter
@@ -52,6 +58,7 @@ from serving.errors import (
     PredictorUnavailable,
     ServingError,
     Unavailable,
+    Unprocessable,
 )
 from serving.jobs.api import submit_request
 from serving.jobs.store import JobConfig, JobStore
@@ -115,6 +122,7 @@ class Prepared:
     request_id: str
     jobs: list[Job]
     started: float
+    binary_output: bool = False  # v2: the client asked for the binary tensor extension in the answer
 
 
 class PredictorClient:
@@ -187,7 +195,12 @@ class PredictorClient:
             return OutputCheckFailed(message)
         if code == 413:
             return PayloadTooLarge(f"the predictor refused the tile batch as too large: {message}")
-        return PredictorFailed(f"the predictor answered {code}: {message}", kind="predictor_error")
+        if code == 422:  # the values the client sent (e.g. image_not_processable): the client's to fix
+            return Unprocessable(message, kind=kind or "unprocessable")
+        err = PredictorFailed(f"the predictor answered {code}: {message}", kind="predictor_error")
+        if code < 500:  # it answered, so it is up: a refused batch says nothing about its health
+            err.breaker_neutral = True
+        return err
 
 
 def _retry_after(value: str | None) -> float:
@@ -199,7 +212,7 @@ def _retry_after(value: str | None) -> float:
 
 def _breaker_counts(err: ServingError) -> bool:
     """Failures that say the predictor is unhealthy (not: it is busy, or the input was refused)."""
-    if err.kind == "queue_full":
+    if err.kind == "queue_full" or err.breaker_neutral:
         return False
     return err.status >= 500
 
@@ -247,6 +260,7 @@ class HNDSRTransformer(Model):
             timeout_s=settings.timeout_s,
         )
         self.model_version = ""
+        self.unloaded = False
         # Stitching, cycle PSNR and encoding on one thread (serving.compute: one OpenMP team).
         self.compute = ComputeExecutor(settings.compute_threads)
         self.jobs = JobStore(settings.jobs) if settings.jobs is not None else None
@@ -258,7 +272,28 @@ class HNDSRTransformer(Model):
 
     def load(self) -> bool:
         self.ready = True
+        self.unloaded = False
         return True
+
+    def reload(self) -> bool:
+        return self.load()
+
+    def unload(self) -> None:
+        """The model-repository "unload": not ready and not live (a liveness probe restarts the pod)
+        until a "load"."""
+        self.ready = False
+        self.unloaded = True
+
+    def live(self) -> bool:
+        return not self.unloaded
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        """One image per v2 request: base64 text (or the file itself in a binary BYTES element);
+        scale, steps, seed, strength and output_format travel as request parameters."""
+        return [{"name": "image", "datatype": "BYTES", "shape": [1]}]
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        return [{"name": "image", "datatype": "BYTES", "shape": [1]}]
 
     async def healthy(self) -> bool:
         return self.ready and self.breaker.state is not BreakerState.OPEN
@@ -279,6 +314,8 @@ class HNDSRTransformer(Model):
             reason = f"predictor at {self.client.base_url} unreachable ({type(exc).__name__})"
         if state is BreakerState.OPEN:
             reason = self.breaker.open_message()
+        if self.unloaded:
+            reason = "the model was unloaded through the model-repository API; load it again"
         ok = self.ready and predictor_ready and state is not BreakerState.OPEN
         return {
             "status": "ready" if ok else "degraded",
@@ -304,9 +341,11 @@ class HNDSRTransformer(Model):
         # The ingress's X-Request-ID (nginx $request_id) names the request end to end: KServe's latency
         # log line, the predictor batches and the v2 response id carry it.
         forwarded_id = (headers or {}).get("x-request-id")
+        binary_output = False
         if isinstance(payload, InferRequest):
             protocol, request_id = "v2", str(payload.id or forwarded_id or uuid.uuid4().hex)
             inputs = await asyncio.to_thread(parse_v2, payload, limits)
+            binary_output = wants_binary_output(payload)
         else:
             protocol, request_id = "v1", forwarded_id or uuid.uuid4().hex
             inputs = await asyncio.to_thread(parse_v1, payload, limits)
@@ -337,7 +376,7 @@ class HNDSRTransformer(Model):
             jobs.append(job)
             if self.request_stats is not None:  # non-blocking; drops are counted, never raised
                 self.request_stats.offer(raster, scale=inp.params.scale, steps=inp.params.steps)
-        return Prepared(protocol, request_id, jobs, started)
+        return Prepared(protocol, request_id, jobs, started, binary_output)
 
     def _tile(self, canvas: Canvas) -> int:
         s = self.settings
@@ -367,8 +406,7 @@ class HNDSRTransformer(Model):
         where = inp.where or f"instances[{inp.index}]"
         raster = read_image_bytes(inp.data, max_pixels=self.settings.limits.max_input_pixels, name=where)
         rgb = raster.rgb()  # InputError (422) for fewer than 3 bands
-        if not np.isfinite(rgb).all():
-            raise InputError(f"{where} holds non-finite values (NaN or Inf): fix or mask them first")
+        check_pixel_range(rgb, where)  # ValueRangeError (422): non-finite, or float values outside [0, 1]
         return raster
 
     # ------------------------------------------------------------------------------ predict
@@ -461,7 +499,7 @@ class HNDSRTransformer(Model):
             out["timings_ms"]["total"] = round(total_ms, 2)
         logger.info("request %s: %d image(s) in %.0f ms", prepared.request_id, len(outputs), total_ms)
         if self.metrics is not None:
-            self.metrics.latency_ms.observe(total_ms)
+            self.metrics.latency_s.observe(total_ms / 1000.0)
             self.metrics.tiles.inc(sum(o["tiles"] for o in outputs))
             for out in outputs:
                 self.metrics.add_psnr(out["cycle_psnr_db"])
@@ -472,12 +510,18 @@ class HNDSRTransformer(Model):
         timings = out.pop("timings_ms")
         params: dict[str, Any] = {k: v for k, v in out.items() if v is not None}
         params.update({f"timing_{k}_ms": v for k, v in timings.items()})
+        output = InferOutput(name="image", shape=[1], datatype="BYTES")
+        # The base64 text either way: JSON or a binary BYTES element (tritonclient's default).
+        output.set_data_from_numpy(
+            np.array([image.encode("ascii")], dtype=np.object_), binary_data=prepared.binary_output
+        )
         return InferResponse(
             response_id=prepared.request_id,
             model_name=self.name,
-            infer_outputs=[InferOutput(name="image", shape=[1], datatype="BYTES", data=[image])],
+            infer_outputs=[output],
             model_version=out.get("model_version") or None,
             parameters=params,
+            use_binary_outputs=prepared.binary_output,
         )
 
     def _finish(self, job: Job) -> dict[str, Any]:
@@ -520,6 +564,17 @@ class HNDSRTransformer(Model):
             "cycle_psnr_db": round(psnr, 3),
             "timings_ms": {k: round(v, 2) for k, v in job.timings_ms.items()},
         }
+
+
+def wants_binary_output(request: InferRequest) -> bool:
+    """The binary tensor extension for the answer: asked per output (``binary_data``) or for all
+    (``binary_data_output``, what tritonclient sends when no outputs are named)."""
+    binary = bool((request.parameters or {}).get("binary_data_output", False))
+    for out in request.request_outputs or []:
+        params = out.parameters or {}
+        if "binary_data" in params:
+            binary = bool(params["binary_data"])
+    return binary
 
 
 def _request_stats_recorder(

@@ -32,6 +32,12 @@ from serving.errors import BadRequest, PayloadTooLarge, Unprocessable
 OUTPUT_FORMATS = ("png", "geotiff")
 _B64_RE = re.compile(rb"^[A-Za-z0-9+/\r\n]*={0,2}\s*$")
 _KNOWN_KEYS = {"image_b64", "scale", "steps", "seed", "strength", "output_format"}
+_V1_KEYS = {"instances"}
+_V2_OUTPUTS = {"image"}
+# An encoded image's own signature: binary BYTES elements (the v2 binary tensor extension, e.g.
+# tritonclient's defaults) may carry the file itself instead of its base64 text (which never starts
+# with these bytes: they are outside the base64 alphabet).
+_IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 @dataclass(frozen=True)
@@ -125,6 +131,8 @@ def parse_params(raw: dict[str, Any], limits: Limits, where: str) -> SRParams:
 
 
 def decode_b64(value: Any, where: str, limits: Limits) -> bytes:
+    if isinstance(value, bytes) and value.startswith(_IMAGE_SIGNATURES):
+        return value  # the image file itself, from a binary BYTES tensor
     if isinstance(value, bytes):
         try:
             value = value.decode("ascii")
@@ -157,12 +165,19 @@ def parse_v1(payload: Any, limits: Limits) -> list[SRInput]:
     example = '{"instances": [{"image_b64": "<base64 PNG/JPEG/TIFF>", "scale": 4}]}'
     if not isinstance(payload, dict):
         raise BadRequest(f"the body must be a JSON object like {example}")
+    unknown_top = set(payload) - _V1_KEYS
+    if unknown_top:
+        raise BadRequest(
+            f"unknown top-level keys {sorted(unknown_top)}: a v1 request holds only 'instances' (options go "
+            f"in each instance); send {example}"
+        )
     instances = payload.get("instances")
     if not isinstance(instances, list) or not instances:
         raise BadRequest(f"'instances' must be a non-empty list: send {example}")
     if len(instances) > limits.max_instances:
         raise PayloadTooLarge(
-            f"{len(instances)} instances in one request; at most {limits.max_instances}: split the request"
+            f"{len(instances)} instances in one request; at most {limits.max_instances}: split the request",
+            kind="too_many_instances",
         )
     inputs = []
     for i, inst in enumerate(instances):
@@ -202,9 +217,13 @@ def parse_v2(request: Any, limits: Limits) -> list[SRInput]:
         )
     if list(inp.shape or []) not in ([1], [1, 1]):
         raise BadRequest(f"input 'image' must have shape [1], got {inp.shape}")
+    for out in request.request_outputs or []:
+        if out.name not in _V2_OUTPUTS:
+            raise BadRequest(f"unknown output {out.name!r} requested: this model has one output, 'image'")
     raw_params: dict[str, Any] = dict(request.parameters or {})
     raw_params.update(dict(inp.parameters or {}))
-    raw_params.pop("binary_data_size", None)
+    for key in ("binary_data_size", "binary_data_output", "binary_data"):  # the binary tensor extension's
+        raw_params.pop(key, None)
     unknown = set(raw_params) - (_KNOWN_KEYS - {"image_b64"})
     if unknown:
         raise BadRequest(

@@ -35,10 +35,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from hndsr.errors import HNDSRError, InputError, OutputValidationError
-from hndsr.imageio import encode_image, read_image_bytes
+from hndsr.imageio import check_pixel_range, encode_image, read_image_bytes
 from hndsr.inference import Upscaler, upscale_raster
 from hndsr.resample import sr_size
 from hndsr.streaming import upscale_raster_to_geotiff
@@ -173,8 +171,7 @@ class Worker:
             max_pixels=self.settings.max_input_pixels,
             name=f"job {lease.id} input",
         )
-        if not np.isfinite(raster.rgb()).all():
-            raise InputError("the input holds non-finite values (NaN or Inf): fix or mask them first")
+        check_pixel_range(raster.rgb(), "the input")  # non-finite or outside [0, 1]: permanent
         scale = float(p.get("scale", 4.0))
         fmt = p.get("output_format", "png")
         out_h, out_w = sr_size((raster.height, raster.width), scale)

@@ -190,7 +190,7 @@ def test_dashboard_covers_the_signals() -> None:
     dash = json.loads(DASHBOARD.read_text())
     read = set().union(*(metric_names(e) for e in _dashboard_exprs()))
     for needed in (
-        "hndsr_inference_latency_ms_bucket",
+        "hndsr_inference_latency_seconds_bucket",
         "hndsr_requests_total",
         "hndsr_queue_depth",
         "hndsr_circuit_breaker_state",

@@ -66,7 +66,7 @@ def test_ready_after_load_and_equal_to_the_engine(tmp_path: Path) -> None:
     lr = torch.rand(3, 40, 44)
     for steps in (0, 2):
         batch, canvas, tile = batch_for(lr, 4.0, steps=steps, seed=5)
-        _, _, sr, _ = run(p, batch)
+        _, _, sr, _, _ = run(p, batch)
         stitcher = Stitcher(3, canvas.canvas_h, canvas.canvas_w, overlap=32, halo=32)
         for spec, values in zip(batch.specs, sr, strict=True):
             stitcher.add(spec.tile, torch.from_numpy(tile_values(values)))
@@ -135,3 +135,68 @@ def test_breaker_opens_after_three_failures_and_recovers(tmp_path: Path) -> None
     p.model.render = render  # type: ignore[method-assign]
     run(p, batch)
     assert p.breaker.state is BreakerState.CLOSED and asyncio.run(p.healthy())
+
+
+def test_output_check_failure_is_the_clients_while_the_self_check_passes(tmp_path: Path) -> None:
+    """An output check that fails on this input while the model's warm-up tile still passes is a 422
+    that never counts against the breaker; when the self-check fails too, it is the model's 500."""
+    import serving.predictor as predictor_module
+    from hndsr.errors import OutputValidationError
+    from serving.errors import OutputCheckFailed, Unprocessable
+
+    p = make(write_checkpoint(tmp_path / "ckpt"), breaker_threshold=2)
+    assert p.load()
+    batch, _, _ = batch_for(torch.rand(3, 16, 16), 2.0)
+    real = predictor_module.check_output
+    calls = {"n": 0}
+
+    def fails_for_requests(sr: torch.Tensor, up: torch.Tensor, *, floor: float = 0.25) -> torch.Tensor:
+        calls["n"] += 1
+        if up.shape[-1] != 128:  # the warm-up tile is 128 px: it still passes
+            raise OutputValidationError("model output range [-133.9, 354.0] is far outside [0, 1]")
+        return real(sr, up, floor=floor)
+
+    predictor_module.check_output = fails_for_requests  # type: ignore[assignment]
+    try:
+        for _ in range(4):
+            with pytest.raises(Unprocessable, match="self-check") as info:
+                run(p, batch)
+            assert info.value.status == 422 and info.value.kind == "image_not_processable"
+        assert p.breaker.state is BreakerState.CLOSED and p.breaker._failures == 0
+
+        def always_fails(sr: torch.Tensor, up: torch.Tensor, *, floor: float = 0.25) -> torch.Tensor:
+            raise OutputValidationError("model produced non-finite values")
+
+        predictor_module.check_output = always_fails  # type: ignore[assignment]
+        for _ in range(2):
+            with pytest.raises(OutputCheckFailed, match="self-check fails too"):
+                run(p, batch)
+        assert p.breaker.state is BreakerState.OPEN
+    finally:
+        predictor_module.check_output = real  # type: ignore[assignment]
+
+
+def test_noise_cache_is_bounded_in_bytes(tmp_path: Path) -> None:
+    p = make(write_checkpoint(tmp_path / "ckpt"), noise_cache_bytes=3 * 4 * 64 * 64 * 4)
+    for seed in range(10):
+        p._noise_field(seed, 4, 64, 64)  # 64 KiB each: three fit
+        assert p._noise_bytes <= p.settings.noise_cache_bytes
+    assert len(p._noise) == 3 and list(k[0] for k in p._noise) == [7, 8, 9]
+    big = p._noise_field(99, 4, 256, 256)  # larger than the whole budget: made, not kept
+    assert big.shape == (4, 256, 256) and (99, 4, 256, 256) not in p._noise
+    assert p._noise_bytes == sum(f.numel() * 4 for f in p._noise.values())
+
+
+def test_canvas_limits_are_checked_before_allocating() -> None:
+    from serving.codec import check_canvas
+    from serving.errors import BadRequest, PayloadTooLarge
+
+    limits = BatchLimits()
+    check_canvas(Canvas.for_scale(2048, 2048, 4.0, 4), 4.0, limits)  # the transformer's largest image
+    with pytest.raises(PayloadTooLarge, match="canvas") as info:
+        check_canvas(Canvas.for_scale(4096, 4096, 4.0, 4), 4.0, limits)  # 16384^2: the take-down case
+    assert info.value.kind == "canvas_too_large"
+    with pytest.raises(PayloadTooLarge):
+        check_canvas(Canvas(10, 10, 40, 10**6, 40, 10**6), 4.0, limits)  # one side far too long
+    with pytest.raises(BadRequest, match="disagree"):
+        check_canvas(Canvas(10, 10, 400, 400, 400, 400), 4.0, limits)  # not what x4 gives

@@ -414,7 +414,7 @@ def test_health_and_metrics(stack: tuple[Server, Server], http: httpx.Client) ->
         'hndsr_requests_total{code="200"}',
         'hndsr_requests_total{code="422"}',
         'hndsr_errors_total{kind="invalid_scale"}',
-        "hndsr_inference_latency_ms_bucket",
+        "hndsr_inference_latency_seconds_bucket",
         "hndsr_queue_depth 0.0",
         "hndsr_circuit_breaker_state 0.0",
         "hndsr_tiles_total",
@@ -425,7 +425,7 @@ def test_health_and_metrics(stack: tuple[Server, Server], http: httpx.Client) ->
     assert 20 < float(psnr.split()[1]) < 100
     for name in (
         "hndsr_gpu_vram_used_bytes 0.0",
-        "hndsr_inference_latency_ms_count",
+        "hndsr_inference_latency_seconds_count",
         "hndsr_circuit_breaker_state 0.0",
     ):
         assert name in pm, name

@@ -279,10 +279,14 @@ def test_wire_format_round_trip() -> None:
     for encoding in ("b64", "fp32_json"):
         body, _ = encode_v2(poisoned, encoding)
         request = InferRequest.from_inference_request(InferenceRequest.model_validate_json(body), "hndsr")
-        with pytest.raises(BadRequest, match="non-finite"):
+        with pytest.raises(Unprocessable, match="non-finite"):  # the client's values: 422, not the model's
             decode_v2_request(request, BatchLimits())
-    with pytest.raises(BadRequest, match="non-finite"):
+    with pytest.raises(Unprocessable, match="non-finite"):
         decode_v1_request(orjson.loads(encode_v1(poisoned)[0]), BatchLimits())
+    scaled = TileBatch(canvas, specs, [crop(lr * 255.0, s).numpy() for s in specs], RenderParams(scale=4.0))
+    with pytest.raises(Unprocessable, match=r"outside \[0, 1\]") as info:  # 8-bit values stored as float
+        decode_v1_request(orjson.loads(encode_v1(scaled)[0]), BatchLimits())
+    assert info.value.status == 422 and info.value.kind == "invalid_values"
     np.testing.assert_array_equal(decoded.up.numpy(), expected.numpy())
 
 
@@ -306,3 +310,65 @@ def test_compute_executor_runs_everything_on_one_thread_and_propagates_errors() 
         assert compute.call(threading.get_ident) in idents  # the synchronous path uses the same thread
     finally:
         compute.shutdown()
+
+
+def test_protocol_checks_of_bodies_and_headers() -> None:
+    import orjson
+
+    from serving.protocol import (
+        MAX_JSON_DEPTH,
+        binary_request,
+        header_length,
+        json_depth,
+        normalise,
+        parse_json,
+    )
+
+    assert json_depth({"a": [1, {"b": []}]}) == 4 and json_depth(7) == 0
+    with pytest.raises(BadRequest, match="deeper"):
+        parse_json(b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1))
+    with pytest.raises(BadRequest, match="not valid JSON"):
+        parse_json(b'{"a": NaN}')
+    for bad in (b"abc", b"1e3", b"-5", b"", b"0x10", b"99999999999999999"):
+        with pytest.raises(BadRequest, match="Inference-Header-Content-Length") as info:
+            header_length(bad, 100)
+        assert info.value.kind == "invalid_header"
+    assert header_length(b" 12 ", 100) == 12
+    # A BYTES input travels as JSON strings: base64 text as it is, the file itself base64-encoded.
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 20
+    tensor = b"".join(len(e).to_bytes(4, "little") + e for e in (png, b"QUJD"))
+    head = {
+        "inputs": [
+            {
+                "name": "image",
+                "datatype": "BYTES",
+                "shape": [2],
+                "parameters": {"binary_data_size": len(tensor)},
+            }
+        ]
+    }
+    h = orjson.dumps(head)
+    body, length = binary_request(h + tensor, len(h))
+    assert length is None and orjson.loads(body)["inputs"][0]["data"] == [
+        base64.b64encode(png).decode(),
+        "QUJD",
+    ]
+    fp32 = {
+        "inputs": [
+            {"name": "lr", "datatype": "FP32", "shape": [2, 2], "parameters": {"binary_data_size": 16}}
+        ]
+    }
+    h = orjson.dumps(fp32)
+    assert binary_request(h + b"\x00" * 16, len(h)) == (h + b"\x00" * 16, len(h))
+    for tail in (b"\x00" * 15, b"\x00" * 17):
+        with pytest.raises(BadRequest):
+            binary_request(h + tail, len(h))
+    scope = {
+        "type": "http",
+        "path": "/v1/models/m:predict",
+        "headers": [(b"Content-Type", b"Application/JSON; charset=utf-8")],
+    }
+    fixed, _ = normalise(scope, b"{}")
+    assert (b"content-type", b"application/json") in fixed["headers"]
+    with pytest.raises(BadRequest, match="v2"):
+        normalise(scope | {"headers": [(b"inference-header-content-length", b"2")]}, b"{}")
