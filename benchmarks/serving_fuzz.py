@@ -77,6 +77,7 @@ class Req:
     path: str
     body: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    chunked: bool = False  # sent in chunks without Content-Length
 
 
 # ------------------------------------------------------------------------------------ material
@@ -108,9 +109,13 @@ def _jpeg(h: int, w: int) -> bytes:
 
 
 def _tiff(values: np.ndarray) -> bytes:
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
     from rasterio.io import MemoryFile
 
     c, h, w = values.shape
+    warnings.simplefilter("ignore", NotGeoreferencedWarning)
     with MemoryFile() as mf:
         with mf.open(driver="GTiff", width=w, height=h, count=c, dtype=values.dtype.name) as dst:
             dst.write(values)
@@ -154,10 +159,10 @@ class Material:
             "data:image/png;base64," + self.png_b64,
             self.png_b64 + "\n",
         ]
-        # A tile batch for the predictor: an image of 20 x 24 px at x4, tiles of 64 output px.
-        self.lr = rng.random((3, 20, 24), dtype=np.float32)
-        self.canvas = Canvas.for_scale(20, 24, 4.0, 4)
-        self.specs = plan(self.canvas, tile=64, overlap=32, halo=32, align=4)[:2]
+        # A tile batch for the predictor: an image of 40 x 48 px at x4, two tiles of 128 output px.
+        self.lr = rng.random((3, 40, 48), dtype=np.float32)
+        self.canvas = Canvas.for_scale(40, 48, 4.0, 4)
+        self.specs = plan(self.canvas, tile=128, overlap=32, halo=32, align=4)[:2]
 
     def batch(self, rng: random.Random, **params: Any) -> TileBatch:
         p = RenderParams(
@@ -387,7 +392,7 @@ def common_cases(m: Material, rng: random.Random, server: str) -> list[Callable[
     def header_length() -> Req:
         path = rng.choice([V1, V2])
         value = rng.choice(
-            ["abc", "1e3", "-5", "", " ", "0", "99999999999999999999", "12abc", "0x10", "+3", "1.5", "7"]
+            ["abc", "1e3", "-5", "", "0", "99999999999999999999", "12abc", "0x10", "+3", "1.5", "7"]
         )
         body = good_body(path)
         if value == "7":
@@ -414,10 +419,11 @@ def common_cases(m: Material, rng: random.Random, server: str) -> list[Callable[
                 {"Accept": "application/xml"},
                 {"Expect": "100-continue"},
                 {"Content-Encoding": "gzip"},
-                {"Transfer-Encoding": "chunked"},
                 {"ce-specversion": "1.0", "ce-type": "x", "ce-source": "y", "ce-id": "1"},
             ]
         )
+        if rng.random() < 0.2:  # chunked upload (no Content-Length): the cap applies while reading
+            return Req("headers", "chunked", "POST", path, good_body(path), chunked=True)
         return Req("headers", "odd", "POST", path, good_body(path), headers)
 
     def sizes() -> Req:
@@ -741,7 +747,11 @@ def _canvas_case(m: Material, rng: random.Random, at_limit: bool) -> Req:
 def send(client: httpx.Client, base: str, req: Req) -> tuple[int, str]:
     """(status, error kind); status 0 for a transport error (connection reset, protocol error)."""
     try:
-        r = client.request(req.method, base + req.path, content=req.body, headers=req.headers)
+        content: Any = req.body
+        if req.chunked and req.body is not None:
+            body = req.body
+            content = iter([body[i : i + 65536] for i in range(0, len(body), 65536)])
+        r = client.request(req.method, base + req.path, content=content, headers=req.headers)
     except httpx.HTTPError as exc:
         return 0, f"transport:{type(exc).__name__}"
     kind = ""
@@ -769,9 +779,13 @@ def fuzz_server(
     kinds: Counter[str] = Counter()
     failures: list[dict[str, Any]] = []
     started = time.perf_counter()
+    slowest: list[tuple[float, str]] = []
     with httpx.Client(timeout=120) as client:
         for req in generate(server, n, seed, material):
+            t0 = time.perf_counter()
             status, kind = send(client, base, req)
+            slowest.append((time.perf_counter() - t0, f"{req.category}/{req.name} -> {status}"))
+            slowest = sorted(slowest, reverse=True)[:10]
             statuses[str(status)] += 1
             per_category.setdefault(req.category, Counter())[str(status)] += 1
             if kind:
@@ -811,6 +825,7 @@ def fuzz_server(
         "transport_errors": statuses.get("0", 0),
         "without_error_body": kinds.get("NO_ERROR_BODY", 0),
         "failures": failures,
+        "slowest": [{"seconds": round(s, 3), "request": r} for s, r in slowest],
     }
 
 

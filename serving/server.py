@@ -48,8 +48,6 @@ def read_admin_token(path: str | Path | None) -> str | None:
 
 
 def _install(app: Any, model: Any, status: Any, policy: Any, admin_token: str | None = None) -> None:
-    from fastapi import Request
-
     from serving.errors import NotReady, ServingError, install_error_handlers, json_response
     from serving.middleware import AdmissionMiddleware
     from serving.protocol import NotFound, ProtocolMiddleware
@@ -75,7 +73,7 @@ def _install(app: Any, model: Any, status: Any, policy: Any, admin_token: str | 
             )
         return json_response(200, {"live": True})
 
-    def authorise(request: Request) -> None:
+    def authorise(request: Any) -> None:
         if admin_token is None:
             raise NotFound(
                 "the model-repository endpoints are off on this server: start it with --admin-token-file "
@@ -98,9 +96,11 @@ def _install(app: Any, model: Any, status: Any, policy: Any, admin_token: str | 
             err.status, err.kind = 404, "model_not_found"
             raise err
 
-    async def repository_load(model_name: str, request: Request) -> Any:
+    # Starlette endpoints (the request only): FastAPI would resolve the annotations of a nested function.
+    async def repository_load(request: Any) -> Any:
         import asyncio
 
+        model_name = request.path_params["model_name"]
         authorise(request)
         check_name(model_name)
         if not await asyncio.to_thread(model.reload):
@@ -109,7 +109,8 @@ def _install(app: Any, model: Any, status: Any, policy: Any, admin_token: str | 
             )
         return json_response(200, {"name": model_name, "load": True, "model_version": model.model_version})
 
-    async def repository_unload(model_name: str, request: Request) -> Any:
+    async def repository_unload(request: Any) -> Any:
+        model_name = request.path_params["model_name"]
         authorise(request)
         check_name(model_name)
         model.unload()
@@ -119,15 +120,13 @@ def _install(app: Any, model: Any, status: Any, policy: Any, admin_token: str | 
     app.add_api_route("/v2/health/ready", server_ready, methods=["GET"], include_in_schema=False)
     app.add_api_route("/v2/health/live", server_live, methods=["GET"], include_in_schema=False)
     # Before KServe's routes of the same paths (registered when the server starts): these win.
-    app.add_api_route(
-        "/v2/repository/models/{model_name}/load", repository_load, methods=["POST"], include_in_schema=False
-    )
-    app.add_api_route(
-        "/v2/repository/models/{model_name}/unload",
-        repository_unload,
-        methods=["POST"],
-        include_in_schema=False,
-    )
+    for action, endpoint in (("load", repository_load), ("unload", repository_unload)):
+        app.add_route(
+            f"/v2/repository/models/{{model_name}}/{action}",
+            endpoint,
+            methods=["POST"],
+            include_in_schema=False,
+        )
     app.add_middleware(ProtocolMiddleware, routes=app.router)  # inner: after admission (added next)
     app.add_middleware(AdmissionMiddleware, policy=policy)
     install_error_handlers(app)

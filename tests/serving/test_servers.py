@@ -431,6 +431,18 @@ def test_health_and_metrics(stack: tuple[Server, Server], http: httpx.Client) ->
         assert name in pm, name
 
 
+def test_model_repository_is_off_by_default(stack: tuple[Server, Server], http: httpx.Client) -> None:
+    """Without --admin-token-file nobody can unload the model (issue 15: anyone could, and liveness
+    stayed green); the servers keep serving."""
+    for server in stack:
+        for action in ("unload", "load"):
+            r = http.post(server.url + f"/v2/repository/models/hndsr/{action}")
+            assert r.status_code == 404 and r.json()["kind"] == "not_found", r.text
+            assert "--admin-token-file" in r.json()["error"]
+        assert http.get(server.url + "/v2/health/live").status_code == 200
+    assert http.post(stack[1].url + V1, json=v1()).status_code == 200
+
+
 # ------------------------------------------------------------------------------------ overload
 
 
