@@ -10,7 +10,7 @@ validation, metric names (``promtool check metrics``) and a small version of
 from __future__ import annotations
 
 import base64
-import http.client
+import http.client as httpclient
 import io
 import json
 import subprocess
@@ -226,9 +226,7 @@ def test_memory_is_bounded_before_anything_is_allocated(
 # ------------------------------------------------------------------------------------ defects 4 and 5
 
 
-def _raw(
-    conn: http.client.HTTPConnection, path: str, body: bytes, headers: dict[str, str]
-) -> tuple[int, Any]:
+def _raw(conn: httpclient.HTTPConnection, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
     conn.request("POST", path, body=body, headers=headers)
     r = conn.getresponse()
     data = r.read()
@@ -240,11 +238,11 @@ def test_malformed_binary_header_is_a_400_and_the_connection_lives_on(
 ) -> None:
     pred, trans, _ = stack
     good = {
-        pred: (V2, *encode_v2(tile_batch(), "b64")),
-        trans: (V1, json.dumps(v1()).encode(), {"content-type": "application/json"}),
+        "predictor": (V2, *encode_v2(tile_batch(), "b64")),
+        "transformer": (V1, json.dumps(v1()).encode(), {"content-type": "application/json"}),
     }
     for server in (pred, trans):
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+        conn = httpclient.HTTPConnection("127.0.0.1", server.port, timeout=120)
         try:
             for value in ("abc", "1e3", "-5", "99999999999", ""):
                 for path in (V1, V2):
@@ -254,7 +252,7 @@ def test_malformed_binary_header_is_a_400_and_the_connection_lives_on(
                     }
                     status, doc = _raw(conn, path, b'{"inputs": []}', headers)
                     assert status == 400 and doc["kind"] == "invalid_header", (server.args[0], value, doc)
-                path, body, headers = good[server]
+                path, body, headers = good[server.args[0]]
                 status, doc = _raw(conn, path, body, headers)  # the same keep-alive connection
                 assert status == 200, (server.args[0], doc)
         finally:
