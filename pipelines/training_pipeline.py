@@ -9,15 +9,23 @@ Parameters:
   ``lpips``: score LPIPS.
 - ``lpips_tolerance``: how much worse than the champion's LPIPS a new champion may be;
   ``mlflow_uri`` ("" = the pod's MLFLOW_TRACKING_URI, else a local sqlite store); ``model_name``.
-- ``training_backend``: where training runs. Only "in-process" (inside the step's pod) exists; the
-  seam for a Kubeflow PyTorchJob launcher (issue #9) is this parameter and the train steps.
+- ``training_backend``: where training runs: "in-process" (inside the step's pod) or "pytorchjob"
+  (each train step launches a Kubeflow PyTorchJob, components/pytorchjob.py, and waits for it). The
+  PyTorchJob backend stages its inputs on the ``hndsr-training`` ReadWriteMany claim, so the pipeline
+  compiled for it (``pipeline_for("pytorchjob")``, what ``compile_pipeline``/``submit`` choose from
+  the arguments) mounts that claim at /mnt/hndsr in the three train steps' pods; the in-process
+  pipeline mounts nothing, and a run of it given "pytorchjob" fails in the train step saying so.
 - ``data_version`` / ``code_version``: identities of the input data and the code. Only prepare takes
   them, and every later step descends from its output, so a change re-runs the whole DAG while an
   unchanged run is served from the cache. ``hndsr pipeline run`` fills both with content digests.
 """
 
-from kfp import dsl
+from collections.abc import Callable
+from typing import Any
 
+from kfp import dsl, kubernetes
+
+from components.pytorchjob import CLAIM, MOUNT
 from components.training_components import (
     evaluate,
     prepare,
@@ -34,80 +42,98 @@ TRAIN_RETRIES = 2  # a preempted or evicted GPU node; data and code errors fail 
 EVAL_RETRIES = 1
 
 
-@dsl.pipeline(name=PIPELINE_NAME, description="HNDSR: prepare, validate, train x3, evaluate, register")
-def training_pipeline(
-    data_uri: str = "data/raw",
-    params: str = "",
-    profile: str = "",
-    autoencoder_epochs: int = 0,
-    operator_epochs: int = 0,
-    diffusion_epochs: int = 0,
-    scales: list = [2.0, 3.0, 4.0],  # noqa: B006 - KFP takes parameter defaults from the signature
-    diffusion_steps: int = 0,
-    lpips: bool = True,
-    lpips_tolerance: float = 0.01,
-    mlflow_uri: str = "",
-    model_name: str = "hndsr",
-    training_backend: str = "in-process",
-    data_version: str = "",
-    code_version: str = "",
-) -> str:
-    data = prepare(
-        data_uri=data_uri,
-        params=params,
-        profile=profile,
-        mlflow_uri=mlflow_uri,
-        data_version=data_version,
-        code_version=code_version,
-    )
-    data.set_display_name("prepare data")
-    checked = validate(dataset=data.outputs["dataset"], params=params, profile=profile, mlflow_uri=mlflow_uri)
-    checked.set_display_name("validate data")
+def _build(mount_training_volume: bool) -> Callable[..., Any]:
+    """The pipeline, with or without the training volume mounted in the train steps."""
 
-    common = {
-        "params": params,
-        "profile": profile,
-        "mlflow_uri": mlflow_uri,
-        "training_backend": training_backend,
-    }
-    autoencoder = train_autoencoder(dataset=data.outputs["dataset"], epochs=autoencoder_epochs, **common)
-    autoencoder.after(checked)  # never train on data that failed validation
-    operator = train_operator(
-        dataset=data.outputs["dataset"],
-        init_model=autoencoder.outputs["model"],
-        epochs=operator_epochs,
-        **common,
-    )
-    diffusion = train_diffusion(
-        dataset=data.outputs["dataset"],
-        init_model=operator.outputs["model"],
-        epochs=diffusion_epochs,
-        **common,
-    )
-    for task in (autoencoder, operator, diffusion):
-        task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
-        task.set_retry(num_retries=TRAIN_RETRIES, backoff_duration="60s", backoff_factor=2.0)
+    @dsl.pipeline(name=PIPELINE_NAME, description="HNDSR: prepare, validate, train x3, evaluate, register")
+    def training_pipeline(
+        data_uri: str = "data/raw",
+        params: str = "",
+        profile: str = "",
+        autoencoder_epochs: int = 0,
+        operator_epochs: int = 0,
+        diffusion_epochs: int = 0,
+        scales: list = [2.0, 3.0, 4.0],  # noqa: B006 - KFP takes parameter defaults from the signature
+        diffusion_steps: int = 0,
+        lpips: bool = True,
+        lpips_tolerance: float = 0.01,
+        mlflow_uri: str = "",
+        model_name: str = "hndsr",
+        training_backend: str = "in-process",
+        data_version: str = "",
+        code_version: str = "",
+    ) -> str:
+        data = prepare(
+            data_uri=data_uri,
+            params=params,
+            profile=profile,
+            mlflow_uri=mlflow_uri,
+            data_version=data_version,
+            code_version=code_version,
+        )
+        data.set_display_name("prepare data")
+        checked = validate(
+            dataset=data.outputs["dataset"], params=params, profile=profile, mlflow_uri=mlflow_uri
+        )
+        checked.set_display_name("validate data")
 
-    scored = evaluate(
-        dataset=data.outputs["dataset"],
-        model=diffusion.outputs["model"],
-        params=params,
-        profile=profile,
-        scales=scales,
-        diffusion_steps=diffusion_steps,
-        lpips=lpips,
-        mlflow_uri=mlflow_uri,
-    )
-    scored.set_retry(num_retries=EVAL_RETRIES)
+        common = {
+            "params": params,
+            "profile": profile,
+            "mlflow_uri": mlflow_uri,
+            "training_backend": training_backend,
+        }
+        autoencoder = train_autoencoder(dataset=data.outputs["dataset"], epochs=autoencoder_epochs, **common)
+        autoencoder.after(checked)  # never train on data that failed validation
+        operator = train_operator(
+            dataset=data.outputs["dataset"],
+            init_model=autoencoder.outputs["model"],
+            epochs=operator_epochs,
+            **common,
+        )
+        diffusion = train_diffusion(
+            dataset=data.outputs["dataset"],
+            init_model=operator.outputs["model"],
+            epochs=diffusion_epochs,
+            **common,
+        )
+        for task in (autoencoder, operator, diffusion):
+            task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
+            task.set_retry(num_retries=TRAIN_RETRIES, backoff_duration="60s", backoff_factor=2.0)
+            if mount_training_volume:  # where the PyTorchJob backend stages data, params and checkpoints
+                kubernetes.mount_pvc(task, pvc_name=CLAIM, mount_path=MOUNT)
 
-    registered = register(
-        dataset=data.outputs["dataset"],
-        model=diffusion.outputs["model"],
-        evaluation=scored.outputs["evaluation"],
-        report=scored.outputs["report"],
-        mlflow_uri=mlflow_uri,
-        model_name=model_name,
-        lpips_tolerance=lpips_tolerance,
-    )
-    registered.set_caching_options(False)  # the registry changes between runs; registering is idempotent
-    return registered.outputs["Output"]
+        scored = evaluate(
+            dataset=data.outputs["dataset"],
+            model=diffusion.outputs["model"],
+            params=params,
+            profile=profile,
+            scales=scales,
+            diffusion_steps=diffusion_steps,
+            lpips=lpips,
+            mlflow_uri=mlflow_uri,
+        )
+        scored.set_retry(num_retries=EVAL_RETRIES)
+
+        registered = register(
+            dataset=data.outputs["dataset"],
+            model=diffusion.outputs["model"],
+            evaluation=scored.outputs["evaluation"],
+            report=scored.outputs["report"],
+            mlflow_uri=mlflow_uri,
+            model_name=model_name,
+            lpips_tolerance=lpips_tolerance,
+        )
+        registered.set_caching_options(False)  # the registry changes between runs; registering is idempotent
+        return registered.outputs["Output"]
+
+    return training_pipeline
+
+
+training_pipeline = _build(mount_training_volume=False)
+training_pipeline_on_volume = _build(mount_training_volume=True)
+
+
+def pipeline_for(training_backend: str) -> Callable[..., Any]:
+    """The pipeline to compile for a backend: the PyTorchJob one mounts the training volume."""
+    return training_pipeline_on_volume if training_backend == "pytorchjob" else training_pipeline
