@@ -7,7 +7,13 @@ Parameters:
 - ``*_epochs``: epochs per stage (0 = the profile's steps); ``scales``: evaluation scales (4 required,
   the gate compares at x4); ``diffusion_steps``: DDIM steps at evaluation (0 = deterministic path);
   ``lpips``: score LPIPS.
-- ``lpips_tolerance``: how much worse than the champion's LPIPS a new champion may be;
+- ``init_from``: the model training starts from: ``release`` (the shipped checkpoint), ``none``
+  (from scratch), a checkpoint directory, ``s3://...`` or ``models:/name@alias``; resolved and verified
+  by the first step. With one, ``finetune.stages`` of params.yaml continue from its weights.
+- The incumbent (``@champion``, else the release checkpoint, registered first) is scored beside the
+  challenger on the same held-out tiles; ``min_gain_db``: the Y-PSNR margin at x4 the challenger needs
+  to be promoted; ``lpips_tolerance``: how much worse than the incumbent's LPIPS a new champion may be
+  (both default to params.yaml's ``gate`` section);
   ``mlflow_uri`` ("" = the pod's MLFLOW_TRACKING_URI, else a local sqlite store); ``model_name``.
 - ``training_backend``: where training runs: "in-process" (inside the step's pod) or "pytorchjob"
   (each train step launches a Kubeflow PyTorchJob, components/pytorchjob.py, and waits for it). The
@@ -20,7 +26,6 @@ Parameters:
   unchanged run is served from the cache. ``hndsr pipeline run`` fills both with content digests.
 """
 
-from collections.abc import Callable
 from typing import Any
 
 from kfp import dsl, kubernetes
@@ -28,6 +33,8 @@ from kfp import dsl, kubernetes
 from components.pytorchjob import CLAIM, MOUNT
 from components.training_components import (
     evaluate,
+    incumbent_model,
+    initial_model,
     prepare,
     register,
     train_autoencoder,
@@ -40,100 +47,121 @@ PIPELINE_NAME = "hndsr-training"
 GPU_RESOURCE = "nvidia.com/gpu"
 TRAIN_RETRIES = 2  # a preempted or evicted GPU node; data and code errors fail the same way twice
 EVAL_RETRIES = 1
+# True only while pipeline_for builds the PyTorchJob variant's graph (the body runs once per build).
+_mount_training_volume = False
 
 
-def _build(mount_training_volume: bool) -> Callable[..., Any]:
-    """The pipeline, with or without the training volume mounted in the train steps."""
+@dsl.pipeline(
+    name=PIPELINE_NAME,
+    description="HNDSR: initial model, prepare, validate, train x3, evaluate against the incumbent, register",
+)
+def training_pipeline(
+    data_uri: str = "data/raw",
+    params: str = "",
+    profile: str = "",
+    autoencoder_epochs: int = 0,
+    operator_epochs: int = 0,
+    diffusion_epochs: int = 0,
+    scales: list = [2.0, 3.0, 4.0],  # noqa: B006 - KFP takes parameter defaults from the signature
+    diffusion_steps: int = 0,
+    lpips: bool = True,
+    lpips_tolerance: float = 0.01,
+    min_gain_db: float = 0.05,
+    init_from: str = "release",
+    mlflow_uri: str = "",
+    model_name: str = "hndsr",
+    training_backend: str = "in-process",
+    data_version: str = "",
+    code_version: str = "",
+) -> str:
+    initial = initial_model(init_from=init_from, params=params, profile=profile, mlflow_uri=mlflow_uri)
+    initial.set_display_name("initial model")
+    initial.set_caching_options(False)  # @champion moves; the pinned sha256 keeps later steps cacheable
+    data = prepare(
+        data_uri=data_uri,
+        params=params,
+        profile=profile,
+        mlflow_uri=mlflow_uri,
+        data_version=data_version,
+        code_version=code_version,
+    )
+    data.set_display_name("prepare data")
+    data.after(initial)  # a bad init_from fails the run at its first step
+    checked = validate(dataset=data.outputs["dataset"], params=params, profile=profile, mlflow_uri=mlflow_uri)
+    checked.set_display_name("validate data")
 
-    @dsl.pipeline(name=PIPELINE_NAME, description="HNDSR: prepare, validate, train x3, evaluate, register")
-    def training_pipeline(
-        data_uri: str = "data/raw",
-        params: str = "",
-        profile: str = "",
-        autoencoder_epochs: int = 0,
-        operator_epochs: int = 0,
-        diffusion_epochs: int = 0,
-        scales: list = [2.0, 3.0, 4.0],  # noqa: B006 - KFP takes parameter defaults from the signature
-        diffusion_steps: int = 0,
-        lpips: bool = True,
-        lpips_tolerance: float = 0.01,
-        mlflow_uri: str = "",
-        model_name: str = "hndsr",
-        training_backend: str = "in-process",
-        data_version: str = "",
-        code_version: str = "",
-    ) -> str:
-        data = prepare(
-            data_uri=data_uri,
-            params=params,
-            profile=profile,
-            mlflow_uri=mlflow_uri,
-            data_version=data_version,
-            code_version=code_version,
+    common = {
+        "params": params,
+        "profile": profile,
+        "mlflow_uri": mlflow_uri,
+        "training_backend": training_backend,
+        "initial_model": initial.output,
+    }
+    autoencoder = train_autoencoder(dataset=data.outputs["dataset"], epochs=autoencoder_epochs, **common)
+    autoencoder.after(checked)  # never train on data that failed validation
+    operator = train_operator(
+        dataset=data.outputs["dataset"],
+        init_model=autoencoder.outputs["model"],
+        epochs=operator_epochs,
+        **common,
+    )
+    diffusion = train_diffusion(
+        dataset=data.outputs["dataset"],
+        init_model=operator.outputs["model"],
+        epochs=diffusion_epochs,
+        **common,
+    )
+    for task in (autoencoder, operator, diffusion):
+        task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
+        task.set_retry(num_retries=TRAIN_RETRIES, backoff_duration="60s", backoff_factor=2.0)
+        if _mount_training_volume:  # where the PyTorchJob backend stages data, params and checkpoints
+            kubernetes.mount_pvc(task, pvc_name=CLAIM, mount_path=MOUNT)
+
+    incumbent = incumbent_model(mlflow_uri=mlflow_uri, model_name=model_name)
+    incumbent.set_display_name("incumbent model")
+    incumbent.set_caching_options(False)  # the registry changes between runs; its answer is pinned by sha256
+    scored = evaluate(
+        dataset=data.outputs["dataset"],
+        model=diffusion.outputs["model"],
+        params=params,
+        profile=profile,
+        scales=scales,
+        diffusion_steps=diffusion_steps,
+        lpips=lpips,
+        mlflow_uri=mlflow_uri,
+        incumbent=incumbent.output,
+    )
+    scored.set_retry(num_retries=EVAL_RETRIES)
+
+    registered = register(
+        dataset=data.outputs["dataset"],
+        model=diffusion.outputs["model"],
+        evaluation=scored.outputs["evaluation"],
+        report=scored.outputs["report"],
+        mlflow_uri=mlflow_uri,
+        model_name=model_name,
+        lpips_tolerance=lpips_tolerance,
+        min_gain_db=min_gain_db,
+    )
+    registered.set_caching_options(False)  # the registry changes between runs; registering is idempotent
+    return registered.outputs["Output"]
+
+
+def _on_training_volume() -> Any:
+    """The same pipeline with the training volume mounted in its train steps."""
+    global _mount_training_volume
+    _mount_training_volume = True
+    try:
+        return dsl.pipeline(name=PIPELINE_NAME, description=training_pipeline.description)(
+            training_pipeline.pipeline_func
         )
-        data.set_display_name("prepare data")
-        checked = validate(
-            dataset=data.outputs["dataset"], params=params, profile=profile, mlflow_uri=mlflow_uri
-        )
-        checked.set_display_name("validate data")
-
-        common = {
-            "params": params,
-            "profile": profile,
-            "mlflow_uri": mlflow_uri,
-            "training_backend": training_backend,
-        }
-        autoencoder = train_autoencoder(dataset=data.outputs["dataset"], epochs=autoencoder_epochs, **common)
-        autoencoder.after(checked)  # never train on data that failed validation
-        operator = train_operator(
-            dataset=data.outputs["dataset"],
-            init_model=autoencoder.outputs["model"],
-            epochs=operator_epochs,
-            **common,
-        )
-        diffusion = train_diffusion(
-            dataset=data.outputs["dataset"],
-            init_model=operator.outputs["model"],
-            epochs=diffusion_epochs,
-            **common,
-        )
-        for task in (autoencoder, operator, diffusion):
-            task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
-            task.set_retry(num_retries=TRAIN_RETRIES, backoff_duration="60s", backoff_factor=2.0)
-            if mount_training_volume:  # where the PyTorchJob backend stages data, params and checkpoints
-                kubernetes.mount_pvc(task, pvc_name=CLAIM, mount_path=MOUNT)
-
-        scored = evaluate(
-            dataset=data.outputs["dataset"],
-            model=diffusion.outputs["model"],
-            params=params,
-            profile=profile,
-            scales=scales,
-            diffusion_steps=diffusion_steps,
-            lpips=lpips,
-            mlflow_uri=mlflow_uri,
-        )
-        scored.set_retry(num_retries=EVAL_RETRIES)
-
-        registered = register(
-            dataset=data.outputs["dataset"],
-            model=diffusion.outputs["model"],
-            evaluation=scored.outputs["evaluation"],
-            report=scored.outputs["report"],
-            mlflow_uri=mlflow_uri,
-            model_name=model_name,
-            lpips_tolerance=lpips_tolerance,
-        )
-        registered.set_caching_options(False)  # the registry changes between runs; registering is idempotent
-        return registered.outputs["Output"]
-
-    return training_pipeline
+    finally:
+        _mount_training_volume = False
 
 
-training_pipeline = _build(mount_training_volume=False)
-training_pipeline_on_volume = _build(mount_training_volume=True)
+training_pipeline_on_volume = _on_training_volume()
 
 
-def pipeline_for(training_backend: str) -> Callable[..., Any]:
+def pipeline_for(training_backend: str) -> Any:
     """The pipeline to compile for a backend: the PyTorchJob one mounts the training volume."""
     return training_pipeline_on_volume if training_backend == "pytorchjob" else training_pipeline
