@@ -147,6 +147,7 @@ def register(app: typer.Typer, *, friendly_errors: Decorator) -> None:
         ] = None,
     ) -> None:
         """Run the whole DAG offline (kfp.local SubprocessRunner) and print where everything is."""
+        from components.steps import pin_initial_model
         from pipelines.runner import code_fingerprint, data_fingerprint, run_local
 
         if not local:
@@ -167,6 +168,9 @@ def register(app: typer.Typer, *, friendly_errors: Decorator) -> None:
         )
         args.data_version = data_fingerprint(data) if data_version is None else data_version
         args.code_version = code_fingerprint() if code_version is None else code_version
+        # Checked here too, so a bad init_from is one line before any task starts; the pipeline's
+        # first step checks it again where it runs (Kubeflow).
+        pin_initial_model(args.init_from, params=args.params, profile=args.profile, tracking_uri=mlflow_uri)
         summary = run_local(args, pipeline_root=pipeline_root, cache=cache)
         if summary_json is not None:
             summary_json.parent.mkdir(parents=True, exist_ok=True)
