@@ -7,8 +7,8 @@
 # .crd-schemas or ../shared/schemas (the tests read the same places, in that order).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-KSERVE_VERSION="${KSERVE_VERSION:-v0.16.0}"
-PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.93.0}"
+KSERVE_VERSION="${KSERVE_VERSION:-v0.21.0}"  # the KServe the serving image runs (kserve 0.21.0)
+PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.93.0}"  # the CRDs of ../shared/schemas (0.93.0)
 DEST="${HNDSR_CRD_SCHEMAS:-.crd-schemas}"
 NEEDED=(
   kserve/serving.kserve.io_inferenceservices.yaml
