@@ -17,18 +17,17 @@ ARG TORCH_SPEC=torch==2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 ARG TORCH_FIND_LINKS=
 ARG PIP_CERT=
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DEBIAN_FRONTEND=noninteractive
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 DEBIAN_FRONTEND=noninteractive
 RUN python3 -m venv /opt/hndsr 2>/dev/null || { apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv --clear /opt/hndsr; }
 ENV PATH=/opt/hndsr/bin:$PATH
-RUN pip install ${TORCH_FIND_LINKS:+--find-links "$TORCH_FIND_LINKS"} \
+RUN pip install --no-compile ${TORCH_FIND_LINKS:+--find-links "$TORCH_FIND_LINKS"} \
     ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$TORCH_SPEC"
 COPY pyproject.toml /src/
 COPY docker/requirements.py /src/docker/
 RUN python3 /src/docker/requirements.py serve > /src/requirements.txt \
-    && pip install -r /src/requirements.txt \
-    && find /opt/hndsr -name __pycache__ -prune -exec rm -rf {} +
+    && pip install --no-compile -r /src/requirements.txt
 
 FROM deps AS code
 COPY pyproject.toml README.md /src/
