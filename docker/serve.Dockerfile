@@ -38,9 +38,11 @@ COPY components /src/components
 COPY pipelines /src/pipelines
 RUN pip wheel --no-deps --no-build-isolation --wheel-dir /wheels /src
 
-FROM ${BASE_IMAGE}
-RUN groupadd --system --gid 10001 hndsr && useradd --system --uid 10001 --gid hndsr --no-create-home hndsr
-COPY --from=deps /opt/hndsr /opt/hndsr
+# The final stage continues the deps stage (nothing is compiled there: no toolchain to leave behind),
+# so its environment is shared, not copied: a code-only change rebuilds the last layers only.
+FROM deps
+RUN groupadd --system --gid 10001 hndsr && useradd --system --uid 10001 --gid hndsr --no-create-home hndsr \
+    && rm -rf /src
 COPY --from=code /wheels /tmp/wheels
 RUN /opt/hndsr/bin/pip install --no-deps --no-compile --no-index /tmp/wheels/*.whl && rm -rf /tmp/wheels
 ENV PATH=/opt/hndsr/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/tmp

@@ -39,12 +39,11 @@ COPY components /src/components
 COPY pipelines /src/pipelines
 RUN pip wheel --no-deps --no-build-isolation --wheel-dir /wheels /src
 
-FROM ${BASE_IMAGE}
-ENV DEBIAN_FRONTEND=noninteractive
-RUN { command -v python3 >/dev/null || { apt-get update \
-    && apt-get install -y --no-install-recommends python3 && rm -rf /var/lib/apt/lists/*; }; } \
-    && groupadd --system --gid 10001 hndsr && useradd --system --uid 10001 --gid hndsr --no-create-home hndsr
-COPY --from=deps /opt/hndsr /opt/hndsr
+# The final stage continues the deps stage (nothing is compiled there: no toolchain to leave behind),
+# so its 2 GB environment is shared, not copied: a code-only change rebuilds the last layers only.
+FROM deps
+RUN groupadd --system --gid 10001 hndsr && useradd --system --uid 10001 --gid hndsr --no-create-home hndsr \
+    && rm -rf /src
 COPY params.yaml /opt/hndsr/params.yaml
 COPY --from=code /wheels /tmp/wheels
 RUN /opt/hndsr/bin/pip install --no-deps --no-compile --no-index /tmp/wheels/*.whl && rm -rf /tmp/wheels
