@@ -140,6 +140,7 @@ def test_train_autoencoder_in_the_image_equals_the_local_run(
     images: dict[str, str], work: dict[str, Any]
 ) -> None:
     arguments = {"params": work["params"], "profile": "ci", "epochs": 0, "training_backend": "in-process"}
+    arguments["initial_model"] = ""  # the initial-model task's output: "" = from scratch
     box, here = run_both(work, images["train"], "train-autoencoder", arguments)
     got, want = metadata(outputs(box), "model"), metadata(outputs(here), "model")
     assert got["stage"] == "autoencoder" and got["steps"] == 2
@@ -154,6 +155,7 @@ def test_train_autoencoder_in_the_image_equals_the_local_run(
 def test_evaluate_in_the_image_equals_the_local_run(images: dict[str, str], work: dict[str, Any]) -> None:
     arguments = {
         "params": work["params"], "profile": "ci", "scales": [4.0], "diffusion_steps": 0, "lpips": False,
+        "incumbent": "",  # the incumbent task's output: "" = none, the model beside bicubic only
     }  # fmt: skip
     box, here = run_both(work, images["train"], "evaluate", arguments)
     got, want = metadata(outputs(box), "metrics"), metadata(outputs(here), "metrics")
