@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _results import Measurement, read_result
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -67,6 +69,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "image_builds.json")
     args = parser.parse_args()
 
+    measurement = Measurement()
     started = time.monotonic()
     subprocess.run(["bash", "scripts/make-base-image.sh"], cwd=ROOT, check=True)
     result: dict[str, object] = {
@@ -92,11 +95,9 @@ def main() -> None:
         result["code_change"] = build(tree)
         print("code change:", json.dumps(result["code_change"]))
     if args.skip_cold and args.out.is_file():  # keep the cold figures of an earlier full run
-        earlier = json.loads(args.out.read_text())
+        earlier = read_result(args.out)
         result = {k: v for k, v in earlier.items() if k.startswith("cold")} | result
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    measurement.write("image_builds", result, path=args.out)
 
 
 if __name__ == "__main__":
