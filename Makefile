@@ -13,7 +13,7 @@ RUN_DIR ?= runs/quick
 export MLFLOW_DISABLE_TELEMETRY := true
 
 .PHONY: venv test lint run benchmark release-train clean \
-	data lake pipeline serve benchmark-serving serve-tls
+	data lake pipeline serve benchmark-serving serve-tls images
 
 $(VENV)/.installed-$(EXTRAS): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,12 @@ $(VENV)/.installed-$(EXTRAS): pyproject.toml
 
 venv: $(VENV)/.installed-$(EXTRAS)
 
-## make test: the whole test suite (unit + integration), ruff and mypy
+## make test: the whole test suite (unit + integration), ruff and mypy. First the system tools the tests
+## start (scripts/install-system-deps.sh: a no-op once installed, else it installs them or stops with the
+## one command to run) and the CRD schemas (scripts/fetch-crd-schemas.sh: a no-op where they are).
 test: venv
+	bash scripts/install-system-deps.sh
+	bash scripts/fetch-crd-schemas.sh
 	$(VENV)/bin/ruff check hndsr serving data_validation monitoring components pipelines tests benchmarks
 	$(VENV)/bin/mypy
 	$(PY) -m pytest
@@ -39,7 +43,8 @@ SERVE_PORT ?= 8080
 SERVE_PREDICTOR_PORT ?= 8081
 
 ## make run: the main job on embedded defaults — sample imagery, then the Kubeflow training pipeline run here
-## (kfp.local): prepare, validate, train x3 (quick profile), evaluate beside bicubic, register in MLflow
+## (kfp.local): the release checkpoint fine-tuned on it (quick profile), evaluated beside the incumbent and
+## bicubic, registered in MLflow and promoted only past the gate
 ## (sqlite mlflow.db + mlartifacts/ unless MLFLOW_TRACKING_URI is set); prints where the report is, the
 ## metrics and the champion. A second run with nothing changed is served from the task cache (.pipeline/).
 ## Then the champion is served locally (KServe predictor + transformer) for one x4 request, and stopped.
@@ -88,6 +93,13 @@ lake: venv
 ## make pipeline: the DVC pipeline (dvc.yaml) with the profile of params.yaml's pipeline.profile (quick)
 pipeline: venv
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/dvc repro
+
+## make images: the train, serve and worker images (docker/), tagged hndsr.images.image_ref(kind), with
+## buildah where there is no Docker daemon: local Debian base + CPU torch wheel (scripts/build-images.sh)
+images:
+	bash scripts/install-container-tools.sh
+	bash scripts/make-base-image.sh
+	bash scripts/build-images.sh
 
 clean:
 	rm -rf $(VENV) runs/quick outputs .pytest_cache .mypy_cache .ruff_cache
