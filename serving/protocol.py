@@ -297,8 +297,8 @@ def error_body(status: int, body: bytes, path: str, method: str) -> bytes | None
         doc = None
         message = body.decode("utf-8", errors="replace")[:500]
     if isinstance(doc, dict):
-        if {"error", "kind", "status"} <= set(doc):
-            return None
+        if {"error", "kind", "status"} <= set(doc) or not set(doc) <= {"error", "detail"}:
+            return None  # ours, or a document of its own (GET /health's status and reason): kept
         detail = doc.get("error", doc.get("detail", ""))
         message = detail if isinstance(detail, str) else orjson.dumps(detail).decode()[:500]
     if status == 404 and message in ("", "Not Found"):
