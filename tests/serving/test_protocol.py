@@ -230,6 +230,8 @@ def _raw(conn: httpclient.HTTPConnection, path: str, body: bytes, headers: dict[
     conn.request("POST", path, body=body, headers=headers)
     r = conn.getresponse()
     data = r.read()
+    if r.getheader("inference-header-content-length"):  # a binary answer (the predictor's tiles)
+        return r.status, data
     return r.status, json.loads(data) if data else None
 
 
