@@ -27,7 +27,7 @@ from tooling import require_tool
 
 pytest.importorskip("kserve")
 
-from serving.codec import RenderParams, TileBatch, decode_v2_response, encode_v1, encode_v2
+from serving.codec import RenderParams, TileBatch, _pad_stack, decode_v2_response, encode_v1, encode_v2
 from serving.tiles import Canvas, crop, plan
 
 V1 = "/v1/models/hndsr:predict"
@@ -328,7 +328,7 @@ def test_tritonclient_infer_works_unmodified(stack: tuple[Server, Server, Path])
     with httpx.Client(timeout=120) as http:
         r = http.post(pred.url + V2, content=content, headers=headers)
     want = decode_v2_response(r.content, r.headers).sr
-    stacked = np.stack(batch.crops)
+    stacked = _pad_stack(batch.crops)  # crops of different sizes, zero-padded as encode_v2 does
     geometry = np.array([s.as_row() for s in batch.specs], dtype=np.int64)
     for binary in (True, False):
         lr = th.InferInput("lr", list(stacked.shape), "FP32")
