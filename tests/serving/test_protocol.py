@@ -380,7 +380,7 @@ def test_documented_validation_is_enforced(stack: tuple[Server, Server, Path], h
             ("POST", "/v1/models/hndsr:explain"),
             ("POST", "/v2/models/hndsr/versions/1/infer"),
             ("GET", "/nope"),
-            ("POST", "/v2/models/nope/infer"),
+            ("POST", "/v1/models/nope:predict"),
         ):
             r = http.request(method, server.url + path, json=v1())
             assert r.status_code == 404 and set(r.json()) == {"error", "kind", "status"}, (path, r.text)
