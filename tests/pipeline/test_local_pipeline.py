@@ -24,7 +24,7 @@ from mlflow import MlflowClient
 from hndsr.checkpoint import load_checkpoint, release_checkpoint_dir
 from serving.storage import resolve_storage_uri
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # whole pipelines in a module fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 HNDSR = Path(sys.executable).parent / "hndsr"
