@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -145,6 +146,15 @@ def validate_data(
         named = named_file(report_path, VALIDATION_FILE)
         shutil.copyfile(report_path, named)
         mlflow.log_artifact(str(named))
+        verdict = (
+            f"PASSED: {report.evaluated} of {report.evaluated} expectations met"
+            if report.success
+            else f"FAILED: {len(report.failures)} of {report.evaluated} expectations not met"
+        )
+        mlflow.set_tag("hndsr.data_quality", verdict)
+        quality = [f"# Data quality: {verdict}", "", f"Catalog: {Path(dataset_dir) / 'catalog.parquet'}", ""]
+        quality += [f"- FAILED {f.line()}" for f in report.failures] or ["Every expectation was met."]
+        mlflow.log_text("\n".join(quality) + "\n", "data_quality.md")
     if not report.success:
         lines = "\n".join(f"FAILED {f.line()}" for f in report.failures)
         raise StepFailed(
@@ -404,7 +414,7 @@ def evaluate_model(
                 "lpips": lpips,
             },
             tags={"hndsr.sha256": config["sha256"]},
-        ),
+        ) as eval_run,
         tempfile.TemporaryDirectory(prefix="hndsr-incumbent-") as scratch,
     ):
         evaluations = score_checkpoint(
@@ -437,6 +447,7 @@ def evaluate_model(
             "checkpoint_sha256": config["sha256"],
             "incumbent": incumbent_info,
             "figures": figures,
+            "mlflow_run_id": eval_run.info.run_id,
         }
         evaluation_file = write_named(evaluation_path, EVALUATION_FILE, json.dumps(payload, indent=2) + "\n")
         model, _ = load_checkpoint(checkpoint_dir)
@@ -475,7 +486,11 @@ def evaluate_model(
         measured = {k: v for k, v in figures.items() if math.isfinite(v)}  # NaN: not measured (no LPIPS)
         # The Metrics artifact's own file: kfp.local's cache only serves artifacts that exist on disk.
         Path(metrics_path).write_text(json.dumps(measured, indent=2) + "\n")
-        mlflow.log_metrics(measured)
+        # One name per metric and scale, a series per model (model/incumbent/bicubic): MLflow's chart
+        # view groups them in one section, so the challenger is read beside its references.
+        mlflow.log_metrics(
+            {f"{key.split('_', 1)[1]}/{key.split('_', 1)[0]}": value for key, value in measured.items()}
+        )
         mlflow.log_artifact(str(evaluation_file))
         mlflow.log_artifact(str(report_file))
     return measured
@@ -542,6 +557,37 @@ def training_recipe(profile: str, training: dict[str, Any], code_version: str = 
     if code_version:
         text += f"; code version `{code_version}`"
     return text + "."
+
+
+def link_version(
+    client: Any, model_name: str, version: str, evaluation: dict[str, Any], x4: dict[str, Any]
+) -> None:
+    """The registered version names its evaluate run, report and baselines (tags and description),
+    so the registry page leads to the evidence behind the decision."""
+    evaluate_run = evaluation.get("mlflow_run_id", "")
+    register_run = mlflow.active_run()
+    tags = {
+        "bicubic_psnr_y_x4": f"{x4['bicubic']['psnr_y']:.4f}",
+        "bicubic_lpips_x4": f"{x4['bicubic']['lpips']:.4f}",
+        "eval_images": str(x4["n_images"]),
+    }
+    if evaluate_run:
+        tags |= {
+            "evaluate_run_id": evaluate_run,
+            "report": f"runs:/{evaluate_run}/{REPORT_FILE}",
+            "evaluation": f"runs:/{evaluate_run}/{EVALUATION_FILE}",
+        }
+    if register_run is not None:
+        tags["model_card"] = f"runs:/{register_run.info.run_id}/{MODEL_CARD_FILE}"
+    pipeline_run = os.environ.get(tracking.PARENT_RUN_ENV, "")
+    if pipeline_run:
+        tags["pipeline_run_id"] = pipeline_run
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version, key, value)
+    current = client.get_model_version(model_name, version).description or ""
+    links = " | ".join(f"{k}: {tags[k]}" for k in ("report", "evaluation", "model_card") if k in tags)
+    if links and links not in current:
+        client.update_model_version(model_name, version, description=f"{current}\n\n{links}".strip())
 
 
 def register_model(
@@ -628,6 +674,7 @@ def register_model(
         )
         card_file = write_named(model_card_path, MODEL_CARD_FILE, card)
         mlflow.log_artifact(str(card_file))
+        link_version(client, model_name, registration.version, evaluation, x4)
     x4_model, x4_bicubic = x4["model"], x4["bicubic"]
     return {
         "model": model_name,

@@ -161,9 +161,25 @@ def test_mlflow_has_every_step_with_epochs_and_the_decision(
     assert experiment is not None
     runs = client.search_runs([experiment.experiment_id])
     by_step = {r.data.tags["hndsr.step"]: r for r in runs}
-    assert set(by_step) == {"register_release", "prepare", "validate", "evaluate", "register"} | {
+    assert set(by_step) == {"pipeline", "register_release", "prepare", "validate", "evaluate", "register"} | {
         f"train_{stage}" for stage in ("autoencoder", "operator", "diffusion")
     }
+    # one parent run per pipeline run, every step nested under it; a model-training experiment
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    parent = by_step["pipeline"]
+    assert parent.data.tags["hndsr.code_version"] == "under-test" and "summary.json" in {
+        a.path for a in client.list_artifacts(parent.info.run_id)
+    }
+    nested = {
+        r.data.tags["hndsr.step"] for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    }
+    assert nested == set(by_step) - {"pipeline"}
+    # the evaluate run charts model, incumbent and bicubic under one name per metric and scale
+    evaluate_metrics = set(by_step["evaluate"].data.metrics)
+    assert {"psnr_y_x4/model", "psnr_y_x4/incumbent", "psnr_y_x4/bicubic"} <= evaluate_metrics
+    # the data-quality verdict, readable
+    assert by_step["validate"].data.tags["hndsr.data_quality"].startswith("PASSED")
+    assert "data_quality.md" in {a.path for a in client.list_artifacts(by_step["validate"].info.run_id)}
     assert all(r.info.status == "FINISHED" for r in runs)
     history = client.get_metric_history(by_step["train_operator"].info.run_id, "operator.train_l1")
     assert [m.step for m in history] == [1, 2]  # one point per epoch
@@ -178,6 +194,12 @@ def test_mlflow_has_every_step_with_epochs_and_the_decision(
     assert release.tags["source"] == "release" and "champion" in release.aliases
     assert json.loads(release.tags["challenged_by.v2"])["alias"] == "challenger"
     assert challenger.tags["incumbent_version"] == "1"
+    # the version leads to its evaluate run, report, model card and baselines
+    assert challenger.tags["evaluate_run_id"] == by_step["evaluate"].info.run_id
+    assert challenger.tags["report"] == f"runs:/{by_step['evaluate'].info.run_id}/report.html"
+    assert challenger.tags["model_card"].endswith("/model_card.md") and "bicubic_psnr_y_x4" in challenger.tags
+    assert "report: runs:/" in (challenger.description or "")
+    assert challenger.tags["pipeline_run_id"] == parent.info.run_id
     assert float(challenger.tags["incumbent_psnr_y_x4"]) > float(challenger.tags["psnr_y_x4"])
     assert {"report.html", "evaluation.json"} <= {
         a.path for a in client.list_artifacts(by_step["evaluate"].info.run_id)
