@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from _results import Measurement
 
 from hndsr.imageio import Raster, read_image
 from hndsr.resample import degrade
@@ -40,6 +39,8 @@ from monitoring.shifts import SHIFTS, STRENGTHS
 
 ROOT = Path(__file__).resolve().parents[1]
 TILE = 192
+#: The shifts the issue's >= 95% detection applies to: the README's strong strengths and another sensor.
+STRONG = {"darken 0.35", "blur 1.5", "haze 0.35", "NAIP (another sensor)"}
 
 
 def held_out(path: Path) -> bool:
@@ -137,8 +138,11 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=60)
     ap.add_argument("--variants", type=int, default=3)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "drift_false_alarms.json")
+    ap.add_argument(
+        "--out", type=Path, default=None, help="default: benchmarks/results/drift_false_alarms.json"
+    )
     args = ap.parse_args()
+    measurement = Measurement()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     rng = np.random.default_rng(args.seed)
@@ -197,36 +201,34 @@ def main() -> None:
     ok_false = all(
         r["flagged_rate"] <= 0.05 for r in results if r["kind"] == "false_alarm" and r["calibrated"]
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "benchmark": "drift_false_alarms",
-                "command": "python benchmarks/drift_false_alarms.py "
-                + f"--windows {args.windows} --window {args.window} "
-                + f"--variants {args.variants} --seed {args.seed}",
-                "settings": DriftSettings().__dict__,
-                "reference": {
-                    "images": len(ref_paths),
-                    "rows": len(reference),
-                    "tiles_per_image": 4,
-                    "scales": [2, 3, 4],
-                },
-                "held_out_images": len(test_paths),
-                "naip_tiles": len(naip_tiles),
-                "false_alarms_at_most_5_percent": ok_false,
-                "results": results,
-                "seconds": round(time.perf_counter() - t0, 1),
-                "machine": {
-                    "python": platform.python_version(),
-                    "cpu": platform.processor() or platform.machine(),
-                },
-            },
-            indent=2,
-        )
-        + "\n"
+    ok_detect = all(
+        r["flagged_rate"] >= 0.95
+        for r in results
+        if r["kind"] == "detection" and r["calibrated"] and r["condition"] in STRONG
     )
-    print(f"wrote {args.out} ({time.perf_counter() - t0:.0f} s)")
+    measurement.write(
+        "drift_false_alarms",
+        {
+            "settings": {k: v for k, v in DriftSettings().__dict__.items()},
+            "windows_per_condition": args.windows,
+            "window_size": args.window,
+            "variants_per_image": args.variants,
+            "seed": args.seed,
+            "reference": {
+                "images": len(ref_paths),
+                "rows": len(reference),
+                "tiles_per_image": 4,
+                "scales": [2, 3, 4],
+            },
+            "held_out_images": len(test_paths),
+            "naip_tiles": len(naip_tiles),
+            "false_alarms_at_most_5_percent": ok_false,
+            "strong_shifts_detected_in_95_percent": ok_detect,
+            "results": results,
+        },
+        path=args.out,
+    )
+    print(f"{time.perf_counter() - t0:.0f} s in all")
 
 
 if __name__ == "__main__":
