@@ -258,7 +258,8 @@ def verdict_line(evaluations: list[dict[str, Any]], verdict: Verdict, incumbent_
         text += f" vs {incumbent_label} {inc:.3f} dB ({model - inc:+.3f} dB)"
     text += f" vs bicubic {bic:.3f} dB ({model - bic:+.3f} dB)."
     if verdict.decision:
-        text += f" Decision: {verdict.decision.upper()} — {verdict.reason}."
+        action = "promote it" if verdict.decision == "champion" else "keep the incumbent as champion"
+        text += f" Decision: {verdict.decision.upper()} ({action}) — {verdict.reason}."
     return text
 
 
