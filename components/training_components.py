@@ -169,11 +169,11 @@ def evaluate(
     lpips: bool,
     mlflow_uri: str,
     incumbent: str,
-    min_gain_db: float,
-    lpips_tolerance: float,
     metrics: Output[Metrics],
     evaluation: Output[Artifact],
     report: Output[HTML],
+    min_gain_db: float = 0.05,
+    lpips_tolerance: float = 0.01,
 ):
     """Held-out test split per scale, challenger beside the incumbent and bicubic on the same images:
     Metrics, the JSON and the HTML report (verdict, winners, per-image scores, best/worst examples).
@@ -212,8 +212,8 @@ def register(
     model_name: str,
     lpips_tolerance: float,
     min_gain_db: float,
-    profile: str,
     model_card: Output[Markdown],
+    profile: str = "",
 ) -> str:
     """Model version + promotion gate (champion or challenger); returns the run's summary as JSON."""
     import json
