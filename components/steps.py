@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,6 +28,13 @@ from hndsr.errors import HNDSRError, InputError
 
 logger = logging.getLogger(__name__)
 
+# The names the artifacts' copies carry (see named_file).
+VALIDATION_FILE, EVALUATION_FILE, REPORT_FILE, MODEL_CARD_FILE = (
+    "validation.json",
+    "evaluation.json",
+    "report.html",
+    "model_card.md",
+)
 STAGES = ("autoencoder", "operator", "diffusion")
 # in-process: this step trains (one GPU); pytorchjob: a Kubeflow PyTorchJob trains under torchrun on
 # N workers (components/pytorchjob.py; needs the shared training volume mounted in this step's pod).
@@ -40,6 +48,37 @@ class StepFailed(HNDSRError):
 def load(params: str, profile: str = "", overrides: dict[str, Any] | None = None) -> Params:
     """``params``: params.yaml as YAML or JSON text. Text, not a dict: KFP would turn its ints into floats."""
     return parse_params(yaml.safe_load(params) or {}, profile=profile or None, overrides=overrides)
+
+
+def named_file(artifact_path: str | Path, filename: str) -> Path:
+    """Where an artifact's copy under its real name (``report.html``, ``model_card.md``...) goes: beside
+    the artifact (KFP names the artifact's own file after the output, without an extension), so a
+    browser, an editor and MLflow open it as what it is."""
+    return Path(artifact_path).with_name(filename)
+
+
+def named_uri(artifact_uri: str, filename: str) -> str:
+    """:func:`named_file` for an artifact URI: a local path, or a remote URI whose scheme is kept."""
+    if "://" in artifact_uri:  # Kubeflow on a cluster: minio://, s3://, gs://
+        return artifact_uri.rsplit("/", 1)[0] + "/" + filename
+    return str(named_file(artifact_uri, filename))
+
+
+def write_named(artifact_path: str | Path, filename: str, text: str) -> Path:
+    """Write ``text`` to the artifact's own file and to its named copy; returns the copy."""
+    Path(artifact_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(artifact_path).write_text(text)
+    named = named_file(artifact_path, filename)
+    named.write_text(text)
+    return named
+
+
+def file_uri(path: str | Path) -> str:
+    """``file:///abs/path`` for a local path; a remote URI (s3://, gs://, minio://) unchanged."""
+    text = str(path)
+    if "://" in text:
+        return text
+    return Path(text).resolve().as_uri()
 
 
 def _digest(lines: list[str]) -> str:
@@ -104,7 +143,18 @@ def validate_data(
             Path(dataset_dir) / "catalog.parquet", thresholds_from_params(p), report_path=report_path
         )
         mlflow.log_metrics({"evaluated": float(report.evaluated), "failed": float(len(report.failures))})
-        mlflow.log_artifact(report_path)
+        named = named_file(report_path, VALIDATION_FILE)
+        shutil.copyfile(report_path, named)
+        mlflow.log_artifact(str(named))
+        verdict = (
+            f"PASSED: {report.evaluated} of {report.evaluated} expectations met"
+            if report.success
+            else f"FAILED: {len(report.failures)} of {report.evaluated} expectations not met"
+        )
+        mlflow.set_tag("hndsr.data_quality", verdict)
+        quality = [f"# Data quality: {verdict}", "", f"Catalog: {Path(dataset_dir) / 'catalog.parquet'}", ""]
+        quality += [f"- FAILED {f.line()}" for f in report.failures] or ["Every expectation was met."]
+        mlflow.log_text("\n".join(quality) + "\n", "data_quality.md")
     if not report.success:
         lines = "\n".join(f"FAILED {f.line()}" for f in report.failures)
         raise StepFailed(
@@ -328,11 +378,21 @@ def evaluate_model(
     lpips: bool,
     tracking_uri: str,
     incumbent: str = "",
+    min_gain_db: float = 0.0,
+    lpips_tolerance: float = 0.01,
+    data_version: str = "",
+    code_version: str = "",
 ) -> dict[str, float]:
     """Score the model (the challenger) beside the incumbent (pinned JSON from ``resolve_incumbent``;
     "" = none) and bicubic on the held-out test split, per scale, on the same images; write the JSON,
     the HTML report and the metrics; returns the measured flat figures (``model_psnr_y_x4``,
-    ``incumbent_psnr_y_x4``, ``bicubic_ssim_y_x2`` ...; a metric not measured is left out, never faked)."""
+    ``incumbent_psnr_y_x4``, ``bicubic_ssim_y_x2`` ...; a metric not measured is left out, never faked).
+
+    The JSON and the report also land beside their artifacts as ``evaluation.json`` and ``report.html``.
+    The report's verdict applies the promotion gate (``min_gain_db``, ``lpips_tolerance``) to the
+    figures measured here; the register step applies it again against the registry's champion."""
+    from datetime import UTC, datetime
+
     from components.report import render_report
     from hndsr.evaluation import METRIC_KEYS
     from hndsr.inference import Upscaler
@@ -354,7 +414,7 @@ def evaluate_model(
                 "lpips": lpips,
             },
             tags={"hndsr.sha256": config["sha256"]},
-        ),
+        ) as eval_run,
         tempfile.TemporaryDirectory(prefix="hndsr-incumbent-") as scratch,
     ):
         evaluations = score_checkpoint(
@@ -387,9 +447,9 @@ def evaluate_model(
             "checkpoint_sha256": config["sha256"],
             "incumbent": incumbent_info,
             "figures": figures,
+            "mlflow_run_id": eval_run.info.run_id,
         }
-        Path(evaluation_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(evaluation_path).write_text(json.dumps(payload, indent=2) + "\n")
+        evaluation_file = write_named(evaluation_path, EVALUATION_FILE, json.dumps(payload, indent=2) + "\n")
         model, _ = load_checkpoint(checkpoint_dir)
         incumbent_model = load_checkpoint(incumbent_dir)[0] if incumbent_dir is not None else None
         page = render_report(
@@ -400,18 +460,134 @@ def evaluate_model(
             steps=diffusion_steps,
             incumbent=Upscaler(incumbent_model) if incumbent_model is not None else None,
             incumbent_label=f"incumbent v{incumbent_info['version']}" if incumbent_info else "",
+            verdict=evaluation_verdict(
+                figures,
+                incumbent_info,
+                min_gain_db=min_gain_db,
+                lpips_tolerance=lpips_tolerance,
+                versions={
+                    "challenger": f"sha256 {config['sha256'][:12]}, "
+                    f"hndsr {config.get('package_version', '?')}, "
+                    f"stages {', '.join(config.get('stages', []))}",
+                    "incumbent": (
+                        f"{incumbent_info['uri']} (sha256 {incumbent_info['sha256'][:12]})"
+                        if incumbent_info
+                        else "none"
+                    ),
+                    "data": f"{data_version or 'n/a'} "
+                    f"(held-out set {payload['eval_data']}, {len(paths)} images)",
+                    "code": code_version or "n/a",
+                    "evaluated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                    "profile": profile or "base",
+                },
+            ),
         )
-        Path(report_path).write_text(page)
+        report_file = write_named(report_path, REPORT_FILE, page)
         measured = {k: v for k, v in figures.items() if math.isfinite(v)}  # NaN: not measured (no LPIPS)
         # The Metrics artifact's own file: kfp.local's cache only serves artifacts that exist on disk.
         Path(metrics_path).write_text(json.dumps(measured, indent=2) + "\n")
-        mlflow.log_metrics(measured)
-        mlflow.log_artifact(evaluation_path)
-        mlflow.log_text(page, "report.html")
+        # One name per metric and scale, a series per model (model/incumbent/bicubic): MLflow's chart
+        # view groups them in one section, so the challenger is read beside its references.
+        mlflow.log_metrics(
+            {f"{key.split('_', 1)[1]}/{key.split('_', 1)[0]}": value for key, value in measured.items()}
+        )
+        mlflow.log_artifact(str(evaluation_file))
+        mlflow.log_artifact(str(report_file))
     return measured
 
 
+def evaluation_verdict(
+    figures: dict[str, float],
+    incumbent: dict[str, Any] | None,
+    *,
+    min_gain_db: float,
+    lpips_tolerance: float,
+    versions: dict[str, str],
+) -> Any:
+    """The promotion gate's rule applied to the figures of this evaluation (challenger vs the
+    incumbent scored on the same images): the report's decision and why."""
+    from components.report import Verdict
+
+    candidate = tracking.Figures(
+        figures.get("model_psnr_y_x4", math.nan), figures.get("model_lpips_x4", math.nan)
+    )
+    champion = (
+        tracking.Figures(
+            figures.get("incumbent_psnr_y_x4", math.nan), figures.get("incumbent_lpips_x4", math.nan)
+        )
+        if incumbent
+        else None
+    )
+    decision = tracking.decide_promotion(
+        candidate,
+        champion,
+        lpips_tolerance=lpips_tolerance,
+        champion_version=incumbent["version"] if incumbent else None,
+        min_gain_db=min_gain_db,
+    )
+    gate = (
+        f"champion only if the challenger's Y-PSNR at x4 beats the incumbent's by at least "
+        f"{min_gain_db:g} dB and its LPIPS at x4 is not worse by more than {lpips_tolerance:g}; "
+        "applied again by the register step against the registry's champion at that time"
+    )
+    return Verdict(decision=decision.alias, reason=decision.reason, gate=gate, versions=versions)
+
+
 # ------------------------------------------------------------------------------------------ register
+
+
+def training_recipe(profile: str, training: dict[str, Any], code_version: str = "") -> str:
+    """One paragraph: the params.yaml profile, how the last stage was trained and from what."""
+    text = f"params.yaml profile **{profile or 'base'}**"
+    if profile == "quick":
+        text += " (minutes on 2 CPU cores: a smoke-test budget, not the release recipe)"
+    elif profile:
+        text += " (not the release recipe: see params.yaml's profiles)"
+    else:
+        text += " (the release recipe)"
+    if training:
+        text += (
+            f"; last stage {training.get('stage', '?')} {training.get('mode', '?')}"
+            f" for {training.get('steps', '?')} steps"
+        )
+        if training.get("init_from"):
+            text += f", starting from `{training['init_from']}`"
+            if training.get("init_sha256"):
+                text += f" (sha256 `{str(training['init_sha256'])[:12]}`)"
+    if code_version:
+        text += f"; code version `{code_version}`"
+    return text + "."
+
+
+def link_version(
+    client: Any, model_name: str, version: str, evaluation: dict[str, Any], x4: dict[str, Any]
+) -> None:
+    """The registered version names its evaluate run, report and baselines (tags and description),
+    so the registry page leads to the evidence behind the decision."""
+    evaluate_run = evaluation.get("mlflow_run_id", "")
+    register_run = mlflow.active_run()
+    tags = {
+        "bicubic_psnr_y_x4": f"{x4['bicubic']['psnr_y']:.4f}",
+        "bicubic_lpips_x4": f"{x4['bicubic']['lpips']:.4f}",
+        "eval_images": str(x4["n_images"]),
+    }
+    if evaluate_run:
+        tags |= {
+            "evaluate_run_id": evaluate_run,
+            "report": f"runs:/{evaluate_run}/{REPORT_FILE}",
+            "evaluation": f"runs:/{evaluate_run}/{EVALUATION_FILE}",
+        }
+    if register_run is not None:
+        tags["model_card"] = f"runs:/{register_run.info.run_id}/{MODEL_CARD_FILE}"
+    pipeline_run = os.environ.get(tracking.PARENT_RUN_ENV, "")
+    if pipeline_run:
+        tags["pipeline_run_id"] = pipeline_run
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version, key, value)
+    current = client.get_model_version(model_name, version).description or ""
+    links = " | ".join(f"{k}: {tags[k]}" for k in ("report", "evaluation", "model_card") if k in tags)
+    if links and links not in current:
+        client.update_model_version(model_name, version, description=f"{current}\n\n{links}".strip())
 
 
 def register_model(
@@ -426,9 +602,15 @@ def register_model(
     lpips_tolerance: float,
     report_uri: str = "",
     min_gain_db: float = 0.0,
+    profile: str = "",
+    training: dict[str, Any] | None = None,
+    data_version: str = "",
+    code_version: str = "",
 ) -> dict[str, Any]:
     """Register the checkpoint logged by the run ``mlflow_run_id`` and apply the promotion gate;
-    write the model card. Returns the summary the main job prints."""
+    write the model card (``model_card.md`` beside the artifact). ``training``: the trained model
+    artifact's metadata (mode, init_from, steps) for the card's recipe. Returns the summary the main
+    job prints, with ``file://`` links to the report, the evaluation JSON and the model card."""
     from hndsr.model_card import render_model_card
     from serving.storage import resolve_storage_uri
 
@@ -479,13 +661,20 @@ def register_model(
             config,
             evaluation["evaluations"],
             title=f"HNDSR {registration.uri} ({registration.alias})",
-            data=f"Held-out test split of the prepared data set (id {evaluation['eval_data']}).",
+            data=(
+                f"Held-out test split of the prepared data set: {x4['n_images']} images, id "
+                f"`{evaluation['eval_data']}` (digest of the held-out files' names and contents). The "
+                f"prepare run's `hndsr.data_version` `{data_version or 'n/a'}` is the digest of the raw "
+                "input the split was cut from: two ids because they name two things."
+            ),
             licence="See the data set's own licence (the sample imagery is NEON, CC0).",
-            reproduce="hndsr pipeline run --local",
+            reproduce=f"hndsr pipeline run --local --profile {profile or 'base'}",
             notes=f"Promotion: **{registration.alias}** — {registration.decision.reason}.",
+            recipe=training_recipe(profile, training or {}, code_version),
         )
-        Path(model_card_path).write_text(card)
-        mlflow.log_text(card, "MODEL_CARD.md")
+        card_file = write_named(model_card_path, MODEL_CARD_FILE, card)
+        mlflow.log_artifact(str(card_file))
+        link_version(client, model_name, registration.version, evaluation, x4)
     x4_model, x4_bicubic = x4["model"], x4["bicubic"]
     return {
         "model": model_name,
@@ -494,8 +683,14 @@ def register_model(
         "reason": registration.decision.reason,
         "champion_version": str(champion.version) if champion is not None else "",
         "tracking_uri": tracking.resolve_tracking_uri(tracking_uri),
-        "report": report_uri,
-        "model_card": model_card_path,
+        "report": named_uri(report_uri, REPORT_FILE) if report_uri else "",
+        "evaluation": str(named_file(evaluation_path, EVALUATION_FILE)),
+        "model_card": str(card_file),
+        "links": {
+            "report": file_uri(named_uri(report_uri, REPORT_FILE)) if report_uri else "",
+            "evaluation": file_uri(named_file(evaluation_path, EVALUATION_FILE)),
+            "model_card": file_uri(card_file),
+        },
         "x4": {
             "model": x4_model,
             "bicubic": x4_bicubic,

@@ -64,8 +64,43 @@ def use_experiment(tracking_uri: str, name: str = EXPERIMENT) -> str:
             experiment_id = found.experiment_id
     else:
         experiment_id = found.experiment_id
+    if found is None or found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        # MLflow 3 opens an experiment without a kind in its GenAI view (traces, token usage).
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=experiment_id)
     return str(experiment_id)
+
+
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+#: Set by ``hndsr pipeline run --local`` around a pipeline run: the steps' runs nest under it.
+PARENT_RUN_ENV = "HNDSR_PARENT_RUN_ID"
+
+
+def start_pipeline_run(tracking_uri: str, name: str, tags: Mapping[str, str]) -> str:
+    """The parent MLflow run of one pipeline run; its id goes to the steps through ``PARENT_RUN_ENV``
+    (kfp.local's tasks inherit the environment). Returns the run id."""
+    use_experiment(tracking_uri)
+    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    assert experiment is not None
+    run = client.create_run(
+        experiment.experiment_id, run_name=name, tags={"hndsr.step": "pipeline", **dict(tags)}
+    )
+    return str(run.info.run_id)
+
+
+def end_pipeline_run(
+    tracking_uri: str, run_id: str, summary: Mapping[str, Any] | None, error: str = ""
+) -> None:
+    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    if summary is not None:
+        client.log_dict(run_id, dict(summary), "summary.json")
+        client.set_tag(
+            run_id, "hndsr.decision", f"version {summary.get('version')} -> {summary.get('alias')}"
+        )
+    if error:
+        client.set_tag(run_id, "hndsr.error", error[:5000])
+    client.set_terminated(run_id, "FAILED" if error else "FINISHED")
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -91,7 +126,9 @@ def step_run(
 ) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run for one pipeline step, tagged ``hndsr.step``; a failing step ends it FAILED."""
     use_experiment(tracking_uri)
-    with mlflow.start_run(run_name=step, tags={"hndsr.step": step, **(tags or {})}) as run:
+    parent = os.environ.get(PARENT_RUN_ENV, "")
+    nesting = {"mlflow.parentRunId": parent, "hndsr.pipeline_run": parent} if parent else {}
+    with mlflow.start_run(run_name=step, tags={"hndsr.step": step, **nesting, **(tags or {})}) as run:
         if params:
             mlflow.log_params(flatten(params))
         yield run

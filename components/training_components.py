@@ -172,9 +172,13 @@ def evaluate(
     metrics: Output[Metrics],
     evaluation: Output[Artifact],
     report: Output[HTML],
+    min_gain_db: float = 0.05,
+    lpips_tolerance: float = 0.01,
 ):
     """Held-out test split per scale, challenger beside the incumbent and bicubic on the same images:
-    Metrics, the JSON and the HTML report (crops, per-image scores, deltas)."""
+    Metrics, the JSON and the HTML report (verdict, winners, per-image scores, best/worst examples).
+    The report is this step's visualization in the Kubeflow UI; ``report.html`` and
+    ``evaluation.json`` are written beside the artifacts for browsers."""
     from components.steps import evaluate_model
 
     for name, value in evaluate_model(
@@ -190,6 +194,10 @@ def evaluate(
         lpips=lpips,
         tracking_uri=mlflow_uri,
         incumbent=incumbent,
+        min_gain_db=min_gain_db,
+        lpips_tolerance=lpips_tolerance,
+        data_version=str(dataset.metadata.get("data_version", "")),
+        code_version=str(dataset.metadata.get("code_version", "")),
     ).items():
         metrics.log_metric(name, value)
 
@@ -205,6 +213,7 @@ def register(
     lpips_tolerance: float,
     min_gain_db: float,
     model_card: Output[Markdown],
+    profile: str = "",
 ) -> str:
     """Model version + promotion gate (champion or challenger); returns the run's summary as JSON."""
     import json
@@ -223,5 +232,9 @@ def register(
             lpips_tolerance=lpips_tolerance,
             min_gain_db=min_gain_db,
             report_uri=report.uri,
+            profile=profile,
+            training=dict(model.metadata),
+            data_version=str(dataset.metadata.get("data_version", "")),
+            code_version=str(dataset.metadata.get("code_version", "")),
         )
     )

@@ -55,6 +55,10 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
         reference_sample: Annotated[int, typer.Option(help="Reference images used at most.")] = 5000,
         json_out: Annotated[Path | None, typer.Option("--json", help="Also write the summary here.")] = None,
         fail_on_drift: Annotated[bool, typer.Option(help="Exit 1 when drift is detected.")] = False,
+        model: Annotated[
+            str,
+            typer.Option(help="The model serving the window (e.g. models:/hndsr@champion), for the report."),
+        ] = "",
     ) -> None:
         """Compare a window of request statistics with the reference; report and push the verdict."""
         from monitoring.drift import DriftSettings, run_drift
@@ -77,6 +81,7 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
             pushgateway=pushgateway,
             schedule=schedule,
             settings=settings,
+            model=model,
         )
         summary = result.summary()
         if json_out is not None:

@@ -241,5 +241,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(
             f"  {label:<24} {scores['psnr_y']:>10.4f} {scores['ssim_y']:>8.4f} {scores['lpips']:>8.4f}"
         )
-    lines += [f"HTML report: {summary['report']}", f"model card:  {summary['model_card']}"]
+    links = summary.get("links") or {}
+    lines += [
+        f"HTML report:     {links.get('report') or summary['report']}",
+        f"evaluation JSON: {links.get('evaluation') or summary.get('evaluation', '')}",
+        f"model card:      {links.get('model_card') or summary['model_card']}",
+    ]
     return "\n".join(lines)

@@ -73,6 +73,11 @@ class DriftSettings:
     reference_sample: int = 5000  # reference rows used at most (random, seeded)
     split: str = "train"  # catalog split of the reference ("all": every split)
     images: str = "lr"  # "lr": the catalog's LR tiles (what requests look like); "hr": its HR tiles
+    # wasserstein_ks: raise each feature's distance threshold to the 95th percentile of the distances
+    # between held-out groups of the reference's own sources and the rest (see calibrate_thresholds)
+    calibrate: bool = True
+    calibration_quantile: float = 0.95
+    calibration_repeats: int = 100
 
     def check(self) -> None:
         if not 0.0 < self.drift_share <= 1.0:
@@ -174,6 +179,8 @@ class DriftResult:
     drifted: list[str] = field(default_factory=list)
     scores: dict[str, float] = field(default_factory=dict)  # the method's score (distance or p-value)
     methods: dict[str, str] = field(default_factory=dict)  # the method per feature (Evidently's name)
+    thresholds: dict[str, float] = field(default_factory=dict)  # the score threshold per feature
+    reference_sources: int = 0  # distinct source images the reference tiles come from
     timestamp: float = field(default_factory=time.time)
     snapshot: Any = None  # the Evidently snapshot (None without a verdict)
 
@@ -204,6 +211,8 @@ class DriftResult:
             "pvalues": self.pvalues,
             "scores": self.scores,
             "methods": self.methods,
+            "thresholds": self.thresholds,
+            "reference_sources": self.reference_sources,
             "timestamp": self.timestamp,
         }
 
@@ -234,14 +243,20 @@ def reference_from_catalog(
     columns = sorted(c for c in catalog.columns if c.startswith("lr_x")) if settings.images == "lr" else []
     if settings.images == "lr" and not columns:
         raise InputError("the catalog has no lr_x<scale> columns: use --reference-images hr")
-    files = [f for c in columns for f in rows[c].dropna()] if columns else list(rows["filename"])
-    if len(files) > settings.reference_sample:
-        picked = np.random.default_rng(0).choice(len(files), settings.reference_sample, replace=False)
-        files = [files[i] for i in sorted(picked)]
+    sources = rows["source"] if "source" in rows else rows["filename"]
+    if columns:
+        pairs = [
+            (f, str(src)) for c in columns for f, src in zip(rows[c], sources, strict=True) if f == f and f
+        ]
+    else:
+        pairs = [(str(f), str(src)) for f, src in zip(rows["filename"], sources, strict=True)]
+    if len(pairs) > settings.reference_sample:
+        picked = np.random.default_rng(0).choice(len(pairs), settings.reference_sample, replace=False)
+        pairs = [pairs[i] for i in sorted(picked)]
     out = []
-    for rel in files:
+    for rel, source in pairs:
         path = root / rel if fetch is None else fetch(rel)
-        out.append(raster_features(read_image(path)) | {"file": rel})
+        out.append(raster_features(read_image(path)) | {"file": rel, "source": source})
     return features_table(out)
 
 
@@ -263,7 +278,7 @@ def load_reference(
             "(hndsr drift reference)"
         )
     digest = hashlib.sha256(local.read_bytes()).hexdigest()[:16]
-    key = f"{digest}-{settings.split}-{settings.images}-{settings.reference_sample}.parquet"
+    key = f"{digest}-{settings.split}-{settings.images}-{settings.reference_sample}-v2.parquet"
     cached = cache_dir / "reference" / key
     if cached.is_file():
         return pd.read_parquet(cached)
@@ -373,9 +388,97 @@ def _stats_blobs(stats: str, *, modified_since: float) -> Iterator[bytes]:
 # ---------------------------------------------------------------------------------- verdict
 
 
-def detect_drift(reference: pd.DataFrame, current: pd.DataFrame, settings: DriftSettings) -> DriftResult:
+def normed_wasserstein(reference: Any, current: Any) -> float:
+    """Evidently's "wasserstein" score: the distance divided by the reference's std (at least 0.001)."""
+    from scipy import stats
+
+    norm = max(float(np.std(reference)), 0.001)
+    return float(stats.wasserstein_distance(reference, current)) / norm
+
+
+def calibrate_thresholds(
+    reference: pd.DataFrame,
+    columns: list[str],
+    base: float,
+    *,
+    window_size: int,
+    settings: DriftSettings,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Each feature's distance threshold: at least ``base``, raised to the ``calibration_quantile`` of
+    the distances that unchanged imagery from sources the reference never saw scores by scene-to-scene
+    variation alone.
+
+    Tiles of one source image are not independent samples: a reference of 228 tiles from 19 sources
+    of one site holds 19 scenes, and a window of held-out tiles from 3 other scenes of the same site
+    differs from it by scene variation alone (a false alarm at the fixed 0.25). The null distances
+    are measured on the reference itself, by source: ``calibration_repeats`` times, hold out a random
+    20% of its sources and score all their rows against the remaining sources. With many sources the
+    held-out part matches the rest and the threshold stays at ``base`` (small-window noise is the K-S
+    condition's job); with few it rises to what scene variation reaches. ``window_size`` is part of
+    the cache key only. Without a ``source`` column every row counts as its own source. Fewer than 5
+    sources: ``base`` (nothing to calibrate)."""
+    key = (
+        int(
+            pd.util.hash_pandas_object(
+                reference[[*columns, *(["source"] if "source" in reference else [])]]
+            ).sum()
+        ),
+        tuple(columns),
+        base,
+        window_size,
+        settings.calibration_quantile,
+        settings.calibration_repeats,
+        seed,
+    )
+    if key not in _CALIBRATIONS:
+        if len(_CALIBRATIONS) > 64:
+            _CALIBRATIONS.clear()
+        _CALIBRATIONS[key] = _calibrate(
+            reference, columns, base, window_size=window_size, settings=settings, seed=seed
+        )
+    return dict(_CALIBRATIONS[key])
+
+
+_CALIBRATIONS: dict[tuple[Any, ...], dict[str, float]] = {}  # the same reference and window size: once
+
+
+def _calibrate(
+    reference: pd.DataFrame,
+    columns: list[str],
+    base: float,
+    *,
+    window_size: int,
+    settings: DriftSettings,
+    seed: int,
+) -> dict[str, float]:
+    groups = (
+        reference["source"].astype(str).to_numpy()
+        if "source" in reference
+        else np.arange(len(reference)).astype(str)
+    )
+    sources = np.unique(groups)
+    if len(sources) < 5:
+        return {c: base for c in columns}
+    rng = np.random.default_rng(seed)
+    held_count = max(1, round(0.2 * len(sources)))
+    null: dict[str, list[float]] = {c: [] for c in columns}
+    values = {c: reference[c].astype(float).to_numpy() for c in columns}
+    for _ in range(settings.calibration_repeats):
+        held = np.isin(groups, rng.choice(sources, held_count, replace=False))
+        window = np.flatnonzero(held)  # all their rows: the scene-to-scene part, not sampling noise
+        rest = ~held
+        for c in columns:
+            null[c].append(normed_wasserstein(values[c][rest], values[c][window]))
+    return {c: max(base, float(np.quantile(null[c], settings.calibration_quantile))) for c in columns}
+
+
+def detect_drift(
+    reference: pd.DataFrame, current: pd.DataFrame, settings: DriftSettings, *, evidently: bool = True
+) -> DriftResult:
     """Evidently ``DataDriftPreset`` over :data:`DRIFT_FEATURES` with ``settings``' method per feature,
-    plus the K-S p-value of every feature."""
+    plus the K-S p-value of every feature. ``evidently=False`` runs the same per-feature tests without
+    building Evidently's report (no snapshot; the benchmark's thousands of windows)."""
     settings.check()
     if len(reference) < settings.min_samples:
         raise InputError(
@@ -391,8 +494,19 @@ def detect_drift(reference: pd.DataFrame, current: pd.DataFrame, settings: Drift
     columns = list(DRIFT_FEATURES)
     ref, cur = reference[columns].astype(float), current[columns].astype(float)
     method, threshold = settings.method(), settings.method_threshold()
+    thresholds: dict[str, float] = {}
+    if settings.stattest == WASSERSTEIN_KS and threshold is not None:
+        thresholds = (
+            calibrate_thresholds(reference, columns, threshold, window_size=len(current), settings=settings)
+            if settings.calibrate
+            else dict.fromkeys(columns, threshold)
+        )
     preset = DataDriftPreset(
-        columns=columns, drift_share=settings.drift_share, num_method=method, num_threshold=threshold
+        columns=columns,
+        drift_share=settings.drift_share,
+        num_method=method,
+        num_threshold=threshold,
+        per_column_threshold=thresholds or None,
     )
     pvalues: dict[str, float] = {}
     scores: dict[str, float] = {}
@@ -400,17 +514,17 @@ def detect_drift(reference: pd.DataFrame, current: pd.DataFrame, settings: Drift
     drifted: list[str] = []
     with warnings.catch_warnings():  # constant columns (no nodata anywhere) warn; their p-value is 1
         warnings.simplefilter("ignore", RuntimeWarning)
-        snapshot = Report([preset]).run(current_data=cur, reference_data=ref)
+        snapshot = Report([preset]).run(current_data=cur, reference_data=ref) if evidently else None
         for column in columns:  # the same tests Evidently ran, for the verdict per feature
             test = get_stattest(ref[column], cur[column], ColumnType.Numerical, method)
-            outcome = test(ref[column], cur[column], ColumnType.Numerical, threshold)
+            outcome = test(ref[column], cur[column], ColumnType.Numerical, thresholds.get(column, threshold))
             scores[column] = float(outcome.drift_score)
             methods[column] = test.name
             pvalues[column] = _ks_pvalue(ref[column], cur[column])
             if outcome.drifted:
                 drifted.append(column)
     share = len(drifted) / len(columns)
-    for metric in snapshot.dict()["metrics"]:
+    for metric in snapshot.dict()["metrics"] if snapshot is not None else []:
         config = metric.get("config", {})
         if config.get("type", "").endswith(":DriftedColumnsCount"):
             share = float(metric["value"]["share"])
@@ -425,6 +539,8 @@ def detect_drift(reference: pd.DataFrame, current: pd.DataFrame, settings: Drift
         drifted=drifted,
         scores=scores,
         methods=methods,
+        thresholds=thresholds,
+        reference_sources=int(reference["source"].nunique()) if "source" in reference else len(reference),
         snapshot=snapshot,
     )
 
@@ -432,15 +548,88 @@ def detect_drift(reference: pd.DataFrame, current: pd.DataFrame, settings: Drift
 # ---------------------------------------------------------------------------------- outputs
 
 
-def report_html(result: DriftResult, settings: DriftSettings, window: str) -> str:
+def report_context(
+    result: DriftResult, settings: DriftSettings, window: str, *, reference: str = "", model: str = ""
+) -> str:
+    """The block a person reads first: verdict, window, reference, model, and per feature the statistic
+    that decided (normed Wasserstein vs its threshold, K-S p-value vs its significance)."""
+    share = "n/a" if result.drift_share is None else f"{result.drift_share:.2f}"
+    verdict = {"drift": "DRIFT", "ok": "no drift", "insufficient_data": "insufficient data"}[result.state]
+    lines = [
+        f"<p class='verdict'><b>{verdict}</b>: drift share {share} (drift at &ge; {settings.drift_share:g})"
+        + (f"; drifted: {html.escape(', '.join(result.drifted))}" if result.drifted else "")
+        + "</p>",
+        "<ul>",
+        f"<li>window: the last {html.escape(window)}, {result.window_size} request images "
+        f"(at least {settings.min_samples} for a verdict), up to "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(result.timestamp))}</li>",
+        f"<li>reference: {html.escape(reference or 'given table')}, {result.reference_size} "
+        f"{settings.images.upper()} tiles of the {html.escape(settings.split)} split from "
+        f"{result.reference_sources} source images</li>",
+        f"<li>model: {html.escape(model or 'not given (--model)')}</li>",
+        f"<li>method: {html.escape(settings.stattest)}"
+        + (
+            f" (drifted = normed Wasserstein &ge; its threshold <b>and</b> K-S p &lt; {settings.threshold:g};"
+            " thresholds calibrated on the reference's own sources)"
+            if settings.stattest == WASSERSTEIN_KS
+            else ""
+        )
+        + "</li></ul>",
+    ]
+    if result.pvalues:
+        rows = []
+        for feature in DRIFT_FEATURES:
+            if feature not in result.pvalues:
+                continue
+            score, p = result.scores.get(feature, float("nan")), result.pvalues[feature]
+            limit = result.thresholds.get(feature)
+            drifted = feature in result.drifted
+            if settings.stattest == WASSERSTEIN_KS and limit is not None:
+                far, real = score >= limit, p < settings.threshold
+                why = (
+                    "distance and p-value both past their limits"
+                    if drifted
+                    else "distance under its threshold"
+                    if not far
+                    else "K-S p-value not significant"
+                    if not real
+                    else "-"
+                )
+            else:
+                why = "the method's score" if drifted else "-"
+            rows.append(
+                f"<tr><td>{feature}</td><td>{'<b>drifted</b>' if drifted else 'no'}</td>"
+                f"<td>{score:.3f}</td><td>{'' if limit is None else f'{limit:.3f}'}</td>"
+                f"<td>{p:.3g}</td><td>{html.escape(why)}</td></tr>"
+            )
+        lines.append(
+            "<table border='1' cellpadding='3' style='border-collapse:collapse'><tr><th>feature</th>"
+            "<th>drifted</th><th>score (normed Wasserstein)</th><th>threshold</th><th>K-S p-value</th>"
+            f"<th>what decided</th></tr>{''.join(rows)}</table>"
+        )
+    return (
+        "<section id='hndsr-drift-context' style='font-family:sans-serif;margin:1em'>"
+        + "".join(lines)
+        + "</section>"
+    )
+
+
+def report_html(
+    result: DriftResult, settings: DriftSettings, window: str, *, reference: str = "", model: str = ""
+) -> str:
+    context = report_context(result, settings, window, reference=reference, model=model)
     if result.snapshot is not None:
-        return str(result.snapshot.get_html_str(as_iframe=False))
+        page = str(result.snapshot.get_html_str(as_iframe=False))
+        match = re.search(r"<body[^>]*>", page)
+        if match:
+            return page[: match.end()] + context + page[match.end() :]
+        return context + page
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>HNDSR drift: insufficient data</title>"
         "</head><body><h1>HNDSR drift: insufficient data</h1>"
         f"<p>{result.window_size} request records in the last {html.escape(window)}, fewer than the "
         f"{settings.min_samples} needed for a verdict (reference: {result.reference_size} images). "
-        "No drift is reported; this is not an alarm.</p></body></html>"
+        f"No drift is reported; this is not an alarm.</p>{context}</body></html>"
     )
 
 
@@ -537,6 +726,7 @@ def run_drift(
     settings: DriftSettings | None = None,
     now: float | None = None,
     cache_dir: Path = DEFAULT_CACHE,
+    model: str = "",
 ) -> DriftResult:
     """The whole job: reference, window, verdict, HTML report, push. ``schedule`` (default: the
     window) is how often the job runs; the staleness alert fires after twice that without a push."""
@@ -548,7 +738,7 @@ def run_drift(
     current = load_requests(stats, window_s=window_s, now=now)
     result = detect_drift(ref, current, settings)
     if report:
-        write_text(report, report_html(result, settings, window))
+        write_text(report, report_html(result, settings, window, reference=reference, model=model))
     if pushgateway:
         push(result, pushgateway, schedule_s=schedule_s)
     logger.info("drift: %s", result.summary())

@@ -137,11 +137,27 @@ def run_local(
     arguments: PipelineArguments, *, pipeline_root: str | Path = DEFAULT_PIPELINE_ROOT, cache: bool = True
 ) -> dict[str, Any]:
     """Run the whole DAG here (kfp.local SubprocessRunner in this environment); returns the summary."""
+    import os
+    import time
+
     from kfp import local
 
+    from components import tracking
     from pipelines.training_pipeline import training_pipeline
 
     root = Path(pipeline_root).resolve()
+    parent = tracking.start_pipeline_run(
+        arguments.mlflow_uri,
+        f"pipeline {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        {
+            "hndsr.data_version": arguments.data_version,
+            "hndsr.code_version": arguments.code_version,
+            "hndsr.profile": arguments.profile or "base",
+            "hndsr.init_from": arguments.init_from,
+            "hndsr.pipeline_root": str(root),
+        },
+    )
+    os.environ[tracking.PARENT_RUN_ENV] = parent
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(root),
@@ -153,8 +169,12 @@ def run_local(
         task = training_pipeline(**arguments.as_dict())
     except RuntimeError as exc:  # kfp.local: "... Inner task failed: <task>."; the task's log is above
         message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # kfp colours its messages
+        tracking.end_pipeline_run(arguments.mlflow_uri, parent, None, error=message)
         raise PipelineFailed(f"{message} The task's error is in its log above.") from None
-    summary: dict[str, Any] = json.loads(task.output)
+    finally:
+        os.environ.pop(tracking.PARENT_RUN_ENV, None)
+    summary: dict[str, Any] = json.loads(task.output) | {"mlflow_pipeline_run": parent}
+    tracking.end_pipeline_run(arguments.mlflow_uri, parent, summary)
     return summary
 
 

@@ -130,6 +130,8 @@ def training_pipeline(
         lpips=lpips,
         mlflow_uri=mlflow_uri,
         incumbent=incumbent.output,
+        min_gain_db=min_gain_db,
+        lpips_tolerance=lpips_tolerance,
     )
     scored.set_retry(num_retries=EVAL_RETRIES)
 
@@ -142,6 +144,7 @@ def training_pipeline(
         model_name=model_name,
         lpips_tolerance=lpips_tolerance,
         min_gain_db=min_gain_db,
+        profile=profile,
     )
     registered.set_caching_options(False)  # the registry changes between runs; registering is idempotent
     return registered.outputs["Output"]

@@ -156,6 +156,7 @@ def test_evaluate_in_the_image_equals_the_local_run(images: dict[str, str], work
     arguments = {
         "params": work["params"], "profile": "ci", "scales": [4.0], "diffusion_steps": 0, "lpips": False,
         "incumbent": "",  # the incumbent task's output: "" = none, the model beside bicubic only
+        "min_gain_db": 0.05, "lpips_tolerance": 0.01,  # the gate, for the report's verdict
     }  # fmt: skip
     box, here = run_both(work, images["train"], "evaluate", arguments)
     got, want = metadata(outputs(box), "metrics"), metadata(outputs(here), "metrics")
@@ -165,3 +166,4 @@ def test_evaluate_in_the_image_equals_the_local_run(images: dict[str, str], work
         if "seconds" not in key and "time" not in key:
             assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
     assert (box / "report").is_file() and "x4" in (box / "report").read_text()
+    assert (box / "report.html").read_text() == (box / "report").read_text()  # the copy a browser opens

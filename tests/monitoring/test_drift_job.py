@@ -214,3 +214,71 @@ def test_stattest_settings_are_checked(
         ],
     )
     assert res.exit_code == 2 and "wasserstein_ks" in res.output
+
+
+def _scene_features(sources: int, per_source: int, seed: int, shift: float = 0.0) -> pd.DataFrame:
+    """Tiles of ``sources`` scenes: each scene moves every feature by its own offset (scene-to-scene
+    variation, std 1) and its tiles vary around it (std 0.3): tiles of one scene are not independent."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for s in range(sources):
+        offset = rng.normal(0.0, 1.0, len(DRIFT_FEATURES))
+        rows = {f: shift + offset[i] + rng.normal(0.0, 0.3, per_source) for i, f in enumerate(DRIFT_FEATURES)}
+        frames.append(pd.DataFrame(rows | {"source": f"s{seed}-{s}"}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_a_reference_of_few_scenes_does_not_flag_new_scenes_of_the_same_kind() -> None:
+    """The false alarm of issue 19: 228 reference tiles of 19 scenes, held-out tiles of 3 other scenes.
+    The fixed 0.25 distance reads scene variation as drift; the thresholds calibrated on the
+    reference's own sources do not, and a real shift (2 scene-stds) is still drift."""
+    from monitoring.drift import detect_drift
+
+    reference = _scene_features(19, 12, seed=0)
+    fixed_alarms = calibrated_alarms = 0
+    for seed in range(1, 11):
+        window = _scene_features(3, 20, seed=seed)
+        fixed_alarms += detect_drift(
+            reference, window, DriftSettings(calibrate=False), evidently=False
+        ).detected
+        result = detect_drift(reference, window, DriftSettings(), evidently=False)
+        calibrated_alarms += result.detected
+        assert result.reference_sources == 19 and all(t >= 0.25 for t in result.thresholds.values())
+    assert fixed_alarms >= 5 and calibrated_alarms <= 1, (fixed_alarms, calibrated_alarms)
+    shifted = detect_drift(reference, _scene_features(3, 20, seed=99, shift=2.5), DriftSettings())
+    assert shifted.detected and shifted.snapshot is not None
+
+
+def test_the_report_states_window_reference_model_and_the_deciding_statistic(
+    drift_catalog: Path,  # noqa: F811
+    write_requests: Callable[..., Path],  # noqa: F811
+    cache: Path,
+    tmp_path: Path,
+) -> None:
+    stats = write_requests(60, "haze", 0.35)
+    report = tmp_path / "r.html"
+    result = run_drift(
+        reference=str(drift_catalog),
+        stats=str(stats),
+        window="1h",
+        report=str(report),
+        cache_dir=cache,
+        model="models:/hndsr@champion (version 3)",
+    )
+    page = report.read_text()
+    start = page.index("id='hndsr-drift-context'")
+    context = page[start : page.index("</section>", start)]
+    assert page.index("<body") < start < len(page) // 2  # read first, before Evidently's report
+    assert "<b>DRIFT</b>" in context and "the last 1h, 60 request images" in context
+    assert str(drift_catalog) in context and f"{result.reference_size} LR tiles of the train split" in context
+    assert "models:/hndsr@champion (version 3)" in context
+    for feature in DRIFT_FEATURES:
+        assert f"<tr><td>{feature}</td>" in context
+    # per feature: the score, its threshold, the K-S p-value and what decided
+    row = context[context.index(f"<tr><td>{result.drifted[0]}</td>") :].split("</tr>")[0]
+    assert "<b>drifted</b>" in row and "both past their limits" in row
+    assert (
+        f"{result.thresholds[result.drifted[0]]:.3f}" in row
+        and f"{result.pvalues[result.drifted[0]]:.3g}" in row
+    )
+    assert "distance under its threshold" in context or "K-S p-value not significant" in context

@@ -24,7 +24,7 @@ from hndsr.checkpoint import load_checkpoint, save_checkpoint
 from hndsr.errors import CheckpointError
 from hndsr.models.hndsr_model import HNDSR
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # whole pipelines in a module fixture
 
 STAGES = ["autoencoder", "operator", "diffusion"]
 
@@ -136,10 +136,16 @@ def test_missing_init_from_fails_the_first_step_with_one_line(tmp_path: Path) ->
     data = tmp_path / "raw"
     write_clean_set(data, n=6)
     result, _ = work.run(data, "missing", str(tmp_path / "no-such-checkpoint"))
-    assert result.returncode == 2
-    assert "Inner task failed: 'initial-model'" in result.stderr and "Traceback" not in result.stderr
-    assert "no such checkpoint directory" in result.stdout
-    assert not list((tmp_path / "root").glob("*/prepare"))  # nothing ran after it
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "no such checkpoint directory" in error[0]
+    assert not list((tmp_path / "root").glob("*/*"))  # checked before any task started
+
+
+def test_missing_init_from_fails_the_pipelines_first_step(tmp_path: Path, tiny_params_text: str) -> None:
+    """Where the pipeline is submitted (Kubeflow) the initial-model step is the check: it runs first."""
+    with pytest.raises(CheckpointError, match="no such checkpoint directory"):
+        steps.pin_initial_model(str(tmp_path / "nope"), params=tiny_params_text, profile="", tracking_uri="")
 
 
 @pytest.fixture

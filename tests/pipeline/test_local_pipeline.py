@@ -24,7 +24,7 @@ from mlflow import MlflowClient
 from hndsr.checkpoint import load_checkpoint, release_checkpoint_dir
 from serving.storage import resolve_storage_uri
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # whole pipelines in a module fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 HNDSR = Path(sys.executable).parent / "hndsr"
@@ -121,12 +121,33 @@ def test_every_component_produced_its_typed_outputs(
     # The release checkpoint, scored as the incumbent on the same tiles, beats bicubic there.
     assert metrics["incumbent_psnr_y_x4"] > metrics["bicubic_psnr_y_x4"]
 
+    # Every artifact a person opens has its real name beside the KFP artifact; the CLI links them.
+    assert (
+        Path(summary["report"]).name == "report.html" and Path(summary["model_card"]).name == "model_card.md"
+    )
+    assert Path(summary["evaluation"]).name == "evaluation.json"
+    assert json.loads(Path(summary["evaluation"]).read_text())["incumbent"]["version"] == "1"
+    validation = Path(work.task_output("validate")["artifacts"]["report"]["artifacts"][0]["uri"])
+    assert json.loads(validation.with_name("validation.json").read_text()) == json.loads(
+        validation.read_text()
+    )
+    for key in ("report", "evaluation", "model_card"):
+        assert summary["links"][key] == Path(summary[key]).resolve().as_uri()
     report = Path(summary["report"]).read_text()
-    # LR, bicubic, incumbent, challenger, HR for 3 images; a delta chart per reference
-    assert report.count("data:image/png;base64,") == 5 * 3
-    assert "incumbent v1" in report and "Challenger minus bicubic" in report and report.count("<svg") == 2
+    assert report == Path(summary["report"]).with_name("report").read_text()  # the KFP visualization
+    # The verdict leads: x4 challenger vs incumbent vs bicubic and the gate's decision (the tiny model
+    # loses); the data and code versions; best and worst image at every scale: LR, bicubic, incumbent,
+    # challenger, HR and three difference maps each; delta charts per reference and per-image per scale.
+    verdict = report[report.index('id="verdict"') : report.index("</p>", report.index('id="verdict"'))]
+    assert "incumbent v1" in verdict and "bicubic" in verdict and "Decision: CHALLENGER" in verdict
+    assert "under-test" in report and dataset["data_version"] in report
+    assert report.count("data:image/png;base64,") == 3 * 2 * 8
+    assert "Challenger minus bicubic" in report and report.count("<svg") == 2 + 3
+    assert report.count('data-winner="incumbent v1"') >= 1
     card = Path(summary["model_card"]).read_text()
     assert "challenger" in card and shas[-1] in card
+    assert "## Intended use" in card and "## Limitations" in card and "profile **ci**" in card
+    assert "## Where it loses" in card and "PSNR-Y (dB): " in card  # the tiny model loses at x4
     assert summary["x4"]["n_images"] == 3 and summary["champion_version"] == "1"
     assert summary["x4"]["incumbent_version"] == "1" and summary["gate"]["min_gain_db"] == 0.05
 
@@ -140,9 +161,25 @@ def test_mlflow_has_every_step_with_epochs_and_the_decision(
     assert experiment is not None
     runs = client.search_runs([experiment.experiment_id])
     by_step = {r.data.tags["hndsr.step"]: r for r in runs}
-    assert set(by_step) == {"register_release", "prepare", "validate", "evaluate", "register"} | {
+    assert set(by_step) == {"pipeline", "register_release", "prepare", "validate", "evaluate", "register"} | {
         f"train_{stage}" for stage in ("autoencoder", "operator", "diffusion")
     }
+    # one parent run per pipeline run, every step nested under it; a model-training experiment
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    parent = by_step["pipeline"]
+    assert parent.data.tags["hndsr.code_version"] == "under-test" and "summary.json" in {
+        a.path for a in client.list_artifacts(parent.info.run_id)
+    }
+    nested = {
+        r.data.tags["hndsr.step"] for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    }
+    assert nested == set(by_step) - {"pipeline"}
+    # the evaluate run charts model, incumbent and bicubic under one name per metric and scale
+    evaluate_metrics = set(by_step["evaluate"].data.metrics)
+    assert {"psnr_y_x4/model", "psnr_y_x4/incumbent", "psnr_y_x4/bicubic"} <= evaluate_metrics
+    # the data-quality verdict, readable
+    assert by_step["validate"].data.tags["hndsr.data_quality"].startswith("PASSED")
+    assert "data_quality.md" in {a.path for a in client.list_artifacts(by_step["validate"].info.run_id)}
     assert all(r.info.status == "FINISHED" for r in runs)
     history = client.get_metric_history(by_step["train_operator"].info.run_id, "operator.train_l1")
     assert [m.step for m in history] == [1, 2]  # one point per epoch
@@ -157,8 +194,18 @@ def test_mlflow_has_every_step_with_epochs_and_the_decision(
     assert release.tags["source"] == "release" and "champion" in release.aliases
     assert json.loads(release.tags["challenged_by.v2"])["alias"] == "challenger"
     assert challenger.tags["incumbent_version"] == "1"
+    # the version leads to its evaluate run, report, model card and baselines
+    assert challenger.tags["evaluate_run_id"] == by_step["evaluate"].info.run_id
+    assert challenger.tags["report"] == f"runs:/{by_step['evaluate'].info.run_id}/report.html"
+    assert challenger.tags["model_card"].endswith("/model_card.md") and "bicubic_psnr_y_x4" in challenger.tags
+    assert "report: runs:/" in (challenger.description or "")
+    assert challenger.tags["pipeline_run_id"] == parent.info.run_id
     assert float(challenger.tags["incumbent_psnr_y_x4"]) > float(challenger.tags["psnr_y_x4"])
-    assert "report.html" in {a.path for a in client.list_artifacts(by_step["evaluate"].info.run_id)}
+    assert {"report.html", "evaluation.json"} <= {
+        a.path for a in client.list_artifacts(by_step["evaluate"].info.run_id)
+    }
+    assert "validation.json" in {a.path for a in client.list_artifacts(by_step["validate"].info.run_id)}
+    assert "model_card.md" in {a.path for a in client.list_artifacts(by_step["register"].info.run_id)}
 
 
 def test_registered_versions_load_as_serving_loads_them(
