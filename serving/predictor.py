@@ -164,7 +164,7 @@ class HNDSRPredictor(Model):
             model, config, sha = self._load_checkpoint()
         except Exception as exc:  # every failure keeps the model not ready, loudly
             self.load_error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, HNDSRError) else str(exc)
-            logger.error("model %s NOT LOADED: %s", self.name, self.load_error)
+            logger.error("model %s NOT READY (load failed): %s", self.name, self.load_error)
             if self.metrics is not None:
                 self.metrics.error("load_failed")
             if self.model is None:
