@@ -13,6 +13,7 @@ own options never reach KServe's parser. The REST server binds 0.0.0.0 in this K
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from serving.metrics import ServingMetrics
@@ -48,6 +49,11 @@ def _install(app: Any, model: Any, status: Any, policy: Any) -> None:
 def _server(http_port: int, grpc_port: int | None, predictor_config: Any = None) -> Any:
     from kserve import ModelServer
 
+    # uvicorn rewrites the peer address from X-Forwarded-For when the peer is in FORWARDED_ALLOW_IPS
+    # (default: 127.0.0.1 — any local process could name itself anyone). Trust no peer unless the
+    # operator says so; a proxy in front is configured with --client-ip-header (middleware).
+    os.environ.setdefault("FORWARDED_ALLOW_IPS", "")
+
     return ModelServer(
         http_port=http_port,
         grpc_port=grpc_port if grpc_port else 0,
@@ -80,7 +86,11 @@ def run_predictor(
         return f"model {model_name} is not ready: {model.load_error or 'still loading'}"
 
     policy = AdmissionPolicy(
-        max_body_bytes=512 * 2**20, metrics=metrics, breaker=model.breaker, not_ready=not_ready
+        max_body_bytes=512 * 2**20,
+        metrics=metrics,
+        breaker=model.breaker,
+        not_ready=not_ready,
+        probe=model.probe,
     )
     _install(app, model, status, policy)
     server = _server(http_port, grpc_port)
@@ -93,8 +103,14 @@ def run_transformer(
 ) -> None:
     from kserve.predictor_config import PredictorConfig
 
-    from serving.middleware import AdmissionPolicy
+    from serving.middleware import AdmissionPolicy, ClientIdentity, read_api_keys
     from serving.transformer import HNDSRTransformer
+
+    identity = ClientIdentity.create(
+        read_api_keys(settings.api_keys_file) if settings.api_keys_file else None,
+        settings.client_ip_header,
+        settings.trusted_proxies,
+    )
 
     metrics = ServingMetrics()
     model = HNDSRTransformer(model_name, settings, metrics)
@@ -113,6 +129,8 @@ def run_transformer(
         breaker=model.breaker,
         limiter=model.limiter,
         gate=model.gate,
+        identity=identity,
+        probe=model.probe,
         json_example='{"instances": [{"image_b64": "<base64 PNG/JPEG/TIFF>", "scale": 4}]} (v1) or '
         '{"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["<base64>"]}], '
         '"parameters": {"scale": 4}} (v2)',
