@@ -285,7 +285,7 @@ class ConcurrencyGate:
                 f"server busy: a request admitted now would take about {verdict.expected_s:.1f} s, over "
                 f"{self.max_latency_factor:g}x its unloaded {verdict.unloaded_s:.1f} s ({self.active} "
                 f"{self.what} running, {self.waiting} waiting); retry after the Retry-After delay",
-                retry_after=verdict.retry_after_s,
+                retry_after=verdict.retry_after_s or self._drain_wait(),
             )
         ticket = Ticket(admitted=self._last)
         self._tickets.append(ticket)
@@ -311,6 +311,18 @@ class ConcurrencyGate:
             if self.meter is not None:
                 self.meter.record(ticket, now)
             self._semaphore.release()
+
+    def snapshot(self) -> dict[str, float | int | None]:
+        """The figures admission goes by (for /health)."""
+        meter = self.meter
+        return {
+            "max_latency_factor": self.max_latency_factor,
+            "drain_rate": None if meter is None or meter.rate is None else round(meter.rate, 4),
+            "typical_unloaded_s": None
+            if meter is None or meter.mean_work is None
+            else round(meter.mean_work, 4),
+            "refused": self.refused,
+        }
 
     def _drain_wait(self) -> float:
         """Seconds until one slot frees, at the measured drain rate (the fixed delay before any)."""

@@ -70,8 +70,8 @@ class ClientIdentity:
     - ``api_keys`` (key -> client name, from ``--api-keys-file``): a known ``X-Api-Key`` is that
       client; an unknown one is 401; none is the peer address. Keys are compared by their sha256.
     - ``ip_header`` (e.g. ``X-Forwarded-For``, ``X-Real-IP``): the client address a proxy in front
-      reports, believed only when the peer is in ``trusted_proxies``; the last address of a list is
-      the one the nearest proxy added.
+      reports, believed only when the peer is in ``trusted_proxies``; in a list (``X-Forwarded-For``)
+      the rightmost address that is not a trusted proxy (what a client wrote to its left is a claim).
     - otherwise the peer address. The servers start uvicorn trusting no proxy header itself
       (``FORWARDED_ALLOW_IPS`` unset -> none), so the peer is the TCP peer.
 
@@ -109,10 +109,14 @@ class ClientIdentity:
         client = scope.get("client")
         peer = str(client[0]) if client else "unknown"
         if self.ip_header and self._trusted(peer):
-            forwarded = headers.get(self.ip_header, "")
-            last = forwarded.split(",")[-1].strip()
-            if last:
-                return f"ip:{last}"
+            # From the nearest hop outwards, the first address that is not a trusted proxy: whatever a
+            # client wrote further left is its own claim.
+            hops = [h.strip() for h in headers.get(self.ip_header, "").split(",") if h.strip()]
+            for hop in reversed(hops):
+                if not self._trusted(hop):
+                    return f"ip:{hop}"
+            if hops:
+                return f"ip:{hops[0]}"
         return f"ip:{peer}"
 
     def _trusted(self, peer: str) -> bool:

@@ -327,6 +327,7 @@ class HNDSRTransformer(Model):
             "circuit_breaker": state.name,
             "inflight": self.gate.active,
             "queue_depth": self.gate.waiting,
+            "admission": self.gate.snapshot(),
         }
 
     def validate(self, payload: Any) -> Any:

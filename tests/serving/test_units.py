@@ -276,6 +276,8 @@ def test_rate_limit_identity_is_what_the_server_can_vouch_for(tmp_path: Path) ->
 
     proxied = ClientIdentity.create(ip_header="X-Forwarded-For", trusted_proxies="127.0.0.1/32")
     assert proxied(scope("127.0.0.1", x_forwarded_for="spoofed, 203.0.113.9")) == "ip:203.0.113.9"
+    chained = ClientIdentity.create(ip_header="X-Forwarded-For", trusted_proxies="127.0.0.1/32,10.0.0.0/8")
+    assert chained(scope("127.0.0.1", x_forwarded_for="6.6.6.6, 203.0.113.9, 10.1.2.3")) == "ip:203.0.113.9"
     assert (
         proxied(scope("198.51.100.1", x_forwarded_for="203.0.113.9")) == "ip:198.51.100.1"
     )  # untrusted peer
