@@ -85,7 +85,6 @@ class Ticket:
     size: float | None = None  # work units, e.g. output tile megapixels
     cls: Hashable = None  # cost class, e.g. the diffusion steps
     done: float = 0.0  # fraction finished, 0..1
-    served: float = 0.0  # unloaded seconds of service received so far (processor-sharing estimate)
     shared_s: float = 0.0  # integral of the number of running requests over its service time
     alone: bool = True  # no other request ran at any time during its service
     ok: bool = False  # set by the model when it finished without error
@@ -228,23 +227,22 @@ class ConcurrencyGate:
         if not running or dt == 0.0:
             return
         n = len(running)
-        rate = self.meter.rate if self.meter is not None and self.meter.rate else 1.0
         for t in running:
             t.shared_s += n * dt
-            t.served += rate * dt / n
             if n > 1:
                 t.alone = False
         if self.meter is not None:
             self.meter.busy(dt)
 
     def _remaining(self, ticket: Ticket, typical: float) -> float:
+        """Unloaded seconds still to do: its work less the parts that came back. Not less by the time
+        it has run: requests admitted later share the device with it (processor sharing), so counting
+        the work in the system, not a FIFO queue's remaining time, is what bounds everyone's latency."""
         assert self.meter is not None
         work = self.meter.work(ticket)
         if work is None:
             return typical
-        if ticket.started is None:
-            return work
-        return min(work * (1.0 - ticket.done), max(work - ticket.served, 0.1 * work))
+        return work * (1.0 - ticket.done)
 
     def verdict(self) -> Verdict:
         """Would a typical request be admitted now, and if not, when to come back."""
