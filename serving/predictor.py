@@ -211,7 +211,7 @@ class HNDSRPredictor(Model):
         return True
 
     async def healthy(self) -> bool:
-        return self.ready and self.model is not None and self.breaker.state is BreakerState.CLOSED
+        return self.ready and self.model is not None and self.breaker.state is not BreakerState.OPEN
 
     def status(self) -> dict[str, Any]:
         state = self.breaker.state

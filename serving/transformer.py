@@ -295,7 +295,8 @@ class HNDSRTransformer(Model):
         return True
 
     async def healthy(self) -> bool:
-        return self.ready and self.breaker.state is BreakerState.CLOSED
+        # KServe's model readiness gates every request: HALF_OPEN must let its one trial through.
+        return self.ready and self.breaker.state is not BreakerState.OPEN
 
     async def status(self) -> dict[str, Any]:
         """Health including the predictor's readiness (checked live, 2 s timeout). Ready only with the
