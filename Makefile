@@ -39,7 +39,8 @@ SERVE_PORT ?= 8080
 SERVE_PREDICTOR_PORT ?= 8081
 
 ## make run: the main job on embedded defaults — sample imagery, then the Kubeflow training pipeline run here
-## (kfp.local): prepare, validate, train x3 (quick profile), evaluate beside bicubic, register in MLflow
+## (kfp.local): the release checkpoint fine-tuned on it (quick profile), evaluated beside the incumbent and
+## bicubic, registered in MLflow and promoted only past the gate
 ## (sqlite mlflow.db + mlartifacts/ unless MLFLOW_TRACKING_URI is set); prints where the report is, the
 ## metrics and the champion. A second run with nothing changed is served from the task cache (.pipeline/).
 ## Then the champion is served locally (KServe predictor + transformer) for one x4 request, and stopped.

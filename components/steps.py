@@ -113,6 +113,47 @@ def validate_data(
     return {"evaluated": report.evaluated, "tiles": report.counts["tiles"]}
 
 
+# ------------------------------------------------------------------------------ initial and incumbent
+
+
+def pin_initial_model(init_from: str, *, params: str, profile: str, tracking_uri: str) -> str:
+    """``init_from`` resolved and verified (hash, architecture) -> the pinned identity the train steps
+    receive (JSON). Raises with one line saying what is wrong and what to do."""
+    from components.initial import pin_initial_model as pin
+
+    with tempfile.TemporaryDirectory(prefix="hndsr-init-") as cache:
+        pinned = pin(init_from, load(params, profile), tracking_uri=tracking_uri, cache_dir=cache)
+    if pinned.uri:
+        logger.info(
+            "training starts from %s (sha256 %s, stages %s)", pinned.uri, pinned.sha256[:12], pinned.stages
+        )
+    else:
+        logger.info("training starts from scratch (init_from none)")
+    return pinned.to_json()
+
+
+def resolve_incumbent(*, tracking_uri: str, model_name: str) -> str:
+    """The model the challenger must beat: ``@champion``, or the release checkpoint (registered as the
+    champion first) when the registry has none. JSON of its pinned identity."""
+    from mlflow import MlflowClient
+
+    from components.initial import PinnedModel
+
+    client = MlflowClient(tracking.resolve_tracking_uri(tracking_uri))
+    current = tracking.champion_version(client, model_name)
+    if current is None:
+        current = tracking.register_release(tracking_uri, model_name)
+    tags = current.tags or {}
+    pinned = PinnedModel(
+        init_from=f"models:/{model_name}@{tracking.CHAMPION}",
+        uri=f"models:/{model_name}/{current.version}",
+        sha256=tags.get("sha256", ""),
+        version=str(current.version),
+    )
+    logger.info("incumbent: %s version %s (sha256 %s)", model_name, current.version, pinned.sha256[:12])
+    return pinned.to_json()
+
+
 # --------------------------------------------------------------------------------------------- train
 
 
@@ -127,12 +168,17 @@ def train_stage(
     tracking_uri: str,
     init_checkpoint: str = "",
     training_backend: str = "in-process",
+    initial_model: str = "",
 ) -> dict[str, Any]:
     """Train one stage on the prepared train split, starting from ``init_checkpoint`` (earlier stages).
 
-    ``epochs`` > 0 overrides the profile's steps (``epochs * steps_per_epoch``). Only the checkpoint
-    (weights + config.json) lands in ``out_dir``; resumable state stays in a scratch folder.
+    ``initial_model`` is the run's pinned ``init_from`` (JSON; "" or none: from scratch). With one,
+    the stages of ``finetune.stages`` continue training from its weights with the ``finetune.<stage>``
+    recipe and the others are carried over unchanged; the first stage starts from it (not from
+    ``init_checkpoint``). ``epochs`` > 0 overrides the steps (``epochs * steps_per_epoch``). Only the
+    checkpoint (weights + config.json) lands in ``out_dir``; resumable state stays in a scratch folder.
     """
+    from components.initial import PinnedModel, materialize
     from hndsr.training import train
 
     if training_backend not in TRAINING_BACKENDS:
@@ -146,20 +192,39 @@ def train_stage(
         "data.train_dir": str(Path(dataset_dir) / "train" / "hr"),
         "data.test_fraction": 0,  # prepare already held the test sources out
     }
+    pinned = PinnedModel.from_json(initial_model)
     base = load(params, profile, overrides)
+    finetuning = bool(pinned.uri)
+    if finetuning:
+        overrides |= base.finetune.overrides(stage)
+    carried_over = finetuning and stage not in base.finetune.stages
     if epochs > 0:
-        overrides[f"train.{stage}.steps"] = epochs * base.train.stage(stage).steps_per_epoch
+        overrides[f"train.{stage}.steps"] = (
+            epochs * load(params, profile, overrides).train.stage(stage).steps_per_epoch
+        )
     p = load(params, profile, overrides)
-    logged = {"stage": stage, "profile": profile or "base", "training_backend": training_backend}
+    mode = "carried over" if carried_over else "fine-tuned" if finetuning else "from scratch"
+    logged = {
+        "stage": stage,
+        "profile": profile or "base",
+        "training_backend": training_backend,
+        "init_from": pinned.init_from,
+        "mode": mode,
+    }
     with (
         tracking.step_run(
             tracking_uri, f"train_{stage}", params=logged | {"train": p.train.stage(stage).__dict__}
         ) as run,
         tempfile.TemporaryDirectory(prefix=f"hndsr-{stage}-") as work,
     ):
+        if finetuning and stage == STAGES[0]:
+            init_checkpoint = str(materialize(pinned, Path(work) / "initial", cache_dir=Path(work) / "cache"))
         if init_checkpoint:
             mlflow.set_tag("hndsr.init_sha256", read_checkpoint_config(init_checkpoint).get("sha256", ""))
-        if training_backend == "pytorchjob":
+        mlflow.set_tags({"hndsr.mode": mode, "hndsr.init_from": pinned.init_from})
+        if carried_over:
+            checkpoint = Path(init_checkpoint)
+        elif training_backend == "pytorchjob":
             from components.pytorchjob import cli_args, train_stage_as_pytorchjob
 
             # Per-epoch metrics stay in the job's logs; this run records the final checkpoint.
@@ -193,7 +258,10 @@ def train_stage(
         "version": config["package_version"],
         "sha256": config["sha256"],
         "mlflow_run_id": run.info.run_id,
-        "steps": p.train.stage(stage).steps,
+        "steps": 0 if carried_over else p.train.stage(stage).steps,
+        "mode": mode,
+        "init_from": pinned.init_from,
+        "init_sha256": pinned.sha256,
     }
 
 
@@ -238,6 +306,14 @@ def figure_name(who: str, metric: str, scale: float) -> str:
     return f"{who}_{metric}_x{scale:g}"
 
 
+def _incumbent_checkpoint(incumbent: str, cache_dir: str) -> tuple[Path, dict[str, Any]]:
+    from components.initial import PinnedModel, materialize
+
+    pinned = PinnedModel.from_json(incumbent)
+    directory = materialize(pinned, Path(cache_dir) / "incumbent", cache_dir=Path(cache_dir) / "fetch")
+    return directory, {"version": pinned.version, "uri": pinned.uri, "sha256": pinned.sha256}
+
+
 def evaluate_model(
     checkpoint_dir: str,
     dataset_dir: str,
@@ -251,10 +327,12 @@ def evaluate_model(
     diffusion_steps: int,
     lpips: bool,
     tracking_uri: str,
+    incumbent: str = "",
 ) -> dict[str, float]:
-    """Score the model beside bicubic on the held-out test split per scale; write the JSON, the HTML
-    report and the metrics; returns the measured flat figures (``model_psnr_y_x4``, ``bicubic_ssim_y_x2``
-    ...; a metric not measured is left out, never faked)."""
+    """Score the model (the challenger) beside the incumbent (pinned JSON from ``resolve_incumbent``;
+    "" = none) and bicubic on the held-out test split, per scale, on the same images; write the JSON,
+    the HTML report and the metrics; returns the measured flat figures (``model_psnr_y_x4``,
+    ``incumbent_psnr_y_x4``, ``bicubic_ssim_y_x2`` ...; a metric not measured is left out, never faked)."""
     from components.report import render_report
     from hndsr.evaluation import METRIC_KEYS
     from hndsr.inference import Upscaler
@@ -264,32 +342,64 @@ def evaluate_model(
     p = load(params, profile)
     paths = test_images(dataset_dir, p.evaluate.limit)
     config = read_checkpoint_config(checkpoint_dir)
-    with tracking.step_run(
-        tracking_uri,
-        "evaluate",
-        params={"scales": scales, "diffusion_steps": diffusion_steps, "images": len(paths), "lpips": lpips},
-        tags={"hndsr.sha256": config["sha256"]},
+    float_scales = [float(s) for s in scales]
+    with (
+        tracking.step_run(
+            tracking_uri,
+            "evaluate",
+            params={
+                "scales": scales,
+                "diffusion_steps": diffusion_steps,
+                "images": len(paths),
+                "lpips": lpips,
+            },
+            tags={"hndsr.sha256": config["sha256"]},
+        ),
+        tempfile.TemporaryDirectory(prefix="hndsr-incumbent-") as scratch,
     ):
         evaluations = score_checkpoint(
-            checkpoint_dir, paths, scales=[float(s) for s in scales], steps=diffusion_steps, lpips=lpips
+            checkpoint_dir, paths, scales=float_scales, steps=diffusion_steps, lpips=lpips
         )
+        incumbent_info: dict[str, Any] | None = None
+        incumbent_dir: Path | None = None
+        if incumbent:
+            incumbent_dir, incumbent_info = _incumbent_checkpoint(incumbent, scratch)
+            if incumbent_info["sha256"] == config["sha256"]:
+                scored = evaluations  # the same weights: the same scores, no second pass
+            else:
+                scored = score_checkpoint(
+                    incumbent_dir, paths, scales=float_scales, steps=diffusion_steps, lpips=lpips
+                )
+            for ev, inc in zip(evaluations, scored, strict=True):
+                ev["incumbent"] = inc["model"]
+                for row, inc_row in zip(ev["per_image"], inc["per_image"], strict=True):
+                    row["incumbent"] = inc_row["model"]
+        whos = ("model", "incumbent", "bicubic") if incumbent_info else ("model", "bicubic")
         figures = {
             figure_name(who, key, ev["scale"]): float(ev[who][key])
             for ev in evaluations
-            for who in ("model", "bicubic")
+            for who in whos
             for key in METRIC_KEYS
         }
         payload = {
             "evaluations": evaluations,
             "eval_data": eval_data_id(paths),
             "checkpoint_sha256": config["sha256"],
+            "incumbent": incumbent_info,
             "figures": figures,
         }
         Path(evaluation_path).parent.mkdir(parents=True, exist_ok=True)
         Path(evaluation_path).write_text(json.dumps(payload, indent=2) + "\n")
         model, _ = load_checkpoint(checkpoint_dir)
+        incumbent_model = load_checkpoint(incumbent_dir)[0] if incumbent_dir is not None else None
         page = render_report(
-            Upscaler(model), paths, evaluations, title="HNDSR evaluation", steps=diffusion_steps
+            Upscaler(model),
+            paths,
+            evaluations,
+            title="HNDSR evaluation",
+            steps=diffusion_steps,
+            incumbent=Upscaler(incumbent_model) if incumbent_model is not None else None,
+            incumbent_label=f"incumbent v{incumbent_info['version']}" if incumbent_info else "",
         )
         Path(report_path).write_text(page)
         measured = {k: v for k, v in figures.items() if math.isfinite(v)}  # NaN: not measured (no LPIPS)
@@ -315,6 +425,7 @@ def register_model(
     model_name: str,
     lpips_tolerance: float,
     report_uri: str = "",
+    min_gain_db: float = 0.0,
 ) -> dict[str, Any]:
     """Register the checkpoint logged by the run ``mlflow_run_id`` and apply the promotion gate;
     write the model card. Returns the summary the main job prints."""
@@ -328,6 +439,14 @@ def register_model(
     )
     x4 = next(ev for ev in evaluation["evaluations"] if float(ev["scale"]) == 4.0)
     lpips = math.isfinite(candidate.lpips)
+    scored_incumbent = evaluation.get("incumbent") or None
+    incumbent = (
+        tracking.Figures(
+            figures.get("incumbent_psnr_y_x4", math.nan), figures.get("incumbent_lpips_x4", math.nan)
+        )
+        if scored_incumbent
+        else None
+    )
 
     def rescore(uri: str) -> tracking.Figures:
         # The very images the candidate was scored on (by name: artifact paths differ between pods).
@@ -349,6 +468,9 @@ def register_model(
             lpips_tolerance=lpips_tolerance,
             name=model_name,
             rescore_champion=rescore,
+            incumbent=incumbent,
+            incumbent_version=scored_incumbent["version"] if scored_incumbent else None,
+            min_gain_db=min_gain_db,
         )
         tracking.record_decision(registration)
         client = mlflow.MlflowClient(tracking.resolve_tracking_uri(tracking_uri))
@@ -374,5 +496,12 @@ def register_model(
         "tracking_uri": tracking.resolve_tracking_uri(tracking_uri),
         "report": report_uri,
         "model_card": model_card_path,
-        "x4": {"model": x4_model, "bicubic": x4_bicubic, "n_images": x4["n_images"]},
+        "x4": {
+            "model": x4_model,
+            "bicubic": x4_bicubic,
+            "incumbent": x4.get("incumbent"),
+            "incumbent_version": scored_incumbent["version"] if scored_incumbent else "",
+            "n_images": x4["n_images"],
+        },
+        "gate": {"min_gain_db": min_gain_db, "lpips_tolerance": lpips_tolerance},
     }

@@ -124,6 +124,7 @@ class PromotionDecision:
     champion: Figures | None
     champion_version: str | None
     lpips_tolerance: float
+    min_gain_db: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,21 +136,27 @@ def decide_promotion(
     *,
     lpips_tolerance: float,
     champion_version: str | None = None,
+    min_gain_db: float = 0.0,
 ) -> PromotionDecision:
-    """Champion only if the candidate beats the champion's Y-PSNR and its LPIPS is not worse by more
-    than ``lpips_tolerance``; the first model with a finite Y-PSNR becomes champion."""
+    """Champion only if the candidate beats the champion's Y-PSNR by at least ``min_gain_db`` (and by
+    something when that is 0) and its LPIPS is not worse by more than ``lpips_tolerance``; the first
+    model with a finite Y-PSNR becomes champion."""
 
     def decision(alias: str, reason: str) -> PromotionDecision:
-        return PromotionDecision(alias, reason, candidate, champion, champion_version, lpips_tolerance)
+        return PromotionDecision(
+            alias, reason, candidate, champion, champion_version, lpips_tolerance, min_gain_db
+        )
 
     if not math.isfinite(candidate.psnr_y):
         return decision(CHALLENGER, "the candidate has no held-out Y-PSNR at x4")
     if champion is None:
         return decision(CHAMPION, "first model in the registry")
-    if not candidate.psnr_y > champion.psnr_y:
+    gain = candidate.psnr_y - champion.psnr_y
+    if not (gain > 0 and gain >= min_gain_db):
         return decision(
             CHALLENGER,
-            f"Y-PSNR x4 {candidate.psnr_y:.3f} dB does not beat the champion's {champion.psnr_y:.3f} dB",
+            f"Y-PSNR x4 {candidate.psnr_y:.3f} dB does not beat the champion's {champion.psnr_y:.3f} dB "
+            f"by the gate's margin of {min_gain_db:g} dB ({gain:+.3f} dB)",
         )
     if math.isfinite(champion.lpips):
         if not math.isfinite(candidate.lpips):
@@ -162,8 +169,9 @@ def decide_promotion(
             )
     return decision(
         CHAMPION,
-        f"Y-PSNR x4 {candidate.psnr_y:.3f} dB beats the champion's {champion.psnr_y:.3f} dB and LPIPS "
-        f"{candidate.lpips:.4f} is within {lpips_tolerance:g} of {champion.lpips:.4f}",
+        f"Y-PSNR x4 {candidate.psnr_y:.3f} dB beats the champion's {champion.psnr_y:.3f} dB by "
+        f"{gain:+.3f} dB (margin {min_gain_db:g}) and LPIPS {candidate.lpips:.4f} is within "
+        f"{lpips_tolerance:g} of {champion.lpips:.4f}",
     )
 
 
@@ -202,10 +210,15 @@ def register_checkpoint(
     lpips_tolerance: float,
     name: str = MODEL_NAME,
     rescore_champion: Callable[[str], Figures] | None = None,
+    incumbent: Figures | None = None,
+    incumbent_version: str | None = None,
+    min_gain_db: float = 0.0,
 ) -> Registration:
     """Register the checkpoint logged under ``run_id`` (artifact ``checkpoint``) and apply the gate.
 
-    ``eval_data`` identifies the held-out set the figures come from. When the champion was scored on
+    ``incumbent`` holds the champion's figures when it was scored beside the candidate (same images,
+    same run) as version ``incumbent_version``; they are used while that version is still the champion.
+    Otherwise ``eval_data`` identifies the held-out set the figures come from. When the champion was scored on
     another set, ``rescore_champion(champion's models:/ URI)`` scores it on this one, so the gate never
     compares figures from different images. Registering weights (same sha256) already in the
     registry returns that version and its recorded decision.
@@ -233,7 +246,9 @@ def register_checkpoint(
 
     current = champion_version(client, name)
     champion: Figures | None = None
-    if current is not None:
+    if current is not None and incumbent is not None and str(current.version) == incumbent_version:
+        champion = incumbent
+    elif current is not None:
         champion = _figures_of(current)
         if (current.tags or {}).get("eval_data") != eval_data and rescore_champion is not None:
             logger.info("champion v%s was scored on other images: rescoring it here", current.version)
@@ -243,7 +258,15 @@ def register_checkpoint(
         champion,
         lpips_tolerance=lpips_tolerance,
         champion_version=str(current.version) if current is not None else None,
+        min_gain_db=min_gain_db,
     )
+    compared = {}
+    if champion is not None and current is not None:
+        compared = {
+            "incumbent_version": str(current.version),
+            "incumbent_psnr_y_x4": repr(champion.psnr_y),
+            "incumbent_lpips_x4": repr(champion.lpips),
+        }
     version = client.create_model_version(
         name,
         source=f"runs:/{run_id}/{CHECKPOINT_ARTIFACT}",
@@ -254,9 +277,15 @@ def register_checkpoint(
             "lpips_x4": repr(figures.lpips),
             "eval_data": eval_data,
             "promotion": json.dumps({"alias": decision.alias, "reason": decision.reason}),
-        },
+        }
+        | compared,
         description=decision.reason,
     )
+    if current is not None:  # the incumbent keeps a record of every challenge and its outcome
+        challenge = {"alias": decision.alias, "psnr_y_x4": figures.psnr_y, "lpips_x4": figures.lpips}
+        client.set_model_version_tag(
+            name, current.version, f"challenged_by.v{version.version}", json.dumps(challenge)
+        )
     client.set_registered_model_alias(name, decision.alias, version.version)
     logger.info("registered %s version %s as %s: %s", name, version.version, decision.alias, decision.reason)
     return Registration(name, str(version.version), decision.alias, decision, reused=False)
@@ -274,9 +303,60 @@ def record_decision(registration: Registration) -> None:
             "promotion.champion_version": d.champion_version or "",
         }
     )
-    mlflow.log_param("lpips_tolerance", d.lpips_tolerance)
+    mlflow.log_params({"lpips_tolerance": d.lpips_tolerance, "min_gain_db": d.min_gain_db})
     figures = {"candidate_psnr_y_x4": d.candidate.psnr_y, "candidate_lpips_x4": d.candidate.lpips}
     if d.champion is not None:
         figures |= {"champion_psnr_y_x4": d.champion.psnr_y, "champion_lpips_x4": d.champion.lpips}
     mlflow.log_metrics({k: v for k, v in figures.items() if math.isfinite(v)})
     mlflow.log_dict(d.as_dict(), "promotion.json")
+
+
+def register_release(tracking_uri: str, name: str = MODEL_NAME) -> ModelVersion:
+    """Make the release checkpoint the champion of a registry that has none: registered once (its
+    weights, card and held-out figures logged in a ``register_release`` run), then aliased."""
+    from hndsr import __version__
+    from hndsr.checkpoint import load_release_checkpoint, release_checkpoint_dir
+
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(uri)
+    _, config = load_release_checkpoint()  # verifies its hash
+    sha256 = str(config["sha256"])
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="HNDSR super-resolution checkpoints")
+    for existing in client.search_model_versions(f"name='{name}'"):
+        if (existing.tags or {}).get("sha256") == sha256:
+            client.set_registered_model_alias(name, CHAMPION, existing.version)
+            return client.get_model_version(name, existing.version)
+    directory = release_checkpoint_dir()
+    evaluation = json.loads((directory / "evaluation.json").read_text())
+    x4 = next(ev for ev in evaluation["evaluations"] if float(ev["scale"]) == 4.0 and not ev["steps"])
+    reason = (
+        f"the release checkpoint of hndsr {__version__}: the incumbent while the registry had no champion"
+    )
+    with step_run(tracking_uri, "register_release", tags={"hndsr.sha256": sha256}) as run:
+        mlflow.log_artifact(str(directory / "config.json"), CHECKPOINT_ARTIFACT)
+        mlflow.log_artifact(str(directory / "model.safetensors"), CHECKPOINT_ARTIFACT)
+        mlflow.log_artifact(str(directory / "MODEL_CARD.md"))
+        mlflow.log_artifact(str(directory / "evaluation.json"))
+        mlflow.log_metrics(
+            {"release_psnr_y_x4": x4["model"]["psnr_y"], "release_lpips_x4": x4["model"]["lpips"]}
+        )
+    version = client.create_model_version(
+        name,
+        source=f"runs:/{run.info.run_id}/{CHECKPOINT_ARTIFACT}",
+        run_id=run.info.run_id,
+        tags={
+            "sha256": sha256,
+            "psnr_y_x4": repr(float(x4["model"]["psnr_y"])),
+            "lpips_x4": repr(float(x4["model"]["lpips"])),
+            "eval_data": "release-held-out",
+            "source": "release",
+            "promotion": json.dumps({"alias": CHAMPION, "reason": reason}),
+        },
+        description=reason + " (model card: MODEL_CARD.md in its run)",
+    )
+    client.set_registered_model_alias(name, CHAMPION, version.version)
+    logger.info("registered the release checkpoint as %s version %s (champion)", name, version.version)
+    return version

@@ -50,6 +50,23 @@ def validate(dataset: Input[Dataset], params: str, profile: str, mlflow_uri: str
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def initial_model(init_from: str, params: str, profile: str, mlflow_uri: str) -> str:
+    """``init_from`` (release, none, a directory, s3://, models:/) resolved and verified (sha256,
+    architecture): the pinned identity the train steps start from, as JSON."""
+    from components.steps import pin_initial_model
+
+    return pin_initial_model(init_from, params=params, profile=profile, tracking_uri=mlflow_uri)
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def incumbent_model(mlflow_uri: str, model_name: str) -> str:
+    """The model to beat: ``@champion``, else the release checkpoint registered as the champion (JSON)."""
+    from components.steps import resolve_incumbent
+
+    return resolve_incumbent(tracking_uri=mlflow_uri, model_name=model_name)
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def train_autoencoder(
     dataset: Input[Dataset],
     params: str,
@@ -57,9 +74,11 @@ def train_autoencoder(
     epochs: int,
     mlflow_uri: str,
     training_backend: str,
+    initial_model: str,
     model: Output[Model],
 ):
-    """Stage 1: the detail autoencoder. Metadata: stage, stages, version, sha256, mlflow_run_id."""
+    """Stage 1: the detail autoencoder, or ``initial_model``'s carried over. Metadata: stage, stages,
+    version, sha256, mlflow_run_id, mode (from scratch / fine-tuned / carried over)."""
     from components.steps import train_stage
 
     model.metadata.update(
@@ -72,6 +91,7 @@ def train_autoencoder(
             epochs=epochs,
             tracking_uri=mlflow_uri,
             training_backend=training_backend,
+            initial_model=initial_model,
         )
     )
 
@@ -85,9 +105,10 @@ def train_operator(
     epochs: int,
     mlflow_uri: str,
     training_backend: str,
+    initial_model: str,
     model: Output[Model],
 ):
-    """Stage 2: the neural operator, on top of the autoencoder of ``init_model`` (frozen)."""
+    """Stage 2: the neural operator, on top of ``init_model`` (fine-tuned when ``initial_model`` is set)."""
     from components.steps import train_stage
 
     model.metadata.update(
@@ -101,6 +122,7 @@ def train_operator(
             tracking_uri=mlflow_uri,
             init_checkpoint=init_model.path,
             training_backend=training_backend,
+            initial_model=initial_model,
         )
     )
 
@@ -114,6 +136,7 @@ def train_diffusion(
     epochs: int,
     mlflow_uri: str,
     training_backend: str,
+    initial_model: str,
     model: Output[Model],
 ):
     """Stage 3: the latent diffusion UNet, on top of ``init_model`` (autoencoder + operator frozen)."""
@@ -130,6 +153,7 @@ def train_diffusion(
             tracking_uri=mlflow_uri,
             init_checkpoint=init_model.path,
             training_backend=training_backend,
+            initial_model=initial_model,
         )
     )
 
@@ -144,11 +168,13 @@ def evaluate(
     diffusion_steps: int,
     lpips: bool,
     mlflow_uri: str,
+    incumbent: str,
     metrics: Output[Metrics],
     evaluation: Output[Artifact],
     report: Output[HTML],
 ):
-    """Held-out test split per scale, model beside bicubic: Metrics, the JSON and the HTML report."""
+    """Held-out test split per scale, challenger beside the incumbent and bicubic on the same images:
+    Metrics, the JSON and the HTML report (crops, per-image scores, deltas)."""
     from components.steps import evaluate_model
 
     for name, value in evaluate_model(
@@ -163,6 +189,7 @@ def evaluate(
         diffusion_steps=diffusion_steps,
         lpips=lpips,
         tracking_uri=mlflow_uri,
+        incumbent=incumbent,
     ).items():
         metrics.log_metric(name, value)
 
@@ -176,6 +203,7 @@ def register(
     mlflow_uri: str,
     model_name: str,
     lpips_tolerance: float,
+    min_gain_db: float,
     model_card: Output[Markdown],
 ) -> str:
     """Model version + promotion gate (champion or challenger); returns the run's summary as JSON."""
@@ -193,6 +221,7 @@ def register(
             tracking_uri=mlflow_uri,
             model_name=model_name,
             lpips_tolerance=lpips_tolerance,
+            min_gain_db=min_gain_db,
             report_uri=report.uri,
         )
     )

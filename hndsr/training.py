@@ -83,6 +83,11 @@ def _freeze(model: HNDSR, stage: str, cfg: StageParams) -> list[torch.nn.Paramet
     return trainable
 
 
+def _pixel_loss(sr: torch.Tensor, hr: torch.Tensor, kind: str) -> torch.Tensor:
+    # L1 learns fastest; MSE is what PSNR measures, so a late phase on it trades a little for PSNR.
+    return F.mse_loss(sr, hr) if kind == "mse" else F.l1_loss(sr, hr)
+
+
 def stage_loss(
     model: HNDSR, stage: str, batch: Batch, cfg: StageParams, shard: Shard | None = None
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -106,10 +111,10 @@ def stage_loss(
             else:
                 with torch.no_grad():
                     target = ae.encode(hr, up)
-        l1 = F.l1_loss(sr.float(), hr)
+        pixel = _pixel_loss(sr.float(), hr, cfg.pixel_loss)
         latent = F.mse_loss(prior.float(), target.detach().float())
-        loss = l1 + cfg.latent_weight * latent
-        parts = {"l1": l1.item(), "latent_mse": latent.item()}
+        loss = pixel + cfg.latent_weight * latent
+        parts = {cfg.pixel_loss: pixel.item(), "latent_mse": latent.item()}
         if cfg.train_decoder:
             recon_l1 = F.l1_loss(recon.float(), hr)
             encoder_l2 = target.float().pow(2).mean()

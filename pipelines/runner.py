@@ -44,6 +44,8 @@ class PipelineArguments:
     diffusion_steps: int = 0
     lpips: bool = True
     lpips_tolerance: float = 0.01
+    min_gain_db: float = 0.05
+    init_from: str = "release"
     mlflow_uri: str = ""
     model_name: str = "hndsr"
     training_backend: str = "in-process"

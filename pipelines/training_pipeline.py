@@ -7,10 +7,15 @@ Parameters:
 - ``*_epochs``: epochs per stage (0 = the profile's steps); ``scales``: evaluation scales (4 required,
   the gate compares at x4); ``diffusion_steps``: DDIM steps at evaluation (0 = deterministic path);
   ``lpips``: score LPIPS.
-- ``lpips_tolerance``: how much worse than the champion's LPIPS a new champion may be;
+- ``init_from``: the model training starts from: ``release`` (the shipped checkpoint), ``none``
+  (from scratch), a checkpoint directory, ``s3://...`` or ``models:/name@alias``; resolved and verified
+  by the first step. With one, ``finetune.stages`` of params.yaml continue from its weights.
+- The incumbent (``@champion``, else the release checkpoint, registered first) is scored beside the
+  challenger on the same held-out tiles; ``min_gain_db``: the Y-PSNR margin at x4 the challenger needs
+  to be promoted; ``lpips_tolerance``: how much worse than the incumbent's LPIPS a new champion may be
+  (both default to params.yaml's ``gate`` section);
   ``mlflow_uri`` ("" = the pod's MLFLOW_TRACKING_URI, else a local sqlite store); ``model_name``.
-- ``training_backend``: where training runs. Only "in-process" (inside the step's pod) exists; the
-  seam for a Kubeflow PyTorchJob launcher (issue #9) is this parameter and the train steps.
+- ``training_backend``: where training runs: "in-process" (inside the step's pod) or "pytorchjob".
 - ``data_version`` / ``code_version``: identities of the input data and the code. Only prepare takes
   them, and every later step descends from its output, so a change re-runs the whole DAG while an
   unchanged run is served from the cache. ``hndsr pipeline run`` fills both with content digests.
@@ -20,6 +25,8 @@ from kfp import dsl
 
 from components.training_components import (
     evaluate,
+    incumbent_model,
+    initial_model,
     prepare,
     register,
     train_autoencoder,
@@ -34,7 +41,10 @@ TRAIN_RETRIES = 2  # a preempted or evicted GPU node; data and code errors fail 
 EVAL_RETRIES = 1
 
 
-@dsl.pipeline(name=PIPELINE_NAME, description="HNDSR: prepare, validate, train x3, evaluate, register")
+@dsl.pipeline(
+    name=PIPELINE_NAME,
+    description="HNDSR: initial model, prepare, validate, train x3, evaluate against the incumbent, register",
+)
 def training_pipeline(
     data_uri: str = "data/raw",
     params: str = "",
@@ -46,12 +56,17 @@ def training_pipeline(
     diffusion_steps: int = 0,
     lpips: bool = True,
     lpips_tolerance: float = 0.01,
+    min_gain_db: float = 0.05,
+    init_from: str = "release",
     mlflow_uri: str = "",
     model_name: str = "hndsr",
     training_backend: str = "in-process",
     data_version: str = "",
     code_version: str = "",
 ) -> str:
+    initial = initial_model(init_from=init_from, params=params, profile=profile, mlflow_uri=mlflow_uri)
+    initial.set_display_name("initial model")
+    initial.set_caching_options(False)  # @champion moves; the pinned sha256 keeps later steps cacheable
     data = prepare(
         data_uri=data_uri,
         params=params,
@@ -61,6 +76,7 @@ def training_pipeline(
         code_version=code_version,
     )
     data.set_display_name("prepare data")
+    data.after(initial)  # a bad init_from fails the run at its first step
     checked = validate(dataset=data.outputs["dataset"], params=params, profile=profile, mlflow_uri=mlflow_uri)
     checked.set_display_name("validate data")
 
@@ -69,6 +85,7 @@ def training_pipeline(
         "profile": profile,
         "mlflow_uri": mlflow_uri,
         "training_backend": training_backend,
+        "initial_model": initial.output,
     }
     autoencoder = train_autoencoder(dataset=data.outputs["dataset"], epochs=autoencoder_epochs, **common)
     autoencoder.after(checked)  # never train on data that failed validation
@@ -88,6 +105,9 @@ def training_pipeline(
         task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
         task.set_retry(num_retries=TRAIN_RETRIES, backoff_duration="60s", backoff_factor=2.0)
 
+    incumbent = incumbent_model(mlflow_uri=mlflow_uri, model_name=model_name)
+    incumbent.set_display_name("incumbent model")
+    incumbent.set_caching_options(False)  # the registry changes between runs; its answer is pinned by sha256
     scored = evaluate(
         dataset=data.outputs["dataset"],
         model=diffusion.outputs["model"],
@@ -97,6 +117,7 @@ def training_pipeline(
         diffusion_steps=diffusion_steps,
         lpips=lpips,
         mlflow_uri=mlflow_uri,
+        incumbent=incumbent.output,
     )
     scored.set_retry(num_retries=EVAL_RETRIES)
 
@@ -108,6 +129,7 @@ def training_pipeline(
         mlflow_uri=mlflow_uri,
         model_name=model_name,
         lpips_tolerance=lpips_tolerance,
+        min_gain_db=min_gain_db,
     )
     registered.set_caching_options(False)  # the registry changes between runs; registering is idempotent
     return registered.outputs["Output"]

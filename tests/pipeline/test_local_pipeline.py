@@ -1,6 +1,7 @@
 """The whole DAG under kfp.local (SubprocessRunner, this environment) on tiny generated data, through
-the real ``hndsr pipeline run --local`` command: every component's outputs, the MLflow runs, the
-registered champion loading as serving loads it, the cached second run, and a failing step.
+the real ``hndsr pipeline run --local`` command, training from scratch (``--init-from none``): every
+component's outputs, the MLflow runs, the release checkpoint registered as the incumbent and the tiny
+challenger kept out of ``@champion``, the cached second run, and a failing step.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from conftest import TINY_MODEL
 from imagesets import write_broken_set, write_clean_set
 from mlflow import MlflowClient
 
-from hndsr.checkpoint import load_checkpoint
+from hndsr.checkpoint import load_checkpoint, release_checkpoint_dir
 from serving.storage import resolve_storage_uri
 
 pytestmark = pytest.mark.slow
@@ -28,14 +29,17 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 HNDSR = Path(sys.executable).parent / "hndsr"
 TASKS = (
+    "initial-model",
     "prepare",
     "validate",
     "train-autoencoder",
     "train-operator",
     "train-diffusion",
+    "incumbent-model",
     "evaluate",
     "register",
 )
+UNCACHED = {"initial-model", "incumbent-model", "register"}  # they read the registry / make decisions
 
 
 def tiny_params() -> str:
@@ -58,10 +62,13 @@ class Workdir:
         self.store = f"sqlite:///{path / 'mlflow.db'}"
         (path / "params.yaml").write_text(tiny_params())
 
-    def run(self, data: Path, name: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    def run(
+        self, data: Path, name: str, init_from: str = "none", *extra: str
+    ) -> tuple[subprocess.CompletedProcess[str], float]:
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
         cmd = [
             str(HNDSR), "pipeline", "run", "--local", "--data", str(data), "--profile", "ci", "--no-lpips",
+            "--init-from", init_from, *extra,
             "--mlflow-uri", self.store, "--pipeline-root", str(self.path / "root"),
             "--summary-json", str(self.path / f"{name}.json"),
             "--code-version", "under-test",  # others may edit the shared tree meanwhile (test_fingerprints)
@@ -83,7 +90,8 @@ def first_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workdir, Path, 
     write_clean_set(data, n=14)
     result, seconds = work.run(data, "first")
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
-    assert "registered hndsr version 1 as champion" in result.stdout
+    # The release checkpoint became the incumbent (version 1); two steps of a tiny model do not beat it.
+    assert "registered hndsr version 2 as challenger" in result.stdout
     return work, data, json.loads((work.path / "first.json").read_text()), seconds
 
 
@@ -102,20 +110,25 @@ def test_every_component_produced_its_typed_outputs(
     for stage in ("autoencoder", "operator", "diffusion"):
         meta = _artifact_metadata(work.task_output(f"train-{stage}"), "model")
         assert meta["stage"] == stage and meta["steps"] == 2 and len(meta["sha256"]) == 64
-        assert meta["stages"][-1] == stage and meta["version"]
+        assert meta["stages"][-1] == stage and meta["version"] and meta["mode"] == "from scratch"
         shas.append(meta["sha256"])
     assert len(set(shas)) == 3  # every stage changed the weights
     metrics = _artifact_metadata(work.task_output("evaluate"), "metrics")
     for scale in ("x2", "x3", "x4"):
-        assert 10 < metrics[f"model_psnr_y_{scale}"] < 60 and 10 < metrics[f"bicubic_psnr_y_{scale}"] < 60
+        for who in ("model", "incumbent", "bicubic"):
+            assert 10 < metrics[f"{who}_psnr_y_{scale}"] < 60
     assert not any("lpips" in key for key in metrics)  # --no-lpips: not measured, not faked
+    # The release checkpoint, scored as the incumbent on the same tiles, beats bicubic there.
+    assert metrics["incumbent_psnr_y_x4"] > metrics["bicubic_psnr_y_x4"]
 
     report = Path(summary["report"]).read_text()
-    assert report.count("data:image/png;base64,") == 4 * 3  # LR, bicubic, model, HR for 3 images
-    assert "bicubic" in report and "x4" in report
+    # LR, bicubic, incumbent, challenger, HR for 3 images; a delta chart per reference
+    assert report.count("data:image/png;base64,") == 5 * 3
+    assert "incumbent v1" in report and "Challenger minus bicubic" in report and report.count("<svg") == 2
     card = Path(summary["model_card"]).read_text()
-    assert "champion" in card and shas[-1] in card
+    assert "challenger" in card and shas[-1] in card
     assert summary["x4"]["n_images"] == 3 and summary["champion_version"] == "1"
+    assert summary["x4"]["incumbent_version"] == "1" and summary["gate"]["min_gain_db"] == 0.05
 
 
 def test_mlflow_has_every_step_with_epochs_and_the_decision(
@@ -127,7 +140,7 @@ def test_mlflow_has_every_step_with_epochs_and_the_decision(
     assert experiment is not None
     runs = client.search_runs([experiment.experiment_id])
     by_step = {r.data.tags["hndsr.step"]: r for r in runs}
-    assert set(by_step) == {"prepare", "validate", "evaluate", "register"} | {
+    assert set(by_step) == {"register_release", "prepare", "validate", "evaluate", "register"} | {
         f"train_{stage}" for stage in ("autoencoder", "operator", "diffusion")
     }
     assert all(r.info.status == "FINISHED" for r in runs)
@@ -137,18 +150,25 @@ def test_mlflow_has_every_step_with_epochs_and_the_decision(
     artifacts = {a.path for a in client.list_artifacts(by_step["train_diffusion"].info.run_id, "checkpoint")}
     assert artifacts == {"checkpoint/config.json", "checkpoint/model.safetensors"}
     register = by_step["register"].data
-    assert register.tags["promotion.alias"] == "champion" and register.tags["promotion.version"] == "1"
-    assert "candidate_psnr_y_x4" in register.metrics
+    assert register.tags["promotion.alias"] == "challenger" and register.tags["promotion.version"] == "2"
+    assert register.tags["promotion.champion_version"] == "1"
+    assert {"candidate_psnr_y_x4", "champion_psnr_y_x4"} <= set(register.metrics)
+    release, challenger = (client.get_model_version("hndsr", v) for v in ("1", "2"))
+    assert release.tags["source"] == "release" and "champion" in release.aliases
+    assert json.loads(release.tags["challenged_by.v2"])["alias"] == "challenger"
+    assert challenger.tags["incumbent_version"] == "1"
+    assert float(challenger.tags["incumbent_psnr_y_x4"]) > float(challenger.tags["psnr_y_x4"])
     assert "report.html" in {a.path for a in client.list_artifacts(by_step["evaluate"].info.run_id)}
 
 
-def test_registered_champion_loads_as_serving_loads_it(
+def test_registered_versions_load_as_serving_loads_them(
     first_run: tuple[Workdir, Path, dict[str, Any], float], tmp_path: Path
 ) -> None:
     work, _, _, _ = first_run
     mlflow.set_tracking_uri(work.store)
-    directory = resolve_storage_uri("models:/hndsr@champion", cache_dir=tmp_path)
-    _, config = load_checkpoint(directory)
+    champion, _ = load_checkpoint(resolve_storage_uri("models:/hndsr@champion", cache_dir=tmp_path))
+    assert champion.config == load_checkpoint(release_checkpoint_dir())[0].config
+    _, config = load_checkpoint(resolve_storage_uri("models:/hndsr@challenger", cache_dir=tmp_path))
     assert config["stages"] == ["autoencoder", "operator", "diffusion"]
     diffusion = _artifact_metadata(work.task_output("train-diffusion"), "model")
     assert config["sha256"] == diffusion["sha256"]
@@ -162,13 +182,12 @@ def test_unchanged_second_run_is_served_from_the_cache(
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     log = result.stdout + result.stderr
     hits = [task for task in TASKS if f"Task {task} cache hit" in log]
-    assert hits == list(TASKS[:-1]), log[
-        -4000:
-    ]  # everything but register, which found its version already there
+    # Everything but the registry's steps; the incumbent is the same version, so evaluate is a hit.
+    assert hits == [task for task in TASKS if task not in UNCACHED], log[-4000:]
     second = json.loads((work.path / "second.json").read_text())
-    assert second["version"] == first["version"] == "1" and "already registered" in second["reason"]
+    assert second["version"] == first["version"] == "2" and "already registered" in second["reason"]
     assert second["report"] == first["report"]  # the cached evaluation's report
-    assert len(MlflowClient(work.store).search_model_versions("name='hndsr'")) == 1
+    assert len(MlflowClient(work.store).search_model_versions("name='hndsr'")) == 2
     assert seconds < first_seconds / 2, (seconds, first_seconds)
 
 

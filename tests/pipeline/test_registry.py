@@ -3,6 +3,7 @@ loads through the serving storage resolver exactly as the predictor loads it."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -144,3 +145,60 @@ def test_champion_scored_on_other_images_is_rescored(store: str, tmp_path: Path)
     )
     assert seen == ["models:/hndsr/1"]
     assert result.alias == CHAMPION and result.decision.champion == Figures(20.0, 0.4)
+
+
+def test_gate_margin() -> None:
+    d = decide_promotion(Figures(25.04, 0.30), Figures(25.0, 0.30), lpips_tolerance=TOL, min_gain_db=0.05)
+    assert d.alias == CHALLENGER and "margin of 0.05 dB (+0.040 dB)" in d.reason
+    d = decide_promotion(Figures(25.06, 0.30), Figures(25.0, 0.30), lpips_tolerance=TOL, min_gain_db=0.05)
+    assert d.alias == CHAMPION and "+0.060 dB" in d.reason
+
+
+def test_incumbent_scored_beside_the_candidate_is_used_while_it_is_the_champion(
+    store: str, tmp_path: Path
+) -> None:
+    """The release becomes version 1 (champion) of an empty registry; the gate then uses the incumbent's
+    figures from the candidate's own evaluation, and both versions record the challenge."""
+    release = tracking.register_release(store)
+    assert (str(release.version), release.tags["source"]) == ("1", "release")
+    assert str(tracking.register_release(store).version) == "1"  # idempotent
+    run, sha = log_tiny_checkpoint(store, tmp_path / "c", seed=1)
+    seen: list[str] = []
+    result = register_checkpoint(
+        tracking_uri=store,
+        run_id=run,
+        sha256=sha,
+        figures=Figures(21.0, 0.40),
+        eval_data="user-tiles",
+        lpips_tolerance=TOL,
+        rescore_champion=lambda uri: seen.append(uri) or Figures(0.0, 0.0),
+        incumbent=Figures(20.9, 0.40),
+        incumbent_version="1",
+        min_gain_db=0.05,
+    )
+    assert not seen  # scored beside it: no rescoring
+    assert result.alias == CHAMPION and result.decision.champion == Figures(20.9, 0.40)
+    client = MlflowClient(store)
+    challenger = client.get_model_version(tracking.MODEL_NAME, "2")
+    assert (
+        challenger.tags["incumbent_version"] == "1" and float(challenger.tags["incumbent_psnr_y_x4"]) == 20.9
+    )
+    incumbent = client.get_model_version(tracking.MODEL_NAME, "1")
+    assert json.loads(incumbent.tags["challenged_by.v2"]) == {
+        "alias": CHAMPION,
+        "psnr_y_x4": 21.0,
+        "lpips_x4": 0.4,
+    }
+    # Figures of an incumbent that is no longer the champion are not used: the champion is rescored.
+    run3, sha3 = log_tiny_checkpoint(store, tmp_path / "c3", seed=3)
+    later = register_checkpoint(
+        tracking_uri=store,
+        run_id=run3,
+        sha256=sha3,
+        figures=Figures(21.0, 0.40),
+        eval_data="user-tiles",
+        lpips_tolerance=TOL,
+        incumbent=Figures(1.0, 0.40),
+        incumbent_version="1",
+    )
+    assert later.decision.champion == Figures(21.0, 0.40) and later.alias == CHALLENGER  # v2's own figures
