@@ -263,7 +263,8 @@ class ConcurrencyGate:
         # Drain the excess, then one typical request per client already told to come back.
         wait = (ahead + typical - budget * rate + len(self._promised) * typical) / rate
         wait = min(self.max_retry_after_s, max(1.0, wait))
-        self._promised.append(now + wait)
+        if wait < self.max_retry_after_s and len(self._promised) < 1024:  # bounded, whatever the flood
+            self._promised.append(now + wait)
         return Verdict(False, expected, typical, wait)
 
     @asynccontextmanager
