@@ -18,12 +18,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from hndsr.checkpoint import load_checkpoint, save_checkpoint
@@ -84,7 +85,7 @@ def _freeze(model: HNDSR, stage: str, cfg: StageParams) -> list[torch.nn.Paramet
 
 
 def _pixel_loss(sr: torch.Tensor, hr: torch.Tensor, kind: str) -> torch.Tensor:
-    # L1 learns fastest; MSE is what PSNR measures, so a late phase on it trades a little for PSNR.
+    # MSE is what PSNR measures: fine-tuning on new imagery gained more with it than with L1.
     return F.mse_loss(sr, hr) if kind == "mse" else F.l1_loss(sr, hr)
 
 
@@ -216,6 +217,12 @@ def train_stage(
     model.to(device).train()
     trainable = _freeze(model, stage, cfg)
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # An exponential moving average of the weights: validated, and saved at the end, in their place.
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=False)
+        if cfg.ema_decay > 0
+        else None
+    )
     start_step = 0
     state_file = _state_path(out_dir, stage)
     if resume and state_file.is_file():
@@ -223,6 +230,8 @@ def train_stage(
         state = torch.load(state_file, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
         sampler.set_state(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
         start_step = int(state["step"])
@@ -264,6 +273,8 @@ def train_stage(
             raise RuntimeError(f"stage {stage}: non-finite loss at step {step}; lower train.{stage}.lr")
         torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
         optimizer.step()
+        if ema is not None:
+            ema.update_parameters(model)
         for k, v in parts.items():
             running[k] = running.get(k, 0.0) + v
         bar.update(1)
@@ -278,7 +289,8 @@ def train_stage(
             if not ctx.is_main:
                 continue
             if stage != "diffusion":
-                metrics |= validate(model, stage, val, device)
+                averaged = cast(HNDSR, ema.module) if ema is not None else model
+                metrics |= validate(averaged, stage, val, device)
             metrics["lr"] = _lr_at(step, cfg)
             metrics["seconds"] = time.perf_counter() - started
             epoch = math.ceil(done / cfg.steps_per_epoch)
@@ -297,6 +309,7 @@ def train_stage(
                 {
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else None,
                     "sampler": sampler.state(),
                     "torch_rng": torch.get_rng_state(),
                     "step": done,
@@ -305,6 +318,10 @@ def train_stage(
             )
             tmp.replace(state_file)
     bar.close()
+    if ema is not None:
+        with torch.no_grad():
+            for average, live in zip(ema.module.parameters(), model.parameters(), strict=True):
+                live.copy_(average)
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()

@@ -98,3 +98,44 @@ def test_unknown_activation_is_refused() -> None:
     assert isinstance(activation("silu"), torch.nn.SiLU)
     with pytest.raises(ValueError, match="relu"):
         activation("swish")
+
+
+def test_ema_of_the_weights_is_what_the_stage_keeps(tmp_path, image_dir, tiny_model_config) -> None:
+    """With a decay near 1 the average stays at the first step's weights (its first update copies
+    them): three EMA steps end where one plain step ends, three plain steps elsewhere."""
+    from hndsr.data import PatchSampler, images_in_split, validation_batches
+    from hndsr.training import train_stage
+
+    paths = images_in_split(image_dir, "train", val_fraction=0.0, test_fraction=0.0)
+    val = validation_batches(paths[:1], crop=48, scales=(4.0,), limit=1)
+
+    def run(steps: int, ema_decay: float) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = HNDSR(**tiny_model_config)
+        torch.nn.init.normal_(model.autoencoder.decoder_tail.weight, std=0.01)  # else no operator gradient
+        raw = {
+            "data": {"patch_size": 48},
+            "train": {
+                "operator": {
+                    "steps": steps,
+                    "batch_size": 2,
+                    "lr": 0.01,
+                    "warmup_steps": 0,
+                    "ema_decay": ema_decay,
+                }
+            },
+        }
+        params = parse_params(raw)
+        sampler = PatchSampler(paths, patch_size=48, scale_min=4.0, scale_max=4.0, seed=0)
+        out = tmp_path / f"{steps}-{ema_decay}"
+        train_stage(model, "operator", params, sampler, val, out, device=torch.device("cpu"), progress=False)
+        return {k: v.clone() for k, v in model.operator.state_dict().items()}
+
+    one, ema3, plain3 = run(1, 0.0), run(3, 0.999999), run(3, 0.0)
+    assert all(torch.allclose(one[k], ema3[k], atol=1e-5) for k in one)
+    assert not all(torch.allclose(one[k], plain3[k], atol=1e-5) for k in one)
+
+
+def test_ema_decay_outside_its_range_is_refused() -> None:
+    with pytest.raises(ConfigError, match="ema_decay"):
+        parse_params({"train": {"operator": {"ema_decay": 1.0}}})
