@@ -24,8 +24,12 @@ $(VENV)/.installed-$(EXTRAS): pyproject.toml
 
 venv: $(VENV)/.installed-$(EXTRAS)
 
-## make test: the whole test suite (unit + integration), ruff and mypy
+## make test: the whole test suite (unit + integration), ruff and mypy. First the system tools the tests
+## start (scripts/install-system-deps.sh: a no-op once installed, else it installs them or stops with the
+## one command to run) and the CRD schemas (scripts/fetch-crd-schemas.sh: a no-op where they are).
 test: venv
+	bash scripts/install-system-deps.sh
+	bash scripts/fetch-crd-schemas.sh
 	$(VENV)/bin/ruff check hndsr serving data_validation monitoring components pipelines tests benchmarks
 	$(VENV)/bin/mypy
 	$(PY) -m pytest

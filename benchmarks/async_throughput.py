@@ -29,6 +29,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from _results import Measurement
 from PIL import Image
 
 from hndsr.s3server import free_ports
@@ -151,16 +152,24 @@ def main() -> None:
     parser.add_argument("--jobs-per-worker", type=int, default=2)
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--scale", type=float, default=4.0)
+    parser.add_argument(
+        "--out", type=Path, default=None, help="default benchmarks/results/async_throughput.json"
+    )
     args = parser.parse_args()
+    measurement = Measurement()
     data = input_png(args.size)
     print(
         f"input {args.size}x{args.size} PNG ({len(data) / 1e6:.1f} MB) at x{args.scale:g}, "
         f"{os.cpu_count()} CPUs"
     )
+    rows = []
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp) / "redis") as redis_server:
         for n in args.workers:
             result = run(redis_server.url, n, n * args.jobs_per_worker, data, args.scale, Path(tmp))
             print(json.dumps(result), flush=True)
+            rows.append(result)
+    setup = {"size": args.size, "scale": args.scale, "input_png_bytes": len(data)}
+    measurement.write("async_throughput", {"setup": setup, "rows": rows}, path=args.out)
 
 
 if __name__ == "__main__":

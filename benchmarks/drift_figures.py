@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from _results import Measurement
 
 from hndsr.imageio import Raster, read_image
 from hndsr.prepare import PrepareConfig, prepare
@@ -88,7 +89,9 @@ def main() -> None:
     ap.add_argument("--stattest", default=DriftSettings.stattest)
     ap.add_argument("--stattest-threshold", type=float, default=None)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=None, help="default benchmarks/results/drift_figures.json")
     args = ap.parse_args()
+    measurement = Measurement()
     settings = DriftSettings(stattest=args.stattest, stattest_threshold=args.stattest_threshold)
     ks = DriftSettings(stattest="ks", stattest_threshold=0.05)
     t0 = time.perf_counter()
@@ -112,14 +115,37 @@ def main() -> None:
         "| condition | n | drift share | detected | drifted features | K-S share |\n"
         "| --- | ---: | ---: | --- | --- | ---: |"
     )
+    rows = []
     for label, current in conditions:
         r = detect_drift(reference, current, settings)
         old = detect_drift(reference, current, ks)
+        rows.append(
+            {
+                "condition": label,
+                "n": r.window_size,
+                "drift_share": r.drift_share,
+                "detected": r.detected,
+                "drifted": list(r.drifted),
+                "ks_drift_share": old.drift_share,
+            }
+        )
         print(
             f"| {label} | {r.window_size} | {r.drift_share:.2f} | {'yes' if r.detected else 'no'} | "
             f"{', '.join(r.drifted) or '-'} | {old.drift_share:.2f} |"
         )
     print(f"{time.perf_counter() - t0:.0f} s in all")
+    setup = {
+        "stattest": settings.stattest,
+        "stattest_threshold": settings.stattest_threshold,
+        "drift_share_threshold": settings.drift_share,
+        "seed": args.seed,
+        "reference_tiles": len(reference),
+    }
+    measurement.write(
+        "drift_figures" if args.seed == 1 else f"drift_figures_seed{args.seed}",
+        {"setup": setup, "rows": rows},
+        path=args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _results import Measurement  # noqa: E402
 from serving_latency import Proc, aerial, checkpoint_dir, free_port, percentile  # noqa: E402
 
 from serving.ingress import IngressConfig, NginxIngress  # noqa: E402
@@ -105,8 +106,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10, help="512 px requests per path")
     parser.add_argument("--small-repeats", type=int, default=200)
     parser.add_argument("--rate-seconds", type=float, default=5.0)
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--json", type=Path, default=None, help="default benchmarks/results/ingress_latency.json"
+    )
     args = parser.parse_args()
+    measurement = Measurement()
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     tmp = Path(tempfile.mkdtemp(prefix="hndsr-ingress-bench-"))
@@ -171,8 +175,7 @@ def main() -> None:
         f"{rl['admitted_before_first_429']} admitted at once, then {rl['sustained_admitted_per_s']}/s; "
         f"{rl['refused_429']} x 429, Retry-After {rl['retry_after']}"
     )
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    measurement.write("ingress_latency", results, path=args.json)
 
 
 if __name__ == "__main__":

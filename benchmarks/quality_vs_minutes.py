@@ -24,6 +24,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _results import Measurement, read_result  # noqa: E402
+
 from hndsr.checkpoint import CONFIG_FILE, load_checkpoint  # noqa: E402
 from hndsr.config import load_params  # noqa: E402
 from hndsr.data import images_in_split  # noqa: E402
@@ -50,7 +52,8 @@ def x4_gain(row: dict[str, Any]) -> float:
 def hndsr_point(minutes: int, data: Path, split: str) -> dict[str, Any]:
     out = RESULTS / f"hndsr_{minutes}min.json"
     if out.is_file():
-        return json.loads(out.read_text())
+        return dict(read_result(out))
+    measurement = Measurement()
     run = ROOT / "runs" / f"minutes{minutes}"
     cmd = [
         str(Path(sys.executable).parent / "hndsr"),
@@ -79,7 +82,7 @@ def hndsr_point(minutes: int, data: Path, split: str) -> dict[str, Any]:
         "gain_db": x4_gain(result),
         "checkpoint_sha256": config.get("sha256"),
     }
-    out.write_text(json.dumps(point, indent=2) + "\n")
+    measurement.write(out.stem, point, path=out)
     return point
 
 
@@ -90,7 +93,7 @@ def baseline_point(minutes: int, split: str) -> dict[str, Any]:
         cmd += ["--split", split]
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, cwd=ROOT, check=True)
-    point = json.loads(out.read_text())
+    point = dict(read_result(out))
     point["minutes"] = point["training"]["seconds"] / 60.0
     return point
 
@@ -152,6 +155,7 @@ def main() -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    measurement = Measurement()
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
     data = args.data or (ROOT / load_params(ROOT / "params.yaml").data.train_dir).resolve()
@@ -189,7 +193,7 @@ def main() -> None:
         ],
         "margins": margins,
     }
-    (RESULTS / "quality_vs_minutes.json").write_text(json.dumps(summary, indent=2) + "\n")
+    measurement.write("quality_vs_minutes", summary)
     plot({"hndsr": hndsr, "baseline": baseline}, RESULTS / "quality_vs_minutes.png")
     print(f"wrote {RESULTS / 'quality_vs_minutes.json'} and .png")
 

@@ -42,6 +42,7 @@ from typing import Any
 import httpx
 import numpy as np
 import torch
+from _results import Measurement
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -312,8 +313,11 @@ def main() -> None:
     parser.add_argument(
         "--overhead-inflight", default="1,2", help="transformer --inflight-batches values (2: its default)"
     )
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--json", type=Path, default=None, help="default benchmarks/results/serving_latency.json"
+    )
     args = parser.parse_args()
+    measurement = Measurement()
     from hndsr.runtime import tune_allocator
 
     tune_allocator()  # what every `hndsr` command does (HNDSR_MALLOC_TUNING=0 measures glibc's defaults)
@@ -416,9 +420,7 @@ def main() -> None:
     results["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]
     text = json.dumps(results, indent=2)
     print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    measurement.write("serving_latency", results, path=args.json)
 
 
 if __name__ == "__main__":

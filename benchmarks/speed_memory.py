@@ -8,18 +8,23 @@ Prints, for the given checkpoint (default: the release one):
 - max |tiled - whole| on the deterministic path at the default tiling.
 
 Usage: python benchmarks/speed_memory.py [--checkpoint DIR] [--threads N] [--diffusion-steps N]
+Raw result: benchmarks/results/speed_memory.json; with HNDSR_MALLOC_TUNING=0 (glibc's allocator
+defaults, the README's allocator comparison) speed_memory_glibc_defaults.json; with HNDSR_CPU_BF16=0
+(fp32 throughout) speed_memory_fp32.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
 
 import torch
+from _results import Measurement
 from torch.utils.flop_counter import FlopCounterMode
 
 
@@ -94,6 +99,12 @@ def main() -> None:
     parser.add_argument("--strength", type=float, default=None, help="default: the model's")
     parser.add_argument("--steps", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="default benchmarks/results/speed_memory.json (speed_memory_glibc_defaults.json when "
+        "HNDSR_MALLOC_TUNING=0, _fp32 with HNDSR_CPU_BF16=0)",
+    )
     args = parser.parse_args()
     from hndsr.runtime import tune_allocator
 
@@ -101,6 +112,7 @@ def main() -> None:
     if args.memory_child:
         peak_memory_child(args.checkpoint, args.threads, args.steps)
         return
+    measurement = Measurement()
     torch.set_num_threads(args.threads)
     from hndsr.evaluation import tiling_discrepancy
     from hndsr.inference import Upscaler
@@ -149,6 +161,11 @@ def main() -> None:
         )
         results[f"x4_512_to_2048_{name}"] = json.loads(child.stdout.strip().splitlines()[-1])
     print(json.dumps(results, indent=2))
+    tuning = os.environ.get("HNDSR_MALLOC_TUNING", "1") != "0"
+    bf16 = os.environ.get("HNDSR_CPU_BF16", "1") != "0"
+    results["allocator_tuning"], results["cpu_bf16_allowed"] = tuning, bf16
+    name = "speed_memory" + ("" if tuning else "_glibc_defaults") + ("" if bf16 else "_fp32")
+    measurement.write(name, results, path=args.out)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _results import Measurement
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -102,17 +103,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tile", type=int, default=1024)
     parser.add_argument("--child", nargs=3, metavar=("MODE", "SRC", "DST"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--out", type=Path, default=None, help="default benchmarks/results/streaming_memory.json"
+    )
     args = parser.parse_args()
     if args.child:
         mode, src, dst = args.child
         print(json.dumps(child(mode, Path(src), Path(dst), args.scale, args.tile, args.threads)))
         return
+    measurement = Measurement()
+    rows = [bench(size, args) for size in args.size]
+    setup = {"scale": args.scale, "tile": args.tile, "threads": args.threads, "path": "deterministic"}
+    measurement.write("streaming_memory", {"setup": setup, "sizes": rows}, path=args.out)
 
-    for size in args.size:
-        bench(size, args)
 
-
-def bench(size: int, args: argparse.Namespace) -> None:
+def bench(size: int, args: argparse.Namespace) -> dict[str, object]:
+    result: dict[str, object] = {"input_px": size, "modes": {}}
     out_mp = round(size * args.scale) ** 2 / 1e6
     modes = [m for m in args.modes if m == "stream" or out_mp <= args.memory_max_mp]
     if modes != args.modes:
@@ -136,6 +142,7 @@ def bench(size: int, args: argparse.Namespace) -> None:
                 print(f"{mode}: failed (exit {run.returncode})\n{run.stderr[-2000:]}")
                 continue
             r = json.loads(run.stdout.strip().splitlines()[-1])
+            result["modes"][mode] = r | {"file_bytes": dst.stat().st_size}  # type: ignore[index]
             outputs[mode] = dst
             print(
                 f"{mode:>6}: {r['seconds']:7.1f} s  {r['out_mp'] / (r['seconds'] / 60):6.1f} output MP/min  "
@@ -148,7 +155,9 @@ def bench(size: int, args: argparse.Namespace) -> None:
         load = Path("/proc/loadavg").read_text().split()[:3]
         print(f"load average after: {' '.join(load)}")
         if len(outputs) == 2:
-            print(f"identical pixels and georeferencing: {same_pixels(outputs['stream'], outputs['memory'])}")
+            result["identical"] = same_pixels(outputs["stream"], outputs["memory"])
+            print(f"identical pixels and georeferencing: {result['identical']}")
+    return result
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _results import Measurement  # noqa: E402
+
 from hndsr.checkpoint import load_checkpoint, release_checkpoint_dir, save_checkpoint  # noqa: E402
 from hndsr.config import load_params  # noqa: E402
 from hndsr.data import images_in_split, load_rgb  # noqa: E402
@@ -140,18 +142,26 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--depth", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path("runs/deep8/init"))
+    parser.add_argument(
+        "--json", type=Path, default=None, help="default benchmarks/results/x4_gap_<probe>.json"
+    )
     args = parser.parse_args()
+    measurement = Measurement()
     tune_allocator()
     torch.set_num_threads(args.threads)
     checkpoint = args.checkpoint or release_checkpoint_dir()
     if args.probe == "deepen":
-        print(json.dumps(deepen(checkpoint, args.depth, args.out), indent=2))
+        deepened = deepen(checkpoint, args.depth, args.out)
+        print(json.dumps(deepened, indent=2))
+        measurement.write("x4_gap_deepen", deepened, path=args.json)
         return
     paths = _held_out(args.data)
     upscaler = Upscaler(load_checkpoint(checkpoint)[0])
     probe = probe_ibp if args.probe == "ibp" else probe_ensemble
     result = {"probe": args.probe, "scale": args.scale, "n_images": len(paths)}
-    print(json.dumps(result | probe(upscaler, paths, args.scale), indent=2))
+    result |= probe(upscaler, paths, args.scale)
+    print(json.dumps(result, indent=2))
+    measurement.write(f"x4_gap_{args.probe}", result, path=args.json)
 
 
 if __name__ == "__main__":

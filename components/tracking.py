@@ -193,6 +193,18 @@ class Registration:
         return f"models:/{self.name}/{self.version}"
 
 
+def _version_with_weights(client: MlflowClient, name: str, sha256: str) -> ModelVersion | None:
+    """The version of ``name`` holding these weights (creating the registered model if needed)."""
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="HNDSR super-resolution checkpoints")
+    for version in client.search_model_versions(f"name='{name}'"):
+        if (version.tags or {}).get("sha256") == sha256:
+            return version
+    return None
+
+
 def champion_version(client: MlflowClient, name: str) -> ModelVersion | None:
     try:
         return client.get_model_version_by_alias(name, CHAMPION)
@@ -225,24 +237,20 @@ def register_checkpoint(
     """
     uri = resolve_tracking_uri(tracking_uri)
     client = MlflowClient(uri)
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(name, description="HNDSR super-resolution checkpoints")
-    for existing in client.search_model_versions(f"name='{name}'"):
-        if (existing.tags or {}).get("sha256") == sha256:
-            recorded = json.loads((existing.tags or {}).get("promotion", "{}") or "{}")
-            aliases = set(existing.aliases or [])
-            alias = CHAMPION if CHAMPION in aliases else recorded.get("alias", CHALLENGER)
-            decision = PromotionDecision(
-                alias=alias,
-                reason=f"already registered as version {existing.version}: {recorded.get('reason', '')}",
-                candidate=_figures_of(existing),
-                champion=None,
-                champion_version=None,
-                lpips_tolerance=lpips_tolerance,
-            )
-            return Registration(name, str(existing.version), alias, decision, reused=True)
+    existing = _version_with_weights(client, name, sha256)
+    if existing is not None:
+        recorded = json.loads((existing.tags or {}).get("promotion", "{}") or "{}")
+        aliases = set(existing.aliases or [])
+        alias = CHAMPION if CHAMPION in aliases else recorded.get("alias", CHALLENGER)
+        decision = PromotionDecision(
+            alias=alias,
+            reason=f"already registered as version {existing.version}: {recorded.get('reason', '')}",
+            candidate=_figures_of(existing),
+            champion=None,
+            champion_version=None,
+            lpips_tolerance=lpips_tolerance,
+        )
+        return Registration(name, str(existing.version), alias, decision, reused=True)
 
     current = champion_version(client, name)
     champion: Figures | None = None
@@ -321,14 +329,10 @@ def register_release(tracking_uri: str, name: str = MODEL_NAME) -> ModelVersion:
     client = MlflowClient(uri)
     _, config = load_release_checkpoint()  # verifies its hash
     sha256 = str(config["sha256"])
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(name, description="HNDSR super-resolution checkpoints")
-    for existing in client.search_model_versions(f"name='{name}'"):
-        if (existing.tags or {}).get("sha256") == sha256:
-            client.set_registered_model_alias(name, CHAMPION, existing.version)
-            return client.get_model_version(name, existing.version)
+    existing = _version_with_weights(client, name, sha256)
+    if existing is not None:
+        client.set_registered_model_alias(name, CHAMPION, existing.version)
+        return client.get_model_version(name, existing.version)
     directory = release_checkpoint_dir()
     evaluation = json.loads((directory / "evaluation.json").read_text())
     x4 = next(ev for ev in evaluation["evaluations"] if float(ev["scale"]) == 4.0 and not ev["steps"])

@@ -107,11 +107,13 @@ def register(app: typer.Typer, *, friendly_errors: Decorator) -> None:
         params: ParamsOpt = Path("params.yaml"),
         profile: ProfileOpt = None,
         data: DataOpt = "data/raw",
+        training_backend: BackendOpt = "in-process",
     ) -> None:
-        """Write the pipeline YAML (params.yaml and the profile become the parameters' defaults)."""
+        """Write the pipeline YAML (params.yaml and the profile become the parameters' defaults; with
+        --training-backend pytorchjob the train steps mount the training volume)."""
         from pipelines.runner import compile_pipeline
 
-        args = arguments(params, profile, data, (0, 0, 0), None, 0, True, None, "", "in-process")
+        args = arguments(params, profile, data, (0, 0, 0), None, 0, True, None, "", training_backend)
         typer.echo(f"wrote {compile_pipeline(out, args)}")
 
     @pipeline_app.command("run")

@@ -118,16 +118,18 @@ def code_fingerprint() -> str:
 
 
 def compile_pipeline(out: str | Path, arguments: PipelineArguments | None = None) -> Path:
-    """Write the pipeline YAML (deterministic for the same code and defaults)."""
+    """Write the pipeline YAML (deterministic for the same code and defaults); with
+    ``training_backend="pytorchjob"`` the train steps mount the training volume."""
     from kfp import compiler
 
-    from pipelines.training_pipeline import training_pipeline
+    from pipelines.training_pipeline import pipeline_for
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    defaults = (arguments or PipelineArguments()).as_dict()
-    defaults = {k: v for k, v in defaults.items() if k not in ("data_version", "code_version")}
-    compiler.Compiler().compile(training_pipeline, str(out), pipeline_parameters=defaults)
+    arguments = arguments or PipelineArguments()
+    defaults = {k: v for k, v in arguments.as_dict().items() if k not in ("data_version", "code_version")}
+    pipeline = pipeline_for(arguments.training_backend)
+    compiler.Compiler().compile(pipeline, str(out), pipeline_parameters=defaults)
     return out
 
 

@@ -15,14 +15,22 @@ Parameters:
   to be promoted; ``lpips_tolerance``: how much worse than the incumbent's LPIPS a new champion may be
   (both default to params.yaml's ``gate`` section);
   ``mlflow_uri`` ("" = the pod's MLFLOW_TRACKING_URI, else a local sqlite store); ``model_name``.
-- ``training_backend``: where training runs: "in-process" (inside the step's pod) or "pytorchjob".
+- ``training_backend``: where training runs: "in-process" (inside the step's pod) or "pytorchjob"
+  (each train step launches a Kubeflow PyTorchJob, components/pytorchjob.py, and waits for it). The
+  PyTorchJob backend stages its inputs on the ``hndsr-training`` ReadWriteMany claim, so the pipeline
+  compiled for it (``pipeline_for("pytorchjob")``, what ``compile_pipeline``/``submit`` choose from
+  the arguments) mounts that claim at /mnt/hndsr in the three train steps' pods; the in-process
+  pipeline mounts nothing, and a run of it given "pytorchjob" fails in the train step saying so.
 - ``data_version`` / ``code_version``: identities of the input data and the code. Only prepare takes
   them, and every later step descends from its output, so a change re-runs the whole DAG while an
   unchanged run is served from the cache. ``hndsr pipeline run`` fills both with content digests.
 """
 
-from kfp import dsl
+from typing import Any
 
+from kfp import dsl, kubernetes
+
+from components.pytorchjob import CLAIM, MOUNT
 from components.training_components import (
     evaluate,
     incumbent_model,
@@ -39,6 +47,8 @@ PIPELINE_NAME = "hndsr-training"
 GPU_RESOURCE = "nvidia.com/gpu"
 TRAIN_RETRIES = 2  # a preempted or evicted GPU node; data and code errors fail the same way twice
 EVAL_RETRIES = 1
+# True only while pipeline_for builds the PyTorchJob variant's graph (the body runs once per build).
+_mount_training_volume = False
 
 
 @dsl.pipeline(
@@ -104,6 +114,8 @@ def training_pipeline(
     for task in (autoencoder, operator, diffusion):
         task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
         task.set_retry(num_retries=TRAIN_RETRIES, backoff_duration="60s", backoff_factor=2.0)
+        if _mount_training_volume:  # where the PyTorchJob backend stages data, params and checkpoints
+            kubernetes.mount_pvc(task, pvc_name=CLAIM, mount_path=MOUNT)
 
     incumbent = incumbent_model(mlflow_uri=mlflow_uri, model_name=model_name)
     incumbent.set_display_name("incumbent model")
@@ -133,3 +145,23 @@ def training_pipeline(
     )
     registered.set_caching_options(False)  # the registry changes between runs; registering is idempotent
     return registered.outputs["Output"]
+
+
+def _on_training_volume() -> Any:
+    """The same pipeline with the training volume mounted in its train steps."""
+    global _mount_training_volume
+    _mount_training_volume = True
+    try:
+        return dsl.pipeline(name=PIPELINE_NAME, description=training_pipeline.description)(
+            training_pipeline.pipeline_func
+        )
+    finally:
+        _mount_training_volume = False
+
+
+training_pipeline_on_volume = _on_training_volume()
+
+
+def pipeline_for(training_backend: str) -> Any:
+    """The pipeline to compile for a backend: the PyTorchJob one mounts the training volume."""
+    return training_pipeline_on_volume if training_backend == "pytorchjob" else training_pipeline

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite starts on 127.0.0.1; skips what is already there.
+# Installs the Debian packages the test suite starts on 127.0.0.1; skips what is already there (so
+# `make test` runs it every time: a no-op once installed). Uses sudo only when not root, and fails at
+# once with the command to run when that needs a password.
 set -euo pipefail
 declare -A needs=(
   [redis-server]=redis-server
@@ -17,7 +19,16 @@ for tool in "${!needs[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing+=("${needs[$tool]}")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
-  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  packages="$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')"
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    # Not root: sudo without a password prompt, else stop here with the one command to run.
+    if ! command -v sudo >/dev/null 2>&1 || ! sudo -n true 2>/dev/null; then
+      echo "error: system packages missing (${packages% }): run \`sudo bash scripts/install-system-deps.sh\`" >&2
+      exit 1
+    fi
+    sudo="sudo -n"
+  fi
   export DEBIAN_FRONTEND=noninteractive
   # Never start the packaged services: the tests start their own instances on free ports.
   added_policy=0
@@ -27,6 +38,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     added_policy=1
   fi
   $sudo apt-get update -q
-  $sudo apt-get install -y -q --no-install-recommends $(printf '%s\n' "${missing[@]}" | sort -u)
+  # shellcheck disable=SC2086
+  $sudo apt-get install -y -q --no-install-recommends $packages
   [ "$added_policy" -eq 0 ] || $sudo rm -f /usr/sbin/policy-rc.d
 fi

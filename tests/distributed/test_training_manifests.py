@@ -4,7 +4,6 @@ the pipeline's launcher builds the same job and reports the operator's outcome."
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from tooling import needs_tool, require_tool
 
 from components.pytorchjob import (
     CLAIM,
@@ -29,8 +29,7 @@ from hndsr.images import image_ref
 TRAINING = Path(__file__).parents[2] / "manifests" / "training"
 STAGES = ("autoencoder", "operator", "diffusion")
 KUBERNETES_VERSION = "1.32"
-KUBECTL = shutil.which("kubectl")
-pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl (with kustomize) is not installed")
+pytestmark = needs_tool("kubectl")
 
 # kubeflow.org/v1 PyTorchJobSpec and ReplicaSpec fields (training-operator's API types).
 JOB_SPEC_FIELDS = {"runPolicy", "elasticPolicy", "nprocPerNode", "pytorchReplicaSpecs"}
@@ -50,7 +49,11 @@ CLEAN_POD_POLICIES = {"All", "Running", "None"}
 
 def render(directory: Path) -> list[dict[str, Any]]:
     out = subprocess.run(
-        [str(KUBECTL), "kustomize", str(directory)], capture_output=True, text=True, timeout=120, check=False
+        [require_tool("kubectl"), "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert out.returncode == 0, f"kubectl kustomize {directory} failed:\n{out.stderr}"
     return [d for d in yaml.safe_load_all(out.stdout) if d]

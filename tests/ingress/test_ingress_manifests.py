@@ -5,13 +5,13 @@ and the pieces agree with each other and with the serving configuration."""
 from __future__ import annotations
 
 import math
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from tooling import require_tool
 
 from serving.transformer import TransformerSettings
 from serving.validation import Limits
@@ -35,10 +35,12 @@ MODELS: dict[tuple[str, str], Any] = {
 
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, dict[str, Any]]:
-    if shutil.which("kubectl") is None:
-        pytest.skip("kubectl (with kustomize) is not installed")
     out = subprocess.run(
-        ["kubectl", "kustomize", str(INGRESS)], capture_output=True, text=True, check=True, timeout=120
+        [require_tool("kubectl"), "kustomize", str(INGRESS)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     ).stdout
     docs = [d for d in yaml.safe_load_all(out) if d]
     by_kind = {d["kind"]: d for d in docs}

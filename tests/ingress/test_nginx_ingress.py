@@ -18,14 +18,15 @@ from pathlib import Path
 import httpx
 import pytest
 from servingstack import Server, b64, free_port, png_bytes, predictor, transformer, write_checkpoint
+from tooling import needs_tool
 
 pytest.importorskip("kserve")
-if not Path("/usr/sbin/nginx").is_file():
-    pytest.skip("Debian's nginx is not installed (scripts/install-system-deps.sh)", allow_module_level=True)
 
 from serving.ingress import IngressConfig, NginxIngress
 from serving.transformer import TransformerSettings
 from serving.validation import Limits
+
+pytestmark = needs_tool("nginx")
 
 V1 = "/v1/models/hndsr:predict"
 V2 = "/v2/models/hndsr/infer"

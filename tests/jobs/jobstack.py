@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from servingstack import Server
+from tooling import require_tool
 
 from serving.jobs.redisserver import EmbeddedRedis
 from serving.jobs.store import JobConfig
@@ -18,6 +19,7 @@ from serving.jobs.store import JobConfig
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    require_tool("redis-server")
     with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
         yield server
     assert server.proc is None

@@ -1,23 +1,35 @@
 """Helpers of the manifest tests: render kustomizations with the real kubectl, validate core kinds with
-kubernetes-validate and custom resources against the CRD schemas in ../shared/schemas."""
+kubernetes-validate and custom resources against the CRD schemas: $HNDSR_CRD_SCHEMAS when set, else
+.crd-schemas (what scripts/fetch-crd-schemas.sh fetches from the pinned releases: GitHub CI) or
+../shared/schemas (this workplace's copy of the same files)."""
 
 from __future__ import annotations
 
 import functools
-import shutil
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema
-import pytest
 import yaml
+from tooling import find_tool, needs_tool, require_path, require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
-SCHEMAS = ROOT.parent / "shared" / "schemas"
-KUBECTL = shutil.which("kubectl")
+FETCH_SCHEMAS = "bash scripts/fetch-crd-schemas.sh"
+
+
+def _schemas() -> Path:
+    if os.environ.get("HNDSR_CRD_SCHEMAS"):
+        return Path(os.environ["HNDSR_CRD_SCHEMAS"])
+    fetched, shared = ROOT / ".crd-schemas", ROOT.parent / "shared" / "schemas"
+    return shared if shared.is_dir() and not fetched.is_dir() else fetched
+
+
+SCHEMAS = _schemas()
+KUBECTL = find_tool("kubectl")
 
 # Custom resources, by (group, kind) -> CRD file under SCHEMAS.
 CRD_FILES = {
@@ -38,7 +50,7 @@ CRD_FILES = {
         "AlertmanagerConfig",
     ): "prometheus-operator/monitoring.coreos.com_alertmanagerconfigs.yaml",
 }
-# Custom resources of other engineers' kustomizations whose CRDs are not in ../shared/schemas: only
+# Custom resources of other engineers' kustomizations whose CRDs are not among those schemas: only
 # their envelope is checked. A kind in neither table fails the tests (decide, then list it).
 CRDS_WITHOUT_SCHEMA = {
     ("cert-manager.io", "Certificate"),
@@ -61,7 +73,7 @@ class _Loader(_BaseLoader):  # type: ignore[valid-type,misc]
 
 _Loader.add_constructor("tag:yaml.org,2002:value", lambda loader, node: loader.construct_scalar(node))
 
-needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl (with kustomize) is not installed")
+needs_kubectl = needs_tool("kubectl")
 
 
 def kustomizations() -> list[Path]:
@@ -74,7 +86,11 @@ def kustomizations() -> list[Path]:
 @functools.cache
 def render(directory: Path) -> tuple[dict[str, Any], ...]:
     out = subprocess.run(
-        [str(KUBECTL), "kustomize", str(directory)], capture_output=True, text=True, timeout=120, check=False
+        [require_tool("kubectl"), "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert out.returncode == 0, f"kubectl kustomize {directory} failed:\n{out.stderr}"
     return load_all(out.stdout)
@@ -94,11 +110,14 @@ def find(docs: tuple[dict[str, Any], ...], kind: str, name: str | None = None) -
     return [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
 
 
+def schema_file(name: str) -> Path:
+    """A CRD file of the schema folder, or skip/fail by the one policy (tests/tooling.py)."""
+    return require_path(SCHEMAS / name, "CRD schema", FETCH_SCHEMAS)
+
+
 @functools.cache
 def crd_schema(group: str, kind: str, version: str) -> dict[str, Any]:
-    if not SCHEMAS.is_dir():
-        pytest.skip(f"CRD schemas not found at {SCHEMAS} (they live in ../shared/schemas, outside the repo)")
-    crd = yaml.load((SCHEMAS / CRD_FILES[(group, kind)]).read_text(), Loader=_Loader)
+    crd = yaml.load(schema_file(CRD_FILES[(group, kind)]).read_text(), Loader=_Loader)
     for v in crd["spec"]["versions"]:
         if v["name"] == version:
             return dict(v["schema"]["openAPIV3Schema"])

@@ -77,8 +77,6 @@ def test_entry_point_is_the_console_script_with_a_real_subcommand(kind: str) -> 
     assert entrypoint == ["hndsr"] and "hndsr" in PYPROJECT["project"]["scripts"]
     path = [a for a in cmd if not a.startswith("-")]
     assert path[:2] == DEFAULT_COMMANDS[kind]
-    if path[:2] == ["serve", "worker"] and "worker" not in _resolve(["serve"]).commands:
-        pytest.skip("hndsr serve worker is not there yet (issue #7)")
     _resolve(path[:2])
 
 

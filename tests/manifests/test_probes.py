@@ -4,7 +4,6 @@ on 127.0.0.1 and free ports, and every liveness/readiness path must answer 200 o
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,11 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
-import typer
 from kube_render import MANIFESTS, find, needs_kubectl, render
 from servingstack import Server, free_port, write_checkpoint
-
-from hndsr.cli import app
+from tooling import require_tool
 
 pytestmark = [needs_kubectl, pytest.mark.slow]
 
@@ -104,9 +101,7 @@ def test_transformer_probes_with_the_args_kserve_appends(predictor: Server, tmp_
 
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    if not Path(binary).exists():
-        pytest.skip("redis-server is not installed (scripts/install-system-deps.sh installs it)")
+    binary = require_tool("redis-server")
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -133,9 +128,6 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
 
 
 def test_worker_probes(checkpoint: Path, redis_url: str, tmp_path: Path) -> None:
-    cli: Any = typer.main.get_command(app)
-    if "worker" not in cli.commands["serve"].commands:
-        pytest.skip("hndsr serve worker is not in this checkout (issue #7)")
     container = _worker_container()
     args = _serve_args(container, {"s3://hndsr/models/0.1.0": str(checkpoint)})
     args = [a for i, a in enumerate(args) if "--s3-prefix" not in (a, args[i - 1])]  # results stay in Redis

@@ -4,7 +4,6 @@ free ports, started and stopped by the fixture that needs them."""
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import time
@@ -13,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import yaml
 from servingstack import free_port
+from tooling import require_tool
 
 READY_TIMEOUT_S = 60
 
@@ -51,9 +50,7 @@ class Process:
 
 
 def start(name: str, args: list[str], port: int, tmp: Path, ready: str) -> Process:
-    binary = shutil.which(name)
-    if binary is None:
-        pytest.fail(f"{name} is not installed: run scripts/install-system-deps.sh")
+    binary = require_tool(name)
     log = tmp / f"{name}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([binary, *args], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -6,12 +6,12 @@ checked by tests/manifests)."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from tooling import needs_tool, require_tool
 from typer.testing import CliRunner
 
 from hndsr.alerting import alertmanager_config, secrets
@@ -23,8 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "monitoring" / "alertmanager.yml"
 RULES = ROOT / "monitoring" / "rules" / "hndsr-alerts.yml"
 RUNBOOK = ROOT / "monitoring" / "RUNBOOK.md"
-AMTOOL = shutil.which("amtool")
-needs_amtool = pytest.mark.skipif(AMTOOL is None, reason="amtool missing: scripts/install-system-deps.sh")
+needs_amtool = needs_tool("amtool")
 
 UNROUTED = "hndsr-unrouted"
 # Who each alert is for (the issue's policy): critical pages, drift goes to the data team's channel,
@@ -48,8 +47,9 @@ def _rules(path: Path = RULES) -> dict[str, dict]:
 
 
 def _amtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    assert AMTOOL is not None
-    return subprocess.run([AMTOOL, *map(str, args)], capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [require_tool("amtool"), *map(str, args)], capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def route_problems(rules: dict[str, dict], config: Path = CONFIG) -> list[str]:

@@ -6,13 +6,12 @@ from __future__ import annotations
 import ast
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 from prometheus_client import CollectorRegistry
+from tooling import needs_tool, require_tool
 
 from monitoring.drift import DriftResult, push_registry
 from serving.metrics import ServingMetrics
@@ -21,10 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "monitoring" / "rules" / "hndsr-alerts.yml"
 RULE_TESTS = sorted((ROOT / "monitoring" / "rules" / "tests").glob("*.yml"))
 DASHBOARD = ROOT / "monitoring" / "dashboards" / "hndsr.json"
-PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool missing: scripts/install-system-deps.sh"
-)
+needs_promtool = needs_tool("promtool")
 
 
 def _alerts() -> dict[str, dict]:
@@ -33,8 +29,9 @@ def _alerts() -> dict[str, dict]:
 
 
 def _promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    assert PROMTOOL is not None
-    return subprocess.run([PROMTOOL, *map(str, args)], capture_output=True, text=True, timeout=240)
+    return subprocess.run(
+        [require_tool("promtool"), *map(str, args)], capture_output=True, text=True, timeout=240
+    )
 
 
 @needs_promtool

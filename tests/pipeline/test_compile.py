@@ -16,12 +16,14 @@ from pipelines.runner import PipelineArguments, compile_pipeline, read_params
 ROOT = Path(__file__).resolve().parents[2]
 
 EDGES = {
-    "prepare": set(),
+    "initial-model": set(),
+    "incumbent-model": set(),
+    "prepare": {"initial-model"},
     "validate": {"prepare"},
-    "train-autoencoder": {"prepare", "validate"},
-    "train-operator": {"prepare", "train-autoencoder"},
-    "train-diffusion": {"prepare", "train-operator"},
-    "evaluate": {"prepare", "train-diffusion"},
+    "train-autoencoder": {"initial-model", "prepare", "validate"},
+    "train-operator": {"initial-model", "prepare", "train-autoencoder"},
+    "train-diffusion": {"initial-model", "prepare", "train-operator"},
+    "evaluate": {"incumbent-model", "prepare", "train-diffusion"},
     "register": {"prepare", "train-diffusion", "evaluate"},
 }
 TRAIN_TASKS = ("train-autoencoder", "train-operator", "train-diffusion")

@@ -1,4 +1,5 @@
-"""The train step's training_backend seam: in-process (default) or a Kubeflow PyTorchJob."""
+"""The train step's training_backend seam: in-process (default) or a Kubeflow PyTorchJob, and the
+pipeline compiled for the PyTorchJob backend, whose train steps mount the training volume."""
 
 from __future__ import annotations
 
@@ -41,3 +42,50 @@ def test_pytorchjob_backend_needs_the_shared_volume_and_says_so(tmp_path: Path) 
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [r.data.params.get("training_backend") for r in runs] == ["pytorchjob"]
     assert runs[0].info.status == "FAILED"
+
+
+def _compiled(tmp_path: Path, backend: str) -> list[dict]:
+    import yaml
+
+    from pipelines.runner import PipelineArguments, compile_pipeline, read_params
+
+    args = PipelineArguments(
+        params=read_params(ROOT / "params.yaml", "quick"), profile="quick", training_backend=backend
+    )
+    path = compile_pipeline(tmp_path / f"{backend}.yaml", args)
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _pvc_mounts(docs: list[dict]) -> dict[str, list[dict]]:
+    platforms = [d["platforms"] for d in docs if "platforms" in d]
+    executors = platforms[0]["kubernetes"]["deploymentSpec"]["executors"] if platforms else {}
+    return {name: spec["pvcMount"] for name, spec in executors.items() if "pvcMount" in spec}
+
+
+def test_the_pytorchjob_pipeline_mounts_the_training_volume_in_the_train_steps(tmp_path: Path) -> None:
+    from components.pytorchjob import CLAIM
+
+    docs = _compiled(tmp_path, "pytorchjob")
+    mounts = _pvc_mounts(docs)
+    assert set(mounts) == {"exec-train-autoencoder", "exec-train-operator", "exec-train-diffusion"}
+    for name, (mount,) in mounts.items():
+        assert mount["mountPath"] == MOUNT, name
+        claim = mount.get("constant") or mount["pvcNameParameter"]["runtimeValue"]["constant"]
+        assert claim == CLAIM, name
+    spec = docs[0]
+    assert spec["root"]["inputDefinitions"]["parameters"]["training_backend"]["defaultValue"] == "pytorchjob"
+    # The in-process pipeline mounts nothing (a cluster without the claim can still run it).
+    assert _pvc_mounts(_compiled(tmp_path, "in-process")) == {}
+
+
+def test_compile_command_takes_the_backend(tmp_path: Path) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from hndsr.cli import app
+
+    out = tmp_path / "p.yaml"
+    args = ["pipeline", "compile", "--out", str(out), "--params", str(ROOT / "params.yaml")]
+    result = CliRunner().invoke(app, [*args, "--training-backend", "pytorchjob"])
+    assert result.exit_code == 0, result.output
+    assert _pvc_mounts([d for d in yaml.safe_load_all(out.read_text()) if d])

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from lakeserver import require_seaweedfs
 from servingstack import b64, png_bytes, predictor, write_checkpoint
 
 pytest.importorskip("kserve")
@@ -23,11 +24,9 @@ V1 = "/v1/models/hndsr:predict"
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    s3server = pytest.importorskip("hndsr.s3server")
-    try:
-        s3server.find_weed()
-    except Exception as exc:
-        pytest.skip(f"no SeaweedFS binary: {exc}")
+    from hndsr import s3server
+
+    require_seaweedfs()
     with s3server.EmbeddedS3(tmp_path_factory.mktemp("s3")) as server:
         yield server
 

