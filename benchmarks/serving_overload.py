@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import secrets
 import sys
 import tempfile
@@ -37,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _results import Measurement
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -216,6 +215,7 @@ def main() -> None:
     ap.add_argument("--no-recovery", action="store_true")
     ap.add_argument("--json", default=str(ROOT / "benchmarks/results/serving_overload.json"))
     args = ap.parse_args()
+    measurement = Measurement()  # the machine, the commit, the load average at the start and the end
 
     tmp = Path(tempfile.mkdtemp(prefix="hndsr-overload-"))
     ckpt, ckpt_label = checkpoint_dir(args.checkpoint, tmp)
@@ -223,17 +223,11 @@ def main() -> None:
     keys_file = tmp / "keys.txt"
     keys_file.write_text("".join(f"{k} client-{i:02d}\n" for i, k in enumerate(keys)))
     body = body_for(args.size, args.steps, seed=7)
-    load_start = os.getloadavg()
     pred_args = ["--storage-uri", ckpt, "--device", "cpu"] if not _cuda() else ["--storage-uri", ckpt]
     result: dict[str, Any] = {
         "checkpoint": ckpt_label,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "loadavg_start": [round(x, 2) for x in load_start],
-        },
+        "device": "cuda" if _cuda() else "cpu",
         "request": {"size": args.size, "scale": 4, "steps": args.steps, "out_px": args.size * 4},
-        "command": " ".join(["python", *sys.argv]),
         "runs": [],
     }
     pred = Proc(["predictor", *pred_args], tmp / "predictor.log")
@@ -274,10 +268,7 @@ def main() -> None:
                 trans.stop()
     finally:
         pred.stop()
-    result["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    measurement.write("serving_overload", result, path=args.json)
 
 
 def _cuda() -> bool:
