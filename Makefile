@@ -13,7 +13,7 @@ RUN_DIR ?= runs/quick
 export MLFLOW_DISABLE_TELEMETRY := true
 
 .PHONY: venv test lint run benchmark release-train clean \
-	data lake pipeline serve benchmark-serving serve-tls
+	data lake pipeline serve benchmark-serving serve-tls images
 
 $(VENV)/.installed-$(EXTRAS): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -93,6 +93,13 @@ lake: venv
 ## make pipeline: the DVC pipeline (dvc.yaml) with the profile of params.yaml's pipeline.profile (quick)
 pipeline: venv
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/dvc repro
+
+## make images: the train, serve and worker images (docker/), tagged hndsr.images.image_ref(kind), with
+## buildah where there is no Docker daemon: local Debian base + CPU torch wheel (scripts/build-images.sh)
+images:
+	bash scripts/install-container-tools.sh
+	bash scripts/make-base-image.sh
+	bash scripts/build-images.sh
 
 clean:
 	rm -rf $(VENV) runs/quick outputs .pytest_cache .mypy_cache .ruff_cache

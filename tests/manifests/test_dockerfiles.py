@@ -42,9 +42,13 @@ def final_stage(ops: list[tuple[str, str]]) -> list[tuple[str, str]]:
 @pytest.mark.parametrize("kind", IMAGE_KINDS)
 def test_dockerfile_is_pinned_multistage_and_non_root(kind: str) -> None:
     ops = instructions(DOCKER / f"{kind}.Dockerfile")
-    bases = [rest.split()[0] for op, rest in ops if op == "FROM"]
+    # Build args before the first FROM (BASE_IMAGE: the local base here) default to the production base.
+    args = dict(rest.split("=", 1) for op, rest in ops[: [o for o, _ in ops].index("FROM")] if op == "ARG")
+    froms = [rest.split() for op, rest in ops if op == "FROM"]
+    stages = {f[2] for f in froms if len(f) == 3 and f[1].upper() == "AS"}
+    bases = [re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], f[0]) for f in froms]
     assert len(bases) >= 2, f"{kind}: not multi-stage"
-    for base in bases:
+    for base in (b for b in bases if b not in stages):
         assert PINNED.match(base) and (":" in base or "@" in base), f"{kind}: base {base} is not pinned"
         assert "latest" not in base
     users = [rest for op, rest in final_stage(ops) if op == "USER"]
