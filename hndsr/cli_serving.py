@@ -57,8 +57,11 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
             int, typer.Option(help="Consecutive failures that open the breaker.")
         ] = 3,
         breaker_reset_s: Annotated[
-            float, typer.Option(help="Seconds OPEN before a trial (HALF_OPEN).")
+            float, typer.Option(help="Seconds OPEN before a blind trial, if the self-test has not closed it.")
         ] = 30.0,
+        breaker_probe_s: Annotated[
+            float, typer.Option(help="While OPEN, re-run the warm-up self-test this often; passed: CLOSED.")
+        ] = 1.0,
         expected_sha256: Annotated[str | None, typer.Option(help="Refuse any other checkpoint.")] = None,
         cache_dir: Annotated[Path | None, typer.Option(help="Where s3:// and models:/ downloads go.")] = None,
         max_body_mb: Annotated[float, typer.Option(help="Request body limit in MB (413 above).")] = 64.0,
@@ -90,6 +93,7 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
             compute_batch=compute_batch,
             breaker_threshold=breaker_threshold,
             breaker_reset_s=breaker_reset_s,
+            breaker_probe_s=breaker_probe_s,
             expected_sha256=expected_sha256,
             cache_dir=str(cache_dir) if cache_dir else None,
             max_body_bytes=int(max_body_mb * 2**20),
@@ -126,14 +130,42 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
         * 2048,
         rate_limit_rps: Annotated[float, typer.Option(help="Requests/s per client key (0: off).")] = 10.0,
         rate_limit_burst: Annotated[int, typer.Option(help="Token-bucket burst per client key.")] = 20,
+        api_keys_file: Annotated[
+            Path | None,
+            typer.Option(
+                envvar="HNDSR_API_KEYS_FILE",
+                help="Issued API keys ('<key> <client name>' lines or a JSON object): X-Api-Key names the "
+                "rate-limit bucket, an unknown key is 401. Without it the peer address does.",
+            ),
+        ] = None,
+        client_ip_header: Annotated[
+            str | None,
+            typer.Option(
+                help="Client-address header of a proxy in front (e.g. X-Forwarded-For), believed "
+                "only from --trusted-proxies."
+            ),
+        ] = None,
+        trusted_proxies: Annotated[
+            str, typer.Option(help="Comma-separated addresses/CIDRs whose --client-ip-header is believed.")
+        ] = "127.0.0.1/32,::1/128",
         max_concurrency: Annotated[int, typer.Option(help="Requests processed at once.")] = 4,
         max_queue: Annotated[int, typer.Option(help="Requests waiting; more -> 503.")] = 20,
+        max_latency_factor: Annotated[
+            float,
+            typer.Option(
+                help="Refuse (503) a request expected to take over this many times its unloaded latency "
+                "at the measured drain rate (0: queue length only)."
+            ),
+        ] = 2.5,
         breaker_threshold: Annotated[
             int, typer.Option(help="Consecutive predictor failures that open it.")
         ] = 3,
         breaker_reset_s: Annotated[
-            float, typer.Option(help="Seconds OPEN before a trial (HALF_OPEN).")
+            float, typer.Option(help="Seconds OPEN before a blind trial, if the probe has not closed it.")
         ] = 30.0,
+        breaker_probe_s: Annotated[
+            float, typer.Option(help="While OPEN, probe the predictor's readiness this often; ready: CLOSED.")
+        ] = 1.0,
         timeout_s: Annotated[float, typer.Option(help="Predictor request timeout.")] = 600.0,
         request_stats: Annotated[
             str | None,
@@ -181,10 +213,15 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
             inflight_batches=inflight_batches,
             rate_limit_rps=rate_limit_rps,
             rate_limit_burst=rate_limit_burst,
+            api_keys_file=str(api_keys_file) if api_keys_file else None,
+            client_ip_header=client_ip_header,
+            trusted_proxies=trusted_proxies,
             max_concurrency=max_concurrency,
             max_queue=max_queue,
+            max_latency_factor=max_latency_factor,
             breaker_threshold=breaker_threshold,
             breaker_reset_s=breaker_reset_s,
+            breaker_probe_s=breaker_probe_s,
             request_stats=request_stats,
             jobs=job_config(redis_url, s3_prefix=jobs_s3_prefix, max_attempts=jobs_max_attempts)
             if redis_url

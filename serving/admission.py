@@ -10,7 +10,7 @@ import enum
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -75,40 +75,260 @@ class RateLimiter:
 # ------------------------------------------------------------------------------------ concurrency
 
 
-class ConcurrencyGate:
-    """At most ``limit`` holders at once; at most ``max_waiting`` callers queue for a slot, the next
-    one is refused at once with :class:`QueueFull` (503 + Retry-After)."""
+@dataclass(eq=False)
+class Ticket:
+    """One admitted request. The model that serves it sets :meth:`plan` (its size and cost class) once
+    it knows them and :meth:`progress` as its parts finish; the gate does the rest."""
 
-    def __init__(self, limit: int, max_waiting: int, *, retry_after_s: float = 1.0, what: str = "requests"):
+    admitted: float
+    started: float | None = None  # when it got a processing slot
+    size: float | None = None  # work units, e.g. output tile megapixels
+    cls: Hashable = None  # cost class, e.g. the diffusion steps
+    done: float = 0.0  # fraction finished, 0..1
+    shared_s: float = 0.0  # integral of the number of running requests over its service time
+    alone: bool = True  # no other request ran at any time during its service
+    ok: bool = False  # set by the model when it finished without error
+
+    def plan(self, size: float, cls: Hashable = None) -> None:
+        self.size = max(0.0, float(size))
+        self.cls = cls
+
+    def progress(self, fraction: float) -> None:
+        self.done = min(1.0, max(self.done, float(fraction)))
+
+
+class DrainMeter:
+    """Measured service cost and drain rate, for admission by expected wait.
+
+    Work is counted in *unloaded seconds*: what a request would take on an idle server. Per cost class,
+    seconds per work unit are an EWMA of requests that ran alone (exact) or, until one has, of loaded
+    requests divided by the number running beside them (the processor-sharing estimate: on a
+    compute-bound server four requests at once each take four times as long). The drain rate is the
+    unloaded seconds finished per busy second (about 1 on a saturated CPU, more where the device
+    overlaps requests), an EWMA over windows of at least ``window_s`` busy seconds.
+    """
+
+    def __init__(self, *, alpha: float = 0.25, window_s: float = 1.0, max_classes: int = 64) -> None:
+        self.alpha = alpha
+        self.window_s = window_s
+        self.max_classes = max_classes
+        self._alone: OrderedDict[Hashable, float] = OrderedDict()
+        self._shared: OrderedDict[Hashable, float] = OrderedDict()
+        self._any: float | None = None  # seconds per unit, any class (fallback for unseen classes)
+        self.rate: float | None = None  # unloaded seconds drained per busy second
+        self.mean_work: float | None = None  # unloaded seconds of a typical request
+        self._window_work = 0.0
+        self._window_busy = 0.0
+
+    def _ewma(self, old: float | None, new: float) -> float:
+        return new if old is None else old + self.alpha * (new - old)
+
+    def cost(self, cls: Hashable) -> float | None:
+        """Unloaded seconds per work unit of ``cls`` (None: nothing measured yet)."""
+        if cls in self._alone:
+            return self._alone[cls]
+        if cls in self._shared:
+            return self._shared[cls]
+        return self._any
+
+    def work(self, ticket: Ticket) -> float | None:
+        """The ticket's unloaded service time (None: its size or its class's cost is unknown)."""
+        if ticket.size is None:
+            return None
+        cost = self.cost(ticket.cls)
+        return None if cost is None else ticket.size * cost
+
+    def record(self, ticket: Ticket, now: float) -> None:
+        """A request finished: learn from it (a failed one only adds busy time to the window)."""
+        if not ticket.ok or ticket.started is None or not ticket.size:
+            return
+        elapsed = max(1e-6, now - ticket.started)
+        sharing = max(1.0, ticket.shared_s / elapsed)
+        per_unit = (elapsed if ticket.alone else elapsed / sharing) / ticket.size
+        table = self._alone if ticket.alone else self._shared
+        table[ticket.cls] = self._ewma(table.pop(ticket.cls, None), per_unit)
+        while len(table) > self.max_classes:
+            table.popitem(last=False)
+        self._any = self._ewma(self._any, per_unit)
+        work = self.work(ticket)
+        if work is None:
+            return
+        self.mean_work = self._ewma(self.mean_work, work)
+        self._window_work += work
+        # Close a rate window once it spans enough busy time (the finished work includes this one's);
+        # the first one at the first finished request, so that admission has a rate to go by.
+        if self._window_busy > 0.0 and (self.rate is None or self._window_busy >= self.window_s):
+            self.rate = self._ewma(self.rate, self._window_work / self._window_busy)
+            self._window_work = 0.0
+            self._window_busy = 0.0
+
+    def busy(self, seconds: float) -> None:
+        """``seconds`` passed with at least one request running."""
+        self._window_busy += seconds
+
+
+@dataclass(frozen=True)
+class Verdict:
+    admit: bool
+    expected_s: float | None = None  # expected latency of a typical new request, queue included
+    unloaded_s: float | None = None  # its unloaded latency
+    retry_after_s: float | None = None
+
+
+class ConcurrencyGate:
+    """At most ``limit`` holders at once and at most ``max_waiting`` callers queued for a slot.
+
+    With a :class:`DrainMeter` (``max_latency_factor`` > 0) a request is also refused when the
+    expected latency of a typical request admitted now — the unloaded work queued and running ahead of
+    it plus its own, divided by the measured drain rate — exceeds ``max_latency_factor`` times its
+    unloaded latency: such a request would only wait and time out, and admitting it would make every
+    request behind it slower. A refusal is :class:`QueueFull` (503) whose Retry-After is when the
+    queue will have drained enough, at the measured rate (clients refused just before are counted in,
+    so that they do not all come back at once). Without measurements yet (the first requests), only
+    the queue length bounds admission; a request is always admitted when nothing is running.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        max_waiting: int,
+        *,
+        retry_after_s: float = 1.0,
+        what: str = "requests",
+        meter: DrainMeter | None = None,
+        max_latency_factor: float = 0.0,
+        max_retry_after_s: float = 60.0,
+        clock: Clock = time.monotonic,
+    ):
         if limit < 1:
             raise ValueError(f"concurrency limit must be >= 1, got {limit}")
         self.limit = limit
         self.max_waiting = max(0, max_waiting)
         self.retry_after_s = retry_after_s
         self.what = what
+        self.meter = meter
+        self.max_latency_factor = max_latency_factor
+        self.max_retry_after_s = max_retry_after_s
+        self._clock = clock
         self._semaphore = asyncio.Semaphore(limit)
         self.waiting = 0
         self.active = 0
+        self._tickets: list[Ticket] = []  # admitted: waiting for a slot or running
+        self._last = clock()
+        self._promised: list[float] = []  # when refused clients were told to come back
+        self.refused = 0
+
+    # -- accounting (event-driven: called at every admission, start and finish)
+
+    def _advance(self, now: float) -> None:
+        dt = max(0.0, now - self._last)
+        self._last = now
+        running = [t for t in self._tickets if t.started is not None]
+        if not running or dt == 0.0:
+            return
+        n = len(running)
+        for t in running:
+            t.shared_s += n * dt
+            if n > 1:
+                t.alone = False
+        if self.meter is not None:
+            self.meter.busy(dt)
+
+    def _remaining(self, ticket: Ticket, typical: float) -> float:
+        """Unloaded seconds still to do: its work less the parts that came back. Not less by the time
+        it has run: requests admitted later share the device with it (processor sharing), so counting
+        the work in the system, not a FIFO queue's remaining time, is what bounds everyone's latency."""
+        assert self.meter is not None
+        work = self.meter.work(ticket)
+        if work is None:
+            return typical
+        return work * (1.0 - ticket.done)
+
+    def verdict(self) -> Verdict:
+        """Would a typical request be admitted now, and if not, when to come back."""
+        now = self._clock()
+        self._advance(now)
+        meter = self.meter
+        if meter is None or self.max_latency_factor <= 0 or not self._tickets:
+            return Verdict(True)
+        typical, rate = meter.mean_work, meter.rate
+        if typical is None or rate is None or typical <= 0 or rate <= 0:
+            return Verdict(True)
+        ahead = sum(self._remaining(t, typical) for t in self._tickets)
+        expected = (ahead + typical) / rate
+        budget = self.max_latency_factor * typical
+        if expected <= budget:
+            return Verdict(True, expected, typical)
+        self._promised = [t for t in self._promised if t > now]
+        # Drain the excess, then one typical request per client already told to come back.
+        wait = (ahead + typical - budget * rate + len(self._promised) * typical) / rate
+        wait = min(self.max_retry_after_s, max(1.0, wait))
+        if wait < self.max_retry_after_s and len(self._promised) < 1024:  # bounded, whatever the flood
+            self._promised.append(now + wait)
+        return Verdict(False, expected, typical, wait)
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def slot(self) -> AsyncIterator[Ticket]:
         if self._semaphore.locked() and self.waiting >= self.max_waiting:
+            self.refused += 1
+            verdict = self.verdict()
             raise QueueFull(
                 f"server busy: {self.active} {self.what} running and {self.waiting} waiting (limit "
                 f"{self.max_waiting}); retry after the Retry-After delay",
-                retry_after=self.retry_after_s,
+                retry_after=verdict.retry_after_s or self._drain_wait(),
             )
+        verdict = self.verdict()
+        if not verdict.admit:
+            self.refused += 1
+            raise QueueFull(
+                f"server busy: a request admitted now would take about {verdict.expected_s:.1f} s, over "
+                f"{self.max_latency_factor:g}x its unloaded {verdict.unloaded_s:.1f} s ({self.active} "
+                f"{self.what} running, {self.waiting} waiting); retry after the Retry-After delay",
+                retry_after=verdict.retry_after_s or self._drain_wait(),
+            )
+        ticket = Ticket(admitted=self._last)
+        self._tickets.append(ticket)
         self.waiting += 1
         try:
             await self._semaphore.acquire()
+        except BaseException:
+            self._tickets.remove(ticket)
+            raise
         finally:
             self.waiting -= 1
+        now = self._clock()
+        self._advance(now)
+        ticket.started = now
         self.active += 1
         try:
-            yield
+            yield ticket
         finally:
+            now = self._clock()
+            self._advance(now)
             self.active -= 1
+            self._tickets.remove(ticket)
+            if self.meter is not None:
+                self.meter.record(ticket, now)
             self._semaphore.release()
+
+    def snapshot(self) -> dict[str, float | int | None]:
+        """The figures admission goes by (for /health)."""
+        meter = self.meter
+        return {
+            "max_latency_factor": self.max_latency_factor,
+            "drain_rate": None if meter is None or meter.rate is None else round(meter.rate, 4),
+            "typical_unloaded_s": None
+            if meter is None or meter.mean_work is None
+            else round(meter.mean_work, 4),
+            "refused": self.refused,
+        }
+
+    def _drain_wait(self) -> float:
+        """Seconds until one slot frees, at the measured drain rate (the fixed delay before any)."""
+        meter = self.meter
+        if meter is None or not meter.mean_work or not meter.rate:
+            return self.retry_after_s
+        return min(self.max_retry_after_s, max(1.0, meter.mean_work / meter.rate))
 
 
 # ------------------------------------------------------------------------------------ circuit breaker
@@ -126,9 +346,16 @@ class CircuitBreaker:
     """CLOSED -> OPEN after ``threshold`` consecutive failures; OPEN -> HALF_OPEN after ``reset_s``;
     HALF_OPEN lets one trial through: CLOSED after it succeeds, OPEN again if it fails.
 
+    With a readiness probe (:class:`BreakerProbe`), :meth:`probe_ready` closes an OPEN or HALF_OPEN
+    breaker as soon as the protected service says it is ready again, instead of waiting ``reset_s``
+    for a blind trial (which, fired before the service is back, re-opens the breaker for another
+    ``reset_s``). A service that says ready and fails again at once is not believed at once the next
+    time: each such relapse doubles the time the breaker stays OPEN before a probe may close it
+    (``probe_hold_s`` x 2^relapses, at most ``reset_s``); a trial success resets it.
+
     Call :meth:`allow` before the protected call and then exactly one of :meth:`success`,
     :meth:`failure` or :meth:`release` (the call ended without telling anything about health, e.g. the
-    client's input was refused).
+    client's input was refused). ``on_open`` is called (outside the lock) whenever it opens.
     """
 
     def __init__(
@@ -137,17 +364,23 @@ class CircuitBreaker:
         reset_s: float = 30.0,
         *,
         name: str = "inference",
+        probe_hold_s: float = 1.0,
+        on_open: Callable[[], None] | None = None,
         clock: Clock = time.monotonic,
     ):
         self.threshold = max(1, threshold)
         self.reset_s = reset_s
         self.name = name
+        self.probe_hold_s = probe_hold_s
+        self.on_open = on_open
         self._clock = clock
         self._lock = threading.Lock()
         self._state = BreakerState.CLOSED
         self._failures = 0
         self._opened_at = 0.0
         self._trial = False
+        self._probe_closed_at: float | None = None
+        self.relapses = 0
         self.last_error = ""
 
     @property
@@ -186,7 +419,8 @@ class CircuitBreaker:
     def open_message(self) -> str:
         return (
             f"{self.name} circuit breaker is {self.state.name} after {self.threshold} consecutive failures "
-            f"(last: {self.last_error or 'n/a'}); requests fail fast until a trial succeeds — retry later"
+            f"(last: {self.last_error or 'n/a'}); requests fail fast until the {self.name} is ready again "
+            "— retry later"
         )
 
     def success(self) -> None:
@@ -194,8 +428,11 @@ class CircuitBreaker:
             self._state = BreakerState.CLOSED
             self._failures = 0
             self._trial = False
+            if self._probe_closed_at is None or self._clock() - self._probe_closed_at >= self.reset_s:
+                self.relapses = 0
 
     def failure(self, reason: str = "") -> None:
+        opened = False
         with self._lock:
             self.last_error = reason[:300]
             state = self._current()
@@ -204,16 +441,97 @@ class CircuitBreaker:
                 return
             if state is BreakerState.HALF_OPEN:
                 self._open()
-                return
-            self._failures += 1
-            if self._failures >= self.threshold:
-                self._open()
+                opened = True
+            else:
+                self._failures += 1
+                if self._failures >= self.threshold:
+                    self._open()
+                    opened = True
+        if opened and self.on_open is not None:
+            self.on_open()
 
     def release(self) -> None:
         with self._lock:
             self._trial = False
 
+    def probe_hold(self) -> float:
+        """Seconds an OPEN breaker stays open before a ready probe may close it."""
+        if self.relapses == 0:
+            return 0.0
+        return min(self.reset_s, self.probe_hold_s * 2.0**self.relapses)
+
+    def probe_ready(self) -> bool:
+        """The protected service says it is ready: close (True) unless the relapse hold still runs."""
+        with self._lock:
+            state = self._current()
+            if state is BreakerState.CLOSED:
+                return True
+            if state is BreakerState.OPEN and self._clock() - self._opened_at < self.probe_hold():
+                return False
+            self._state = BreakerState.CLOSED
+            self._failures = 0
+            self._trial = False
+            self._probe_closed_at = self._clock()
+            return True
+
     def _open(self) -> None:
+        now = self._clock()
+        if self._probe_closed_at is not None and now - self._probe_closed_at < self.reset_s:
+            self.relapses += 1  # the probe said ready, and it failed again soon after
+        self._probe_closed_at = None
         self._state = BreakerState.OPEN
-        self._opened_at = self._clock()
+        self._opened_at = now
         self._failures = 0
+
+
+class BreakerProbe:
+    """While ``breaker`` is not CLOSED, ask ``check`` (the protected service's readiness) every
+    ``interval_s`` seconds and close the breaker as soon as it says ready.
+
+    :meth:`kick` starts the probe task on the running event loop (it is given to the breaker as its
+    ``on_open``, and called by whoever sees the breaker open); the task ends when the breaker closes.
+    ``check`` must not raise for an unreachable service — False — though an exception counts as False.
+    """
+
+    def __init__(
+        self, breaker: CircuitBreaker, check: Callable[[], Awaitable[bool]], *, interval_s: float = 1.0
+    ) -> None:
+        self.breaker = breaker
+        self.check = check
+        self.interval_s = max(0.05, interval_s)
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.probes = 0
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def kick(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called from a worker thread: hand over to the loop it last ran on
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(self._start)
+            return
+        self._loop = loop
+        self._start()
+
+    def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.running and self._task is not None and self._task.get_loop() is loop:
+            return
+        self._task = loop.create_task(self._run())
+
+    async def _run(self) -> None:
+        while self.breaker.state is not BreakerState.CLOSED:
+            await asyncio.sleep(self.interval_s)
+            if self.breaker.state is BreakerState.CLOSED:
+                return
+            self.probes += 1
+            try:
+                ready = await self.check()
+            except Exception:  # a probe that fails says "not ready", never more
+                ready = False
+            if ready and self.breaker.probe_ready():
+                return

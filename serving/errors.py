@@ -74,6 +74,15 @@ class Unprocessable(ServingError):
     status, kind = 422, "unprocessable"
 
 
+class Unauthorized(ServingError):
+    """An ``X-Api-Key`` this server did not issue (only when it has a key file)."""
+
+    status, kind = 401, "unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'ApiKey header="X-Api-Key"'}
+
+
 class RateLimited(ServingError):
     status, kind = 429, "rate_limited"
 

@@ -123,6 +123,8 @@ def run_local(
         "--predictor-host",
         f"127.0.0.1:{predictor_port}",
     ]
+    if ingress is not None:  # nginx (on 127.0.0.1) overwrites X-Forwarded-For with the client address
+        transformer_cmd += ["--client-ip-header", "X-Forwarded-For"]
     procs: list[subprocess.Popen[bytes]] = []
 
     def stop(*_: object) -> None:

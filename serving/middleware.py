@@ -3,9 +3,15 @@
 For ``POST /v1/models/{name}:predict`` and ``POST /v2/models/{name}/infer``, in this order:
 
 1. model not ready (predictor: the load error) or circuit breaker OPEN -> 503 + Retry-After at once;
-2. token bucket of the client (``X-Api-Key``, else the client address) -> 429 + Retry-After;
+2. token bucket of the client -> 429 + Retry-After. The client is who the server can vouch for
+   (:class:`ClientIdentity`): the name of an API key it issued (``--api-keys-file``; a key it did not
+   issue is 401), else the peer address, or a proxy's client-address header when the peer is a
+   configured trusted proxy. A self-asserted ``X-Api-Key`` never names a bucket: rotating keys would
+   bypass the limit;
 3. ``Content-Length`` over the body limit -> 413 (nothing read);
-4. a processing slot, or a place in the wait queue; queue full -> 503 + Retry-After;
+4. a processing slot, or a place in the wait queue; refused (503 ``queue_full`` + Retry-After) when
+   the queue is full or when the expected wait at the measured drain rate is too long
+   (:class:`serving.admission.ConcurrencyGate`);
 5. the body, read with a hard cap (chunked uploads too) -> 413 past it; on the transformer, a body
    that is not JSON -> 400 with an example of a valid one;
 
@@ -16,18 +22,27 @@ without ``Retry-After`` (KServe's own "model not ready") gets one.
 
 from __future__ import annotations
 
-import contextlib
+import contextvars
 import hashlib
+import ipaddress
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from serving.admission import BreakerState, CircuitBreaker, ConcurrencyGate, RateLimiter
-from serving.errors import ERROR_KIND_KEY, BadRequest, CircuitOpen, NotReady, PayloadTooLarge, ServingError
+from serving.admission import BreakerProbe, BreakerState, CircuitBreaker, ConcurrencyGate, RateLimiter, Ticket
+from serving.errors import (
+    ERROR_KIND_KEY,
+    BadRequest,
+    CircuitOpen,
+    NotReady,
+    PayloadTooLarge,
+    ServingError,
+    Unauthorized,
+)
 from serving.metrics import ServingMetrics
 
 logger = logging.getLogger(__name__)
@@ -41,6 +56,110 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 INFER_PATH = re.compile(r"^/v1/models/[^/]+:predict$|^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
 
 
+# The admission ticket of the request being handled (serving.admission.Ticket): the model sets its
+# size and progress, the gate learns the drain rate from it.
+CURRENT_TICKET: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar("hndsr_ticket", default=None)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass
+class ClientIdentity:
+    """Who a request is, for rate limiting: only what the server can vouch for.
+
+    - ``api_keys`` (key -> client name, from ``--api-keys-file``): a known ``X-Api-Key`` is that
+      client; an unknown one is 401; none is the peer address. Keys are compared by their sha256.
+    - ``ip_header`` (e.g. ``X-Forwarded-For``, ``X-Real-IP``): the client address a proxy in front
+      reports, believed only when the peer is in ``trusted_proxies``; in a list (``X-Forwarded-For``)
+      the rightmost address that is not a trusted proxy (what a client wrote to its left is a claim).
+    - otherwise the peer address. The servers start uvicorn trusting no proxy header itself
+      (``FORWARDED_ALLOW_IPS`` unset -> none), so the peer is the TCP peer.
+
+    Without ``api_keys`` an ``X-Api-Key`` is ignored: a self-asserted key names no bucket.
+    """
+
+    api_keys: dict[str, str] | None = None  # sha256(key) -> client name
+    ip_header: str | None = None
+    trusted_proxies: tuple[Network, ...] = ()
+
+    @classmethod
+    def create(
+        cls,
+        keys: dict[str, str] | None = None,
+        ip_header: str | None = None,
+        trusted_proxies: str | list[str] = "127.0.0.1/32,::1/128",
+    ) -> ClientIdentity:
+        hashed = {_digest(k): name for k, name in keys.items()} if keys is not None else None
+        if isinstance(trusted_proxies, str):
+            trusted_proxies = [p for p in trusted_proxies.split(",") if p.strip()]
+        networks = tuple(ipaddress.ip_network(p.strip(), strict=False) for p in trusted_proxies)
+        return cls(hashed, ip_header.lower() if ip_header else None, networks)
+
+    def __call__(self, scope: Scope) -> str:
+        headers = _headers(scope)
+        api_key = headers.get("x-api-key")
+        if self.api_keys is not None and api_key:
+            name = self.api_keys.get(_digest(api_key))
+            if name is None:
+                raise Unauthorized(
+                    "unknown X-Api-Key: use a key this service issued (or send none, to be limited by "
+                    "your address)"
+                )
+            return f"client:{name}"
+        client = scope.get("client")
+        peer = str(client[0]) if client else "unknown"
+        if self.ip_header and self._trusted(peer):
+            # From the nearest hop outwards, the first address that is not a trusted proxy: whatever a
+            # client wrote further left is its own claim.
+            hops = [h.strip() for h in headers.get(self.ip_header, "").split(",") if h.strip()]
+            for hop in reversed(hops):
+                if not self._trusted(hop):
+                    return f"ip:{hop}"
+            if hops:
+                return f"ip:{hops[0]}"
+        return f"ip:{peer}"
+
+    def _trusted(self, peer: str) -> bool:
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in net for net in self.trusted_proxies)
+
+
+def read_api_keys(path: str) -> dict[str, str]:
+    """An API-key file: a JSON object ``{"<key>": "<client name>"}``, or lines ``<key> <client name>``
+    (``#`` comments and blank lines skipped). Raises ValueError on a malformed file."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if text.lstrip().startswith("{"):
+        doc = orjson.loads(text)
+        if not isinstance(doc, dict) or not all(isinstance(v, str) for v in doc.values()):
+            raise ValueError(f"{path}: expected a JSON object of key -> client name")
+        keys = {str(k): v for k, v in doc.items()}
+    else:
+        keys = {}
+        for n, line in enumerate(text.splitlines(), 1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            parts = line.split(None, 1)
+            if len(parts) != 2:
+                raise ValueError(f"{path}:{n}: expected '<key> <client name>'")
+            keys[parts[0]] = parts[1].strip()
+    if any(len(k) < 16 for k in keys):
+        raise ValueError(f"{path}: API keys must be at least 16 characters (random, not guessable)")
+    return keys
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+
 @dataclass
 class AdmissionPolicy:
     max_body_bytes: int
@@ -50,15 +169,12 @@ class AdmissionPolicy:
     gate: ConcurrencyGate | None = None
     json_example: str | None = None  # set: a JSON body must parse, else 400 with this example
     not_ready: Callable[[], str | None] | None = None  # a reason while the model cannot serve
+    identity: ClientIdentity | None = None  # default: the peer address
+    probe: BreakerProbe | None = None  # kicked whenever a request finds the breaker open
 
 
-def client_key(scope: Scope) -> str:
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-    api_key = headers.get("x-api-key")
-    if api_key:
-        return "key:" + hashlib.sha256(api_key.encode()).hexdigest()[:16]
-    client = scope.get("client")
-    return f"ip:{client[0]}" if client else "ip:unknown"
+def client_key(scope: Scope, identity: ClientIdentity | None = None) -> str:
+    return (identity or ClientIdentity())(scope)
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -111,19 +227,42 @@ class AdmissionMiddleware:
         if p.not_ready is not None and (reason := p.not_ready()):
             raise NotReady(reason, retry_after=10.0)
         if p.breaker is not None and p.breaker.state is BreakerState.OPEN:
-            raise CircuitOpen(p.breaker.open_message(), retry_after=max(1.0, p.breaker.retry_after()))
+            if p.probe is not None:
+                p.probe.kick()
+            raise CircuitOpen(p.breaker.open_message(), retry_after=_open_retry_after(p))
         if p.limiter is not None:
-            p.limiter.acquire(client_key(scope))
+            p.limiter.acquire(client_key(scope, p.identity))
         length = _content_length(scope)
         if length is not None and length > p.max_body_bytes:
             raise _too_large(length, p.max_body_bytes)
-        async with p.gate.slot() if p.gate is not None else _nothing():
-            body = await _read_body(receive, p.max_body_bytes)
-            if body is None:  # the client went away while waiting
-                return
-            if p.json_example is not None:
-                _check_json(body, p.json_example)
-            await self.app(scope, _replay(body, receive), send)
+        if p.gate is None:
+            await self._handle(scope, receive, send)
+            return
+        async with p.gate.slot() as ticket:
+            token = CURRENT_TICKET.set(ticket)
+            try:
+                code = await self._handle(scope, receive, send)
+            finally:
+                CURRENT_TICKET.reset(token)
+            ticket.ok = code == 200
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> int:
+        """The body (capped), then KServe's handler; returns the status sent (0: none)."""
+        p = self.policy
+        body = await _read_body(receive, p.max_body_bytes)
+        if body is None:  # the client went away while waiting
+            return 0
+        if p.json_example is not None:
+            _check_json(body, p.json_example)
+        sent = {"code": 0}
+
+        async def watch(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                sent["code"] = int(message["status"])
+            await send(message)
+
+        await self.app(scope, _replay(body, receive), watch)
+        return sent["code"]
 
     def _count(self, code: int, state: dict[str, Any]) -> None:
         m = self.policy.metrics
@@ -134,9 +273,13 @@ class AdmissionMiddleware:
             m.error(str(state.get(ERROR_KIND_KEY) or f"http_{code}"))
 
 
-@contextlib.asynccontextmanager
-async def _nothing() -> AsyncIterator[None]:
-    yield
+def _open_retry_after(p: AdmissionPolicy) -> float:
+    """An OPEN breaker with a readiness probe closes within a probe interval of the service being
+    ready: come back then, not after the blind-trial window."""
+    assert p.breaker is not None
+    if p.probe is not None:
+        return max(1.0, p.probe.interval_s, p.breaker.probe_hold())
+    return max(1.0, p.breaker.retry_after())
 
 
 def _too_large(size: int, limit: int) -> PayloadTooLarge:

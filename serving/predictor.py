@@ -32,7 +32,7 @@ from hndsr.errors import CheckpointError, HNDSRError, OutputValidationError
 from hndsr.inference import autocast_dtype, pick_device, validate_output
 from hndsr.models.hndsr_model import HNDSR
 from hndsr.resample import resize
-from serving.admission import BreakerState, CircuitBreaker, ConcurrencyGate
+from serving.admission import BreakerProbe, BreakerState, CircuitBreaker, ConcurrencyGate
 from serving.codec import (
     BatchLimits,
     DecodedBatch,
@@ -58,7 +58,8 @@ class PredictorSettings:
     max_concurrency: int = 4
     max_queue: int = 20
     breaker_threshold: int = 3
-    breaker_reset_s: float = 30.0
+    breaker_reset_s: float = 30.0  # OPEN -> one blind trial, when the self-test has not closed it first
+    breaker_probe_s: float = 1.0  # while OPEN, re-run the warm-up self-test this often; passed -> CLOSED
     max_batch: int = 16
     max_tile: int = 1024
     compute_batch: int | None = None  # tiles per model call; None: 4 on CUDA, 1 on CPU (faster there)
@@ -116,7 +117,15 @@ class HNDSRPredictor(Model):
         super().__init__(name)
         self.settings = settings
         self.metrics = metrics
-        self.breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_reset_s, name="inference")
+        self.breaker = CircuitBreaker(
+            settings.breaker_threshold,
+            settings.breaker_reset_s,
+            name="inference",
+            probe_hold_s=settings.breaker_probe_s,
+        )
+        # While open, the warm-up inference (with its output checks) decides when the device is back.
+        self.probe = BreakerProbe(self.breaker, self._self_test, interval_s=settings.breaker_probe_s)
+        self.breaker.on_open = self.probe.kick
         self.gate = ConcurrencyGate(settings.max_concurrency, settings.max_queue, what="inferences")
         self.model: HNDSR | None = None
         self.device = pick_device(settings.device)
@@ -243,6 +252,14 @@ class HNDSRPredictor(Model):
         except OutputValidationError as exc:
             raise CheckpointError(f"warm-up inference failed its output checks: {exc}") from exc
 
+    async def _self_test(self) -> bool:
+        """The breaker's probe: the warm-up inference passes its output checks on the device."""
+        model = self.model
+        if not self.ready or model is None:
+            return False
+        await self.compute.run(self._warmup, model)
+        return True
+
     async def healthy(self) -> bool:
         return self.ready and self.model is not None and self.breaker.state is not BreakerState.OPEN
 
@@ -252,7 +269,7 @@ class HNDSRPredictor(Model):
             status, reason = (
                 ("failed", self.load_error) if self.load_error else ("loading", "model not loaded yet")
             )
-        elif state is BreakerState.OPEN:
+        elif state is not BreakerState.CLOSED:  # as hndsr_circuit_breaker_state says
             status, reason = "degraded", self.breaker.open_message()
         else:
             status, reason = "ready", None

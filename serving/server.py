@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,11 @@ def _patch_kserve_rest_server() -> None:
 def _server(http_port: int, grpc_port: int | None, predictor_config: Any = None) -> Any:
     from kserve import ModelServer
 
+    # uvicorn rewrites the peer address from X-Forwarded-For when the peer is in FORWARDED_ALLOW_IPS
+    # (default: 127.0.0.1 — any local process could name itself anyone). Trust no peer unless the
+    # operator says so; a proxy in front is configured with --client-ip-header (middleware).
+    os.environ.setdefault("FORWARDED_ALLOW_IPS", "")
+
     _patch_kserve_rest_server()
     return ModelServer(
         http_port=http_port,
@@ -197,7 +203,11 @@ def run_predictor(
         return f"model {model_name} is not ready: {model.load_error or 'still loading'}"
 
     policy = AdmissionPolicy(
-        max_body_bytes=settings.max_body_bytes, metrics=metrics, breaker=model.breaker, not_ready=not_ready
+        max_body_bytes=settings.max_body_bytes,
+        metrics=metrics,
+        breaker=model.breaker,
+        not_ready=not_ready,
+        probe=model.probe,
     )
     _install(app, model, status, policy, admin_token)
     server = _server(http_port, grpc_port)
@@ -215,8 +225,14 @@ def run_transformer(
 ) -> None:
     from kserve.predictor_config import PredictorConfig
 
-    from serving.middleware import AdmissionPolicy
+    from serving.middleware import AdmissionPolicy, ClientIdentity, read_api_keys
     from serving.transformer import HNDSRTransformer
+
+    identity = ClientIdentity.create(
+        read_api_keys(settings.api_keys_file) if settings.api_keys_file else None,
+        settings.client_ip_header,
+        settings.trusted_proxies,
+    )
 
     metrics = ServingMetrics()
     model = HNDSRTransformer(model_name, settings, metrics)
@@ -235,6 +251,8 @@ def run_transformer(
         breaker=model.breaker,
         limiter=model.limiter,
         gate=model.gate,
+        identity=identity,
+        probe=model.probe,
         # The body's format is checked after admission by serving.protocol (JSON or the v2 binary extension).
     )
     _install(app, model, model.status, policy, admin_token)

@@ -38,7 +38,14 @@ from hndsr.imageio import (
 )
 from hndsr.resample import resize
 from hndsr.tiling import Stitcher
-from serving.admission import BreakerState, CircuitBreaker, ConcurrencyGate, RateLimiter
+from serving.admission import (
+    BreakerProbe,
+    BreakerState,
+    CircuitBreaker,
+    ConcurrencyGate,
+    DrainMeter,
+    RateLimiter,
+)
 from serving.codec import (
     BatchResult,
     RenderParams,
@@ -63,6 +70,7 @@ from serving.errors import (
 from serving.jobs.api import submit_request
 from serving.jobs.store import JobConfig, JobStore
 from serving.metrics import ServingMetrics
+from serving.middleware import CURRENT_TICKET
 from serving.request_stats import RequestStatsRecorder, open_sink
 from serving.tiles import Canvas, TileSpec, choose_tile, crop, plan
 from serving.validation import Limits, SRInput, parse_v1, parse_v2, probe_image
@@ -88,10 +96,17 @@ class TransformerSettings:
     inflight_batches: int = 2  # predictor requests in flight per image
     rate_limit_rps: float = 10.0  # per client key; <= 0 disables
     rate_limit_burst: int = 20
+    api_keys_file: str | None = None  # issued keys -> client names: the rate-limit identity (else the peer)
+    client_ip_header: str | None = None  # e.g. X-Forwarded-For from a trusted proxy in front
+    trusted_proxies: str = "127.0.0.1/32,::1/128"  # peers whose client_ip_header is believed
     max_concurrency: int = 4  # requests processed at once
     max_queue: int = 20  # requests waiting for a slot; more -> 503
+    # Refuse (503 queue_full) a request whose expected latency at the measured drain rate would be over
+    # this many times its unloaded latency; <= 0: only max_queue bounds admission.
+    max_latency_factor: float = 2.5
     breaker_threshold: int = 3
-    breaker_reset_s: float = 30.0
+    breaker_reset_s: float = 30.0  # OPEN -> one blind trial, when the readiness probe has not closed it
+    breaker_probe_s: float = 1.0  # while OPEN, ask the predictor's readiness this often; ready -> CLOSED
     retry_after_s: float = 1.0
     compute_threads: int = 1  # threads for tensor work (serving.compute); more only with cores to spare
     png_compress_level: int = 1  # deflate level of PNG outputs (0-9); 1-3 use ISA-L: ~6x faster than zlib
@@ -155,6 +170,14 @@ class PredictorClient:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+    async def ready(self) -> bool:
+        """The predictor's model readiness (its own breaker included), False when unreachable."""
+        try:
+            r = await self._http().get(f"{self.base_url}/v2/models/{self.model}/ready", timeout=2.0)
+        except httpx.HTTPError:
+            return False
+        return r.status_code == 200
 
     async def infer(self, batch: TileBatch) -> BatchResult:
         if self.protocol == "v1":
@@ -244,12 +267,20 @@ class HNDSRTransformer(Model):
         super().__init__(name)
         self.settings = settings
         self.metrics = metrics
-        self.breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_reset_s, name="predictor")
+        self.breaker = CircuitBreaker(
+            settings.breaker_threshold,
+            settings.breaker_reset_s,
+            name="predictor",
+            probe_hold_s=settings.breaker_probe_s,
+        )
+        self.meter = DrainMeter()
         self.gate = ConcurrencyGate(
             settings.max_concurrency,
             settings.max_queue,
             retry_after_s=settings.retry_after_s,
             what="requests",
+            meter=self.meter,
+            max_latency_factor=settings.max_latency_factor,
         )
         self.limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
         self.client = PredictorClient(
@@ -259,6 +290,9 @@ class HNDSRTransformer(Model):
             encoding=settings.encoding,
             timeout_s=settings.timeout_s,
         )
+        # While the breaker is open, the predictor's readiness decides when it closes (not a timer).
+        self.probe = BreakerProbe(self.breaker, self.client.ready, interval_s=settings.breaker_probe_s)
+        self.breaker.on_open = self.probe.kick
         self.model_version = ""
         self.unloaded = False
         # Stitching, cycle PSNR and encoding on one thread (serving.compute: one OpenMP team).
@@ -296,11 +330,12 @@ class HNDSRTransformer(Model):
         return [{"name": "image", "datatype": "BYTES", "shape": [1]}]
 
     async def healthy(self) -> bool:
+        # KServe's model readiness gates every request: HALF_OPEN must let its one trial through.
         return self.ready and self.breaker.state is not BreakerState.OPEN
 
     async def status(self) -> dict[str, Any]:
-        """Health including the predictor's readiness (checked live, 2 s timeout)."""
-        state = self.breaker.state
+        """Health including the predictor's readiness (checked live, 2 s timeout). Ready only with the
+        breaker CLOSED: the state read here is the one ``hndsr_circuit_breaker_state`` exports."""
         reason = None
         predictor_ready = False
         url = f"{self.client.base_url}/v2/models/{self.settings.predictor_model}/ready"
@@ -312,11 +347,13 @@ class HNDSRTransformer(Model):
                 reason = f"predictor model not ready ({r.status_code}: {r.text[:200]})"
         except httpx.HTTPError as exc:
             reason = f"predictor at {self.client.base_url} unreachable ({type(exc).__name__})"
-        if state is BreakerState.OPEN:
+        state = self.breaker.state  # after the live check: a probe may have closed it meanwhile
+        if state is not BreakerState.CLOSED:
+            self.probe.kick()
             reason = self.breaker.open_message()
         if self.unloaded:
             reason = "the model was unloaded through the model-repository API; load it again"
-        ok = self.ready and predictor_ready and state is not BreakerState.OPEN
+        ok = self.ready and predictor_ready and state is BreakerState.CLOSED
         return {
             "status": "ready" if ok else "degraded",
             "ready": ok,
@@ -328,6 +365,7 @@ class HNDSRTransformer(Model):
             "circuit_breaker": state.name,
             "inflight": self.gate.active,
             "queue_depth": self.gate.waiting,
+            "admission": self.gate.snapshot(),
         }
 
     def validate(self, payload: Any) -> Any:
@@ -364,6 +402,12 @@ class HNDSRTransformer(Model):
                 "no asynchronous path (its transformer runs without --redis-url, which answers such "
                 "requests with 202 and a job id)",
                 kind="too_many_tiles",
+            )
+        ticket = CURRENT_TICKET.get()
+        if ticket is not None:  # the admission gate learns the drain rate from sizes and service times
+            ticket.plan(
+                sum(len(specs) * tile * tile for _, tile, specs in plans) / 1e6,
+                tuple((inp.params.steps, inp.params.strength) for inp in inputs),
             )
         jobs = []
         for inp, (canvas, tile, specs) in zip(inputs, plans, strict=True):
@@ -415,11 +459,21 @@ class HNDSRTransformer(Model):
         self, payload: Any, headers: dict[str, str] | None = None, response_headers: Any = None
     ) -> Any:
         prepared: Prepared = payload
+        ticket = CURRENT_TICKET.get()
+        total = sum(len(job.specs) for job in prepared.jobs)
+        done = 0
+
+        def progress(tiles: int) -> None:
+            nonlocal done
+            done += tiles
+            if ticket is not None and total:
+                ticket.progress(0.9 * done / total)  # encoding follows the last tile
+
         for job in prepared.jobs:
-            await self._run_job(job, prepared.request_id)
+            await self._run_job(job, prepared.request_id, progress)
         return prepared
 
-    async def _run_job(self, job: Job, request_id: str) -> None:
+    async def _run_job(self, job: Job, request_id: str, progress: Any = None) -> None:
         s = self.settings
         p = job.inp.params
         params = RenderParams(scale=p.scale, steps=p.steps, seed=p.seed, strength=p.strength)
@@ -468,6 +522,8 @@ class HNDSRTransformer(Model):
                 job.model_ms += result.model_ms
                 job.model_version = result.model_version or job.model_version
                 job.steps = result.steps if result.steps is not None else job.steps
+                if progress is not None:
+                    progress(len(specs))
         except BaseException as exc:
             for task in tasks:
                 task.cancel()

@@ -137,6 +137,39 @@ def test_breaker_opens_after_three_failures_and_recovers(tmp_path: Path) -> None
     assert p.breaker.state is BreakerState.CLOSED and asyncio.run(p.healthy())
 
 
+def test_breaker_self_test_closes_it_once_the_device_works_again(tmp_path: Path) -> None:
+    """While OPEN, the warm-up inference is re-run every probe interval: no blind trial after
+    breaker_reset_s (600 s here), no client request needed to find out that the device is back."""
+    p = make(write_checkpoint(tmp_path / "ckpt"), breaker_reset_s=600.0, breaker_probe_s=0.05)
+    assert p.load()
+    assert p.model is not None
+    render = p.model.render
+    batch, _, _ = batch_for(torch.rand(3, 16, 16), 2.0)
+
+    def broken(*args: Any, **kwargs: Any) -> torch.Tensor:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    async def scenario() -> tuple[BreakerState, BreakerState, int]:
+        assert p.model is not None
+        p.model.render = broken  # type: ignore[method-assign]
+        for _ in range(3):
+            with pytest.raises(InferenceFailed):
+                await p.predict(("v1", batch))
+        assert p.probe.running
+        await asyncio.sleep(0.3)  # probes run and fail: the device is still broken
+        still_open = p.breaker.state
+        p.model.render = render  # type: ignore[method-assign]
+        for _ in range(600):  # 60 s at most; one probe interval on a quiet machine
+            if p.breaker.state is BreakerState.CLOSED:
+                break
+            await asyncio.sleep(0.1)
+        return still_open, p.breaker.state, p.probe.probes
+
+    still_open, state, probes = asyncio.run(scenario())
+    assert still_open is BreakerState.OPEN and state is BreakerState.CLOSED and probes >= 2
+    assert asyncio.run(p.healthy()) and p.status()["status"] == "ready"
+
+
 def test_output_check_failure_is_the_clients_while_the_self_check_passes(tmp_path: Path) -> None:
     """An output check that fails on this input while the model's warm-up tile still passes is a 422
     that never counts against the breaker; when the self-check fails too, it is the model's 500."""

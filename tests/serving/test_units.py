@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import struct
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -15,7 +16,15 @@ from servingstack import png_bytes
 
 from hndsr.errors import CheckpointError, ImageTooSmallError, OutputValidationError, ScaleError
 from hndsr.resample import resize
-from serving.admission import BreakerState, CircuitBreaker, ConcurrencyGate, RateLimiter
+from serving.admission import (
+    BreakerProbe,
+    BreakerState,
+    CircuitBreaker,
+    ConcurrencyGate,
+    DrainMeter,
+    RateLimiter,
+    Ticket,
+)
 from serving.errors import (
     BadRequest,
     CircuitOpen,
@@ -23,9 +32,11 @@ from serving.errors import (
     QueueFull,
     RateLimited,
     ServingError,
+    Unauthorized,
     Unprocessable,
     from_exception,
 )
+from serving.middleware import ClientIdentity, read_api_keys
 from serving.tiles import Canvas, bicubic_tile, choose_tile, crop, plan
 from serving.validation import Limits, parse_v1, probe_image
 
@@ -117,6 +128,165 @@ def test_concurrency_gate_bounds_the_queue() -> None:
 
     refused, waiting = asyncio.run(scenario())
     assert (refused, waiting) == (2, 2)  # 1 running + 2 waiting, 2 refused
+
+
+def test_breaker_closes_on_a_ready_probe_not_after_the_blind_window() -> None:
+    clock = FakeClock()
+    opened: list[int] = []
+    b = CircuitBreaker(
+        threshold=1, reset_s=30.0, probe_hold_s=1.0, clock=clock, on_open=lambda: opened.append(1)
+    )
+    b.allow()
+    b.failure("connect refused")
+    assert b.state is BreakerState.OPEN and opened == [1]
+    clock.now += 0.5
+    assert b.probe_ready() and b.state is BreakerState.CLOSED  # ready: closed at once, no 30 s wait
+    # It said ready and failed again at once: the next probe must wait 2 s, then 4 s, ...
+    b.allow()
+    b.failure("connect refused")
+    assert b.relapses == 1 and b.probe_hold() == 2.0
+    clock.now += 1.0
+    assert not b.probe_ready() and b.state is BreakerState.OPEN
+    clock.now += 1.0
+    assert b.probe_ready() and b.state is BreakerState.CLOSED
+    clock.now += 31.0  # a success long after the probe closed it: it really recovered
+    b.allow()
+    b.success()
+    assert b.relapses == 0 and b.probe_hold() == 0.0
+
+
+def test_breaker_probe_closes_within_an_interval_of_readiness() -> None:
+    async def scenario() -> tuple[int, float, BreakerState]:
+        b = CircuitBreaker(threshold=1, reset_s=600.0)
+        ready_at = asyncio.get_running_loop().time() + 0.3
+        checks = 0
+
+        async def check() -> bool:
+            nonlocal checks
+            checks += 1
+            if checks == 1:
+                raise OSError("a probe that raises says: not ready")
+            return asyncio.get_running_loop().time() >= ready_at
+
+        probe = BreakerProbe(b, check, interval_s=0.05)
+        b.on_open = probe.kick
+        b.allow()
+        b.failure("gone")
+        assert probe.running
+        while b.state is not BreakerState.CLOSED:
+            await asyncio.sleep(0.01)
+        closed_after = asyncio.get_running_loop().time() - ready_at
+        await asyncio.sleep(0.1)
+        assert not probe.running  # the probe stops once closed
+        return checks, closed_after, b.state
+
+    checks, closed_after, state = asyncio.run(scenario())
+    assert state is BreakerState.CLOSED and checks >= 3
+    assert 0.0 <= closed_after < 5.0  # one interval (0.05 s) on a quiet machine; generous when loaded
+
+
+def _run(gate: ConcurrencyGate, clock: FakeClock, size: float, seconds: float) -> None:
+    """One request through the gate: ``size`` work units served in ``seconds`` of the fake clock."""
+
+    async def go() -> None:
+        async with gate.slot() as ticket:
+            ticket.plan(size, "det")
+            clock.now += seconds
+            ticket.progress(1.0)
+            ticket.ok = True
+
+    asyncio.run(go())
+
+
+def test_drain_meter_learns_unloaded_cost_and_rate() -> None:
+    clock = FakeClock()
+    meter = DrainMeter(window_s=1.0)
+    gate = ConcurrencyGate(4, 20, meter=meter, max_latency_factor=2.5, clock=clock)
+    for _ in range(3):
+        _run(gate, clock, size=1.0, seconds=0.5)  # alone: 0.5 s per unit
+    assert meter.cost("det") == pytest.approx(0.5)
+    assert meter.mean_work == pytest.approx(0.5)
+    assert meter.rate == pytest.approx(1.0)  # 1.5 unloaded seconds drained in 1.5 busy seconds
+    assert meter.cost("unseen") == pytest.approx(0.5)  # another class: the overall estimate
+
+
+def test_admission_by_expected_wait_with_retry_after_from_the_drain_rate() -> None:
+    async def scenario() -> tuple[list[Ticket], list[float], float]:
+        clock = FakeClock()
+        meter = DrainMeter()
+        meter.rate, meter.mean_work = 0.5, 2.0  # measured: 2 s requests, drained at half speed
+        gate = ConcurrencyGate(2, 20, meter=meter, max_latency_factor=2.5, clock=clock)
+        release = asyncio.Event()
+        tickets: list[Ticket] = []
+        refused: list[float] = []
+
+        async def hold() -> None:
+            try:
+                async with gate.slot() as ticket:
+                    tickets.append(ticket)
+                    await release.wait()
+            except QueueFull as exc:
+                assert exc.retry_after is not None
+                refused.append(exc.retry_after)
+
+        tasks = []
+        for _ in range(4):
+            tasks.append(asyncio.create_task(hold()))
+            await asyncio.sleep(0.01)
+        # 1st: nothing ahead -> admitted. 2nd: (2 + 2) / 0.5 = 8 s expected > 2.5 x 2 s -> refused.
+        assert len(tickets) == 1 and len(refused) == 3
+        # Retry-After: drain the excess (2 + 2 - 5 x 0.5) / 0.5 = 3 s; each client refused before gets
+        # one more request's drain time (2 / 0.5 = 4 s), so they do not all come back at once.
+        assert refused == pytest.approx([3.0, 7.0, 11.0])
+        meter.rate = 4.0  # a faster drain: 4 s expected <= 5 s -> admitted
+        tasks.append(asyncio.create_task(hold()))
+        await asyncio.sleep(0.01)
+        release.set()
+        await asyncio.gather(*tasks)
+        return tickets, refused, meter.rate
+
+    tickets, refused, _ = asyncio.run(scenario())
+    assert len(tickets) == 2 and len(refused) == 3
+
+
+def test_admission_without_measurements_is_by_queue_length_only() -> None:
+    gate = ConcurrencyGate(1, 5, meter=DrainMeter(), max_latency_factor=2.5)
+    assert gate.verdict().admit  # nothing measured, nothing running
+
+
+def test_rate_limit_identity_is_what_the_server_can_vouch_for(tmp_path: Path) -> None:
+    def scope(peer: str, **headers: str) -> dict[str, object]:
+        raw = [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()]
+        return {"client": (peer, 5000), "headers": raw}
+
+    anonymous = ClientIdentity.create()
+    # A self-asserted key names no bucket: rotating keys from one address is one client.
+    assert anonymous(scope("10.0.0.7", x_api_key="a")) == anonymous(scope("10.0.0.7", x_api_key="b"))
+    assert anonymous(scope("10.0.0.7", x_forwarded_for="1.2.3.4")) == "ip:10.0.0.7"
+
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# issued keys\nk-team-a-0123456789abcdef team-a\nk-team-b-0123456789abcdef team-b\n")
+    issued = ClientIdentity.create(read_api_keys(str(keys)))
+    assert issued(scope("10.0.0.7", x_api_key="k-team-a-0123456789abcdef")) == "client:team-a"
+    assert issued(scope("10.0.0.8", x_api_key="k-team-a-0123456789abcdef")) == "client:team-a"
+    assert issued(scope("10.0.0.7")) == "ip:10.0.0.7"
+    with pytest.raises(Unauthorized) as info:
+        issued(scope("10.0.0.7", x_api_key="made-up"))
+    assert info.value.status == 401
+
+    proxied = ClientIdentity.create(ip_header="X-Forwarded-For", trusted_proxies="127.0.0.1/32")
+    assert proxied(scope("127.0.0.1", x_forwarded_for="spoofed, 203.0.113.9")) == "ip:203.0.113.9"
+    chained = ClientIdentity.create(ip_header="X-Forwarded-For", trusted_proxies="127.0.0.1/32,10.0.0.0/8")
+    assert chained(scope("127.0.0.1", x_forwarded_for="6.6.6.6, 203.0.113.9, 10.1.2.3")) == "ip:203.0.113.9"
+    assert (
+        proxied(scope("198.51.100.1", x_forwarded_for="203.0.113.9")) == "ip:198.51.100.1"
+    )  # untrusted peer
+
+    (tmp_path / "short.txt").write_text("abc team\n")
+    with pytest.raises(ValueError, match="16 characters"):
+        read_api_keys(str(tmp_path / "short.txt"))
+    (tmp_path / "keys.json").write_text('{"k-json-0123456789abcdef": "team-j"}')
+    assert read_api_keys(str(tmp_path / "keys.json")) == {"k-json-0123456789abcdef": "team-j"}
 
 
 # ------------------------------------------------------------------------------------ tiles

@@ -1,0 +1,167 @@
+"""Overload through real servers: 429 and 503 with Retry-After, the rate-limit identity (a self-asserted
+key names no bucket; issued keys do; an unknown one is 401), and admission by expected wait with
+Retry-After from the measured drain rate. Assertions are on outcomes and orderings, not on timings."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from servingstack import Server, b64, png_bytes, predictor, transformer, write_checkpoint
+
+pytest.importorskip("kserve")
+
+V1 = "/v1/models/hndsr:predict"
+TEAM_A = "k-team-a-8f3e2b7c41d09a65"
+TEAM_B = "k-team-b-0c9d8e7f6a5b4c3d"
+
+
+def v1(**instance: object) -> dict[str, object]:
+    return {"instances": [{"image_b64": b64(png_bytes(40, 48, seed=1)), "scale": 2, "steps": 0} | instance]}
+
+
+@pytest.fixture(scope="module")
+def pred(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("overload")
+    server = predictor(tmp, write_checkpoint(tmp / "ckpt")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def post(url: str, body: dict[str, object], headers: dict[str, str] | None = None) -> httpx.Response:
+    with httpx.Client(timeout=120) as c:
+        return c.post(url + V1, json=body, headers=headers or {})
+
+
+@pytest.mark.timeout(600)
+def test_overload_gets_429_and_503_with_retry_after(pred: Server, tmp_path: Path) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text("".join(f"k-client-{i:02d}-0123456789abcdef client-{i}\n" for i in range(16)))
+    keys.write_text(keys.read_text() + f"{TEAM_A} greedy\n{TEAM_B} polite\n")
+    limits = ("--rate-limit-rps", "0.05", "--rate-limit-burst", "2", "--max-concurrency", "1")
+    limits += ("--max-queue", "2", "--max-latency-factor", "0", "--api-keys-file", str(keys))
+    trans = transformer(tmp_path, pred.url, *limits, name="overloaded").start()
+    try:
+        body = v1(image_b64=b64(png_bytes(200, 200, seed=1)), scale=4, steps=3)
+        statuses: list[tuple[int, str | None]] = []
+        lock = threading.Lock()
+
+        def client(key: str, request: dict[str, object] = body) -> None:
+            r = post(trans.url, request, {"x-api-key": key})
+            with lock:
+                statuses.append((r.status_code, r.headers.get("retry-after")))
+
+        with ThreadPoolExecutor(16) as pool:  # 16 clients with issued keys of their own: the queue overflows
+            list(pool.map(client, [f"k-client-{i:02d}-0123456789abcdef" for i in range(16)]))
+        codes = [s for s, _ in statuses]
+        assert set(codes) <= {200, 503} and codes.count(200) >= 1 and codes.count(503) >= 1, codes
+        assert all(ra is not None and int(ra) >= 1 for s, ra in statuses if s == 503)
+
+        statuses.clear()
+        for _ in range(4):  # one client, faster than its 0.05 requests/s with a burst of 2
+            client(TEAM_A, v1())
+        codes = [s for s, _ in statuses]
+        assert codes.count(429) >= 1, codes
+        assert all(ra is not None and int(ra) >= 1 for s, ra in statuses if s == 429)
+
+        with httpx.Client(timeout=120) as http:
+            assert http.get(trans.url + "/health").status_code == 200  # still up and ready
+            r = http.post(trans.url + V1, json=v1(), headers={"x-api-key": TEAM_B})  # its own bucket
+            assert r.status_code == 200, r.text
+            metrics = http.get(trans.url + "/metrics").text
+        assert 'hndsr_errors_total{kind="queue_full"}' in metrics
+        assert 'hndsr_errors_total{kind="rate_limited"}' in metrics
+    finally:
+        trans.stop()
+
+
+@pytest.mark.timeout(600)
+def test_rotating_keys_or_forwarded_addresses_do_not_bypass_the_rate_limit(
+    pred: Server, tmp_path: Path
+) -> None:
+    """36 clients with distinct self-asserted keys used to get zero 429s. Now a key this server did not
+    issue is 401, and without keys the bucket is the peer address (a spoofed X-Forwarded-For included)."""
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({TEAM_A: "team-a", TEAM_B: "team-b"}))
+    limits = ("--rate-limit-rps", "0.05", "--rate-limit-burst", "2", "--api-keys-file", str(keys))
+    trans = transformer(tmp_path, pred.url, *limits, name="keyed").start()
+    try:
+        rotated = [post(trans.url, v1(), {"x-api-key": f"made-up-{i}"}) for i in range(4)]
+        assert [r.status_code for r in rotated] == [401] * 4
+        assert all(r.json()["kind"] == "unauthorized" for r in rotated)
+
+        spoofed = [post(trans.url, v1(), {"x-forwarded-for": f"10.9.8.{i}"}) for i in range(5)]
+        codes = [r.status_code for r in spoofed]  # one peer, one bucket: burst 2, then 429
+        assert codes[:2] == [200, 200] and codes.count(429) >= 2, codes
+        assert all(int(r.headers["retry-after"]) >= 1 for r in spoofed if r.status_code == 429)
+
+        team_a = [post(trans.url, v1(), {"x-api-key": TEAM_A}).status_code for _ in range(4)]
+        assert team_a[:2] == [200, 200] and team_a.count(429) >= 1, team_a
+        assert post(trans.url, v1(), {"x-api-key": TEAM_B}).status_code == 200  # another issued key
+    finally:
+        trans.stop()
+
+    # Without a key file, rotating X-Api-Key values from one address is one client.
+    trans = transformer(
+        tmp_path, pred.url, "--rate-limit-rps", "0.05", "--rate-limit-burst", "2", name="open"
+    )
+    trans.start()
+    try:
+        codes = [post(trans.url, v1(), {"x-api-key": f"rotated-{i}"}).status_code for i in range(5)]
+        assert codes[:2] == [200, 200] and codes.count(429) >= 2, codes
+    finally:
+        trans.stop()
+
+
+@pytest.mark.timeout(600)
+def test_admission_refuses_by_expected_wait_with_retry_after_from_the_drain_rate(
+    pred: Server, tmp_path: Path
+) -> None:
+    """A queue far from its length limit (50) still refuses a request whose expected latency at the
+    measured drain rate exceeds the factor; the refused clients are told to come back one after the
+    other, at the drain rate, rather than all after 1 s."""
+    limits = ("--rate-limit-rps", "0", "--max-concurrency", "4", "--max-queue", "50")
+    trans = transformer(tmp_path, pred.url, *limits, "--max-latency-factor", "1.5", name="admission").start()
+    body = v1(image_b64=b64(png_bytes(128, 128, seed=4)), scale=4, steps=2)
+    try:
+        with httpx.Client(timeout=300) as http:
+            for _ in range(3):  # unloaded: the transformer measures the cost and the drain rate
+                assert http.post(trans.url + V1, json=body).status_code == 200
+            admission = http.get(trans.url + "/health").json()["admission"]
+        assert admission["drain_rate"] > 0 and admission["typical_unloaded_s"] > 0, admission
+        drain_s = admission["typical_unloaded_s"] / admission["drain_rate"]  # one request's drain time
+
+        barrier = threading.Barrier(16)
+
+        def client(_: int) -> httpx.Response:
+            barrier.wait()
+            return post(trans.url, body)
+
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(client, range(16)))
+        codes = [r.status_code for r in answers]
+        assert set(codes) <= {200, 503} and codes.count(200) >= 1, codes
+        refused = [r for r in answers if r.status_code == 503]
+        # 16 at once against a factor of 1.5: at most ~2 fit; the queue limit (50) is never reached.
+        assert len(refused) >= 8, codes
+        assert all(
+            r.json()["kind"] == "queue_full" and "would take about" in r.json()["error"] for r in refused
+        )
+        waits = sorted(int(r.headers["retry-after"]) for r in refused)
+        assert waits[0] >= 1
+        # Each refused client after the first is promised one more request's drain time: the last one
+        # waits about (refused - 1) x drain_s. Half of that, generously, and at least 1 s.
+        assert waits[-1] >= min(60, max(1, int(0.5 * (len(refused) - 1) * drain_s))), (waits, drain_s)
+        if (len(refused) - 1) * drain_s >= 4:
+            assert waits[-1] > waits[0], waits  # spread out, not all at once
+        with httpx.Client(timeout=300) as http:
+            assert http.get(trans.url + "/health").json()["admission"]["refused"] >= len(refused)
+    finally:
+        trans.stop()
