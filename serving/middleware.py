@@ -261,7 +261,7 @@ class AdmissionMiddleware:
                 sent["code"] = int(message["status"])
             await send(message)
 
-        await self.app(scope, _replay(body, receive), watch)
+        await self.app(scope, replay_body(body, receive), watch)
         return sent["code"]
 
     def _count(self, code: int, state: dict[str, Any]) -> None:
@@ -313,7 +313,8 @@ def _check_json(body: bytes, example: str) -> None:
         raise BadRequest(f"the body is not valid JSON ({exc}); send {example}") from exc
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands the app the body already read, then the client's further messages."""
     sent = False
 
     async def replay() -> Message:

@@ -36,6 +36,7 @@ from typing import Any
 import orjson
 
 from serving.errors import ERROR_KIND_KEY, BadRequest, ServingError
+from serving.middleware import replay_body
 
 logger = logging.getLogger(__name__)
 
@@ -416,7 +417,7 @@ class ProtocolMiddleware:
         if body is None:
             return
         scope, body = normalise(scope, body)
-        await self.app(scope, _replay(body, receive), send)
+        await self.app(scope, replay_body(body, receive), send)
 
 
 async def _read_all(receive: Receive) -> bytes | None:
@@ -428,16 +429,3 @@ async def _read_all(receive: Receive) -> bytes | None:
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
