@@ -44,14 +44,16 @@ def ingress(tmp: Path, upstream: Server, name: str, **options: float) -> NginxIn
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, NginxIngress]]:
-    """predictor -> transformer (one request processed at a time, its own rate limit out of the way)
-    -> nginx with a generous rate limit; the burst test starts its own, stricter nginx."""
+    """predictor -> transformer (one request processed at a time, its own rate limit and its
+    admission by expected wait out of the way: these tests are about nginx) -> nginx with a generous
+    rate limit; the burst test starts its own, stricter nginx."""
     tmp = tmp_path_factory.mktemp("ingress")
     pred = predictor(tmp, write_checkpoint(tmp / "ckpt")).start()
     trans = None
     proxy = None
     try:
         args = ("--rate-limit-rps", "1000", "--rate-limit-burst", "1000", "--max-concurrency", "1")
+        args += ("--max-latency-factor", "0")
         trans = transformer(tmp, pred.url, *args).start()
         proxy = ingress(tmp, trans, "nginx", rate_per_s=100, burst=100).start()
         yield trans, proxy
