@@ -55,6 +55,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from _results import Measurement
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -947,6 +948,7 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "serving_fuzz.json")
     args = ap.parse_args()
+    measurement = Measurement()  # the machine, the commit, the load average at the start and the end
     with tempfile.TemporaryDirectory(prefix="hndsr-fuzz-") as tmp_s:
         tmp = Path(tmp_s)
         token = tmp / "admin-token"
@@ -1004,8 +1006,7 @@ def main() -> int:
             "wall_s": round(time.perf_counter() - started, 1),
             "command": "python benchmarks/serving_fuzz.py " + " ".join(sys.argv[1:]),
         }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    measurement.write("serving_fuzz", results, path=args.json)
     for server in ("predictor", "transformer"):
         r = results[server]
         print(
