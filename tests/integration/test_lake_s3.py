@@ -136,7 +136,9 @@ def test_s3_server_command_serves_until_interrupted(tmp_path: Path) -> None:
         settings = S3Settings(f"http://127.0.0.1:{port}", "hndsr", "cli-secret")
         assert ensure_buckets(settings) == []
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=120) == 0  # it stops SeaweedFS first: slow on a loaded machine
+        # communicate, not wait: the rest of its output is drained, so a full pipe cannot block its exit
+        rest, _ = proc.communicate(timeout=120)  # it stops SeaweedFS first: slow on a loaded machine
+        assert proc.returncode == 0, text + rest
     finally:
         if proc.poll() is None:
             proc.kill()
