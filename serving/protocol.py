@@ -30,21 +30,14 @@ import base64
 import logging
 import math
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
 
 from serving.errors import ERROR_KIND_KEY, BadRequest, ServingError
-from serving.middleware import replay_body
+from serving.middleware import ASGIApp, Message, Receive, Scope, Send, replay_body
 
 logger = logging.getLogger(__name__)
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 HEADER_LENGTH = b"inference-header-content-length"
 MAX_JSON_DEPTH = 64
