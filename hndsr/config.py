@@ -49,6 +49,9 @@ class StageParams:
     encoder_l2: float = 0.0
     # Operator stage: the loss on the output image, "l1" or "mse" (PSNR's own measure).
     pixel_loss: str = "l1"
+    # Operator stage: weight of an L1 on the output's 2-D spectrum (real and imaginary parts, as in
+    # MIMO-UNet), which weighs the high frequencies a pixel loss under-weights; 0 = off.
+    fft_weight: float = 0.0
     # > 0: keep an exponential moving average of the weights with this decay (e.g. 0.999), validate
     # it, and save it as the stage's result; 0: the last weights.
     ema_decay: float = 0.0
@@ -263,6 +266,8 @@ def _check(params: Params) -> None:
             raise ConfigError(f"train.{name}: steps, batch_size, steps_per_epoch must be >= 1 and lr > 0")
         if not 0.0 <= s.ema_decay < 1.0:
             raise ConfigError(f"train.{name}.ema_decay must be in [0, 1), got {s.ema_decay}")
+        if not 0.0 <= s.fft_weight <= 10.0:
+            raise ConfigError(f"train.{name}.fft_weight must be in [0, 10], got {s.fft_weight}")
         if s.pixel_loss not in ("l1", "mse"):
             raise ConfigError(f"train.{name}.pixel_loss must be l1 or mse, got {s.pixel_loss!r}")
         if s.precision not in ("fp32", "bf16"):

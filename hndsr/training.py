@@ -89,6 +89,12 @@ def _pixel_loss(sr: torch.Tensor, hr: torch.Tensor, kind: str) -> torch.Tensor:
     return F.mse_loss(sr, hr) if kind == "mse" else F.l1_loss(sr, hr)
 
 
+def _spectral_l1(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    # fp32 FFT ("ortho" keeps the term's scale independent of the patch size).
+    diff = torch.fft.rfft2(sr - hr, norm="ortho")
+    return torch.view_as_real(diff).abs().mean()
+
+
 def stage_loss(
     model: HNDSR, stage: str, batch: Batch, cfg: StageParams, shard: Shard | None = None
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -116,6 +122,10 @@ def stage_loss(
         latent = F.mse_loss(prior.float(), target.detach().float())
         loss = pixel + cfg.latent_weight * latent
         parts = {cfg.pixel_loss: pixel.item(), "latent_mse": latent.item()}
+        if cfg.fft_weight > 0:
+            spectral = _spectral_l1(sr.float(), hr)
+            loss = loss + cfg.fft_weight * spectral
+            parts["fft_l1"] = spectral.item()
         if cfg.train_decoder:
             recon_l1 = F.l1_loss(recon.float(), hr)
             encoder_l2 = target.float().pow(2).mean()

@@ -15,7 +15,7 @@ from hndsr.models.hndsr_model import HNDSR
 from hndsr.models.layers import activation
 from hndsr.models.operator import FourierNeuralOperator
 from hndsr.runtime import native_bf16
-from hndsr.training import _freeze, stage_loss
+from hndsr.training import _freeze, _spectral_l1, stage_loss
 
 
 def _batch(n: int = 2, size: int = 32) -> Batch:
@@ -139,3 +139,27 @@ def test_ema_of_the_weights_is_what_the_stage_keeps(tmp_path, image_dir, tiny_mo
 def test_ema_decay_outside_its_range_is_refused() -> None:
     with pytest.raises(ConfigError, match="ema_decay"):
         parse_params({"train": {"operator": {"ema_decay": 1.0}}})
+
+
+def test_fft_weight_adds_the_spectral_l1_of_the_output_error(tiny_model_config) -> None:
+    model = HNDSR(**tiny_model_config)
+    torch.nn.init.normal_(model.autoencoder.decoder_tail.weight, std=0.01)
+    batch = _batch()
+    plain, parts = stage_loss(model, "operator", batch, StageParams())
+    weighted, weighted_parts = stage_loss(model, "operator", batch, StageParams(fft_weight=0.5))
+    assert "fft_l1" not in parts
+    assert weighted_parts["fft_l1"] > 0
+    assert weighted.item() == pytest.approx(plain.item() + 0.5 * weighted_parts["fft_l1"], rel=1e-4)
+    # Parseval: with an orthonormal FFT, the spectral error of an exact output is zero, and scales
+    # linearly with the error.
+    model.eval()
+    with torch.no_grad():
+        sr = model.render(batch.up, batch.scale)
+    assert _spectral_l1(batch.hr, batch.hr).item() == 0.0
+    doubled = _spectral_l1(batch.hr + 2 * (sr - batch.hr), batch.hr).item()
+    assert doubled == pytest.approx(2 * _spectral_l1(sr, batch.hr).item(), rel=1e-4)
+
+
+def test_fft_weight_outside_its_range_is_refused() -> None:
+    with pytest.raises(ConfigError, match="fft_weight"):
+        parse_params({"train": {"operator": {"fft_weight": -1.0}}})
