@@ -70,7 +70,7 @@ from serving.errors import (
 from serving.jobs.api import submit_request
 from serving.jobs.store import JobConfig, JobStore
 from serving.metrics import ServingMetrics
-from serving.middleware import CURRENT_TICKET
+from serving.middleware import CURRENT_CLIENT, CURRENT_TICKET
 from serving.request_stats import RequestStatsRecorder, open_sink
 from serving.tiles import Canvas, TileSpec, choose_tile, crop, plan
 from serving.validation import Limits, SRInput, parse_v1, parse_v2, probe_image
@@ -394,7 +394,7 @@ class HNDSRTransformer(Model):
             if self.jobs is not None:  # the asynchronous path: 202 + job ids (serving.jobs.api)
                 tiles = [len(specs) for _, _, specs in plans]
                 raise await asyncio.to_thread(
-                    submit_request, self.jobs, inputs, tiles, headers or {}, request_id
+                    submit_request, self.jobs, inputs, tiles, headers or {}, request_id, CURRENT_CLIENT.get()
                 )
             raise PayloadTooLarge(
                 f"this request needs {total} tiles, above the synchronous limit of "
