@@ -245,7 +245,7 @@ class AdmissionMiddleware:
             if p.gate is None:
                 await self._handle(scope, receive, send)
                 return
-            async with p.gate.slot() as ticket:
+            async with p.gate.slot(client) as ticket:
                 token = CURRENT_TICKET.set(ticket)
                 try:
                     code = await self._handle(scope, receive, send)

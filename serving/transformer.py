@@ -101,8 +101,9 @@ class TransformerSettings:
     trusted_proxies: str = "127.0.0.1/32,::1/128"  # peers whose client_ip_header is believed
     max_concurrency: int = 4  # requests processed at once
     max_queue: int = 20  # requests waiting for a slot; more -> 503
-    # Refuse (503 queue_full) a request whose expected latency at the measured drain rate would be over
-    # this many times its unloaded latency; <= 0: only max_queue bounds admission.
+    # Refuse (503 queue_full) a request whose expected latency at the measured drain rate, calibrated to
+    # the tail (serving.admission.ConcurrencyGate), would be over this many times its unloaded latency;
+    # <= 0: only max_queue bounds admission.
     max_latency_factor: float = 2.5
     breaker_threshold: int = 3
     breaker_reset_s: float = 30.0  # OPEN -> one blind trial, when the readiness probe has not closed it
