@@ -259,6 +259,8 @@ def main() -> None:
                 with httpx.Client(timeout=10) as http:
                     run["admission"] = http.get(trans.url + "/health").json().get("admission")
                 print(json.dumps(run, indent=1), flush=True)
+                ratio, rate = run.get("accepted_p95_over_unloaded"), run["overload"]["accepted_per_s"]
+                print(f"factor {factor}: accepted p95 / unloaded p50 = {ratio}x (target <= 3x), {rate}/s")
                 if factor == args.max_latency_factor and not args.no_recovery:
                     time.sleep(2.0)  # the overload's last requests drain
                     result["recovery"] = recovery(pred, trans, body, keys, tmp / "predictor.log")

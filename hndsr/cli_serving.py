@@ -154,7 +154,8 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
             float,
             typer.Option(
                 help="Refuse (503) a request expected to take over this many times its unloaded latency "
-                "at the measured drain rate (0: queue length only)."
+                "at the measured drain rate, calibrated to the 90th percentile of how far recent "
+                "requests overran their prediction (0: queue length only)."
             ),
         ] = 2.5,
         breaker_threshold: Annotated[

@@ -120,6 +120,18 @@ class Unavailable(ServingError):
 class QueueFull(Unavailable):
     kind = "queue_full"
 
+    def __init__(
+        self, message: str, *, retry_after: float = 1.0, admission: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.admission = admission  # the figures of the admission rule that refused it
+
+    def body(self) -> dict[str, Any]:
+        body = super().body()
+        if self.admission is not None:
+            body["admission"] = self.admission
+        return body
+
 
 class CircuitOpen(Unavailable):
     kind = "circuit_open"

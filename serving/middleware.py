@@ -59,6 +59,9 @@ INFER_PATH = re.compile(r"^/v1/models/[^/]+:predict$|^/v2/models/[^/]+(/versions
 # The admission ticket of the request being handled (serving.admission.Ticket): the model sets its
 # size and progress, the gate learns the drain rate from it.
 CURRENT_TICKET: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar("hndsr_ticket", default=None)
+# Who the request being handled is (ClientIdentity): the rate-limit bucket, the admission gate's turns
+# and the namespace of the job API's idempotency keys all go by it, never by a self-asserted header.
+CURRENT_CLIENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("hndsr_client", default=None)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -89,7 +92,7 @@ class ClientIdentity:
         ip_header: str | None = None,
         trusted_proxies: str | list[str] = "127.0.0.1/32,::1/128",
     ) -> ClientIdentity:
-        hashed = {_digest(k): name for k, name in keys.items()} if keys is not None else None
+        hashed = {key_digest(k): name for k, name in keys.items()} if keys is not None else None
         if isinstance(trusted_proxies, str):
             trusted_proxies = [p for p in trusted_proxies.split(",") if p.strip()]
         networks = tuple(ipaddress.ip_network(p.strip(), strict=False) for p in trusted_proxies)
@@ -99,7 +102,7 @@ class ClientIdentity:
         headers = _headers(scope)
         api_key = headers.get("x-api-key")
         if self.api_keys is not None and api_key:
-            name = self.api_keys.get(_digest(api_key))
+            name = self.api_keys.get(key_digest(api_key))
             if name is None:
                 raise Unauthorized(
                     "unknown X-Api-Key: use a key this service issued (or send none, to be limited by "
@@ -152,7 +155,8 @@ def read_api_keys(path: str) -> dict[str, str]:
     return keys
 
 
-def _digest(key: str) -> str:
+def key_digest(key: str) -> str:
+    """The one hash of an API key (issued keys are kept and compared by it; the job API's namespaces)."""
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
@@ -230,21 +234,26 @@ class AdmissionMiddleware:
             if p.probe is not None:
                 p.probe.kick()
             raise CircuitOpen(p.breaker.open_message(), retry_after=_open_retry_after(p))
+        client = client_key(scope, p.identity)  # an unknown issued-key is 401 here, rate limit or not
         if p.limiter is not None:
-            p.limiter.acquire(client_key(scope, p.identity))
+            p.limiter.acquire(client)
         length = _content_length(scope)
         if length is not None and length > p.max_body_bytes:
             raise _too_large(length, p.max_body_bytes)
-        if p.gate is None:
-            await self._handle(scope, receive, send)
-            return
-        async with p.gate.slot() as ticket:
-            token = CURRENT_TICKET.set(ticket)
-            try:
-                code = await self._handle(scope, receive, send)
-            finally:
-                CURRENT_TICKET.reset(token)
-            ticket.ok = code == 200
+        client_token = CURRENT_CLIENT.set(client)
+        try:
+            if p.gate is None:
+                await self._handle(scope, receive, send)
+                return
+            async with p.gate.slot(client) as ticket:
+                token = CURRENT_TICKET.set(ticket)
+                try:
+                    code = await self._handle(scope, receive, send)
+                finally:
+                    CURRENT_TICKET.reset(token)
+                ticket.ok = code == 200
+        finally:
+            CURRENT_CLIENT.reset(client_token)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> int:
         """The body (capped), then KServe's handler; returns the status sent (0: none)."""

@@ -70,7 +70,7 @@ from serving.errors import (
 from serving.jobs.api import submit_request
 from serving.jobs.store import JobConfig, JobStore
 from serving.metrics import ServingMetrics
-from serving.middleware import CURRENT_TICKET
+from serving.middleware import CURRENT_CLIENT, CURRENT_TICKET
 from serving.request_stats import RequestStatsRecorder, open_sink
 from serving.tiles import Canvas, TileSpec, choose_tile, crop, plan
 from serving.validation import Limits, SRInput, parse_v1, parse_v2, probe_image
@@ -101,8 +101,9 @@ class TransformerSettings:
     trusted_proxies: str = "127.0.0.1/32,::1/128"  # peers whose client_ip_header is believed
     max_concurrency: int = 4  # requests processed at once
     max_queue: int = 20  # requests waiting for a slot; more -> 503
-    # Refuse (503 queue_full) a request whose expected latency at the measured drain rate would be over
-    # this many times its unloaded latency; <= 0: only max_queue bounds admission.
+    # Refuse (503 queue_full) a request whose expected latency at the measured drain rate, calibrated to
+    # the tail (serving.admission.ConcurrencyGate), would be over this many times its unloaded latency;
+    # <= 0: only max_queue bounds admission.
     max_latency_factor: float = 2.5
     breaker_threshold: int = 3
     breaker_reset_s: float = 30.0  # OPEN -> one blind trial, when the readiness probe has not closed it
@@ -394,7 +395,7 @@ class HNDSRTransformer(Model):
             if self.jobs is not None:  # the asynchronous path: 202 + job ids (serving.jobs.api)
                 tiles = [len(specs) for _, _, specs in plans]
                 raise await asyncio.to_thread(
-                    submit_request, self.jobs, inputs, tiles, headers or {}, request_id
+                    submit_request, self.jobs, inputs, tiles, headers or {}, request_id, CURRENT_CLIENT.get()
                 )
             raise PayloadTooLarge(
                 f"this request needs {total} tiles, above the synchronous limit of "

@@ -5,8 +5,9 @@ A request above the synchronous tile limit is submitted here (one job per image)
 :class:`JobAccepted` from ``preprocess`` to leave KServe's predict/postprocess chain, and the handler
 installed by :func:`install_job_routes` turns it into the 202.
 
-``Idempotency-Key`` (header, per client ``X-Api-Key`` or address): a repeated key with the same request
-returns the same job; with a different request it is a 422.
+``Idempotency-Key`` (header, per client: an issued API key's client, else the peer address, see
+:func:`job_client`): a repeated key with the same request returns the same job; with a different
+request it is a 422.
 
 ``GET /jobs/{id}``: ``{"id", "status": queued | running | done | failed, "attempts", "max_attempts",
 "progress": {"tiles_done", "tiles_total"}, "error" (the reason when failed; the last one while a retry
@@ -18,7 +19,6 @@ An unknown or expired id is a 404 (results live ``result_ttl_s``), a result aske
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import re
 from dataclasses import asdict
@@ -27,6 +27,7 @@ from typing import Any
 from serving.errors import BadRequest, ServingError, Unavailable, Unprocessable, json_response
 from serving.jobs.blobs import REDIS_REF, BlobError
 from serving.jobs.store import DONE, FAILED, IdempotencyConflict, JobStore
+from serving.middleware import key_digest
 from serving.validation import SRInput
 
 logger = logging.getLogger(__name__)
@@ -58,11 +59,16 @@ class NotDone(ServingError):
     status, kind = 409, "job_not_done"
 
 
-def _client(headers: dict[str, str]) -> str:
+def job_client(identity: str | None, headers: dict[str, str]) -> str:
+    """The namespace of a client's idempotency keys: who the server vouches for (``identity``, from
+    :class:`serving.middleware.ClientIdentity`: an issued key's client, else the peer address). A
+    self-asserted ``X-Api-Key`` only narrows an address's namespace further (rotating it gains nothing),
+    so a client can never reach into another's jobs by sending the other's header."""
+    client = identity or "ip:unknown"
     api_key = headers.get("x-api-key")
-    if api_key:
-        return "key:" + hashlib.sha256(api_key.encode()).hexdigest()[:16]
-    return "anonymous"
+    if api_key and not client.startswith("client:"):
+        client += "|key:" + key_digest(api_key)[:16]
+    return client
 
 
 def submit_request(
@@ -71,9 +77,11 @@ def submit_request(
     tiles: list[int],
     headers: dict[str, str],
     request_id: str,
+    identity: str | None = None,
 ) -> JobAccepted:
-    """Queue one job per image (blocking: call it in a thread). Client mistakes are 4xx, a queue
-    that cannot be reached a 503."""
+    """Queue one job per image (blocking: call it in a thread). ``identity`` is the middleware's
+    trusted client (:data:`serving.middleware.CURRENT_CLIENT`). Client mistakes are 4xx, a queue that
+    cannot be reached a 503."""
     key = headers.get("idempotency-key")
     if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
         raise BadRequest(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
@@ -86,7 +94,7 @@ def submit_request(
                 inp.data,
                 params,
                 idempotency_key=image_key,
-                client=_client(headers),
+                client=job_client(identity, headers),
                 meta={"tiles_planned": n_tiles, "request_id": request_id},
             )
         except IdempotencyConflict as exc:

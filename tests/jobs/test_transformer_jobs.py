@@ -104,3 +104,64 @@ def test_large_requests_become_jobs_with_status_and_result(
     finally:
         job_worker.stop()
         server.stop()
+
+
+def test_idempotency_keys_are_per_trusted_client_not_per_asserted_header(
+    redis_server,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The idempotency namespace used to be the self-asserted X-Api-Key ("anonymous" without one): a
+    client sending another's header, or none, met the other's jobs (their ids, even, in a 422). Now it
+    is who the server vouches for: the peer address (a self-asserted key only narrows it), or an issued
+    key's client; an unknown key is 401."""
+    config = fresh_config(redis_server.url, namespace="hndsr:jobs")
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    args = ("--redis-url", config.redis_url, "--max-sync-tiles", "0", "--rate-limit-rps", "0")
+    image = png_bytes(40, 48, seed=3)
+    body = {"instances": [{"image_b64": b64(image), "scale": 4, "steps": 0}]}
+    other = {"instances": [{"image_b64": b64(image), "scale": 3, "steps": 0}]}
+
+    def submit(
+        url: str, request: dict[str, object], source: str = "127.0.0.1", **headers: str
+    ) -> httpx.Response:
+        transport = httpx.HTTPTransport(local_address=source)  # another loopback address: another peer
+        with httpx.Client(base_url=url, timeout=30, transport=transport) as http:
+            return http.post(
+                "/v1/models/hndsr:predict", json=request, headers={"Idempotency-Key": "scene-9"} | headers
+            )
+
+    server = transformer(tmp_path, nowhere, *args, name="open-jobs")
+    server.start(ready_path="/v2/health/live")
+    try:
+        first = submit(server.url, body, **{"x-api-key": "k-alice-self-asserted"})
+        assert first.status_code == 202, first.text
+        job = first.json()["id"]
+        assert submit(server.url, body, **{"x-api-key": "k-alice-self-asserted"}).json()["id"] == job
+        # The same header from another address: another client, a job of its own (not the first's id).
+        elsewhere = submit(server.url, body, source="127.0.0.2", **{"x-api-key": "k-alice-self-asserted"})
+        assert elsewhere.status_code == 202 and elsewhere.json()["id"] != job
+        assert elsewhere.json()["jobs"][0]["duplicate"] is False
+        # Another header, or none, from the same address: no collision, so no 422 naming the first job.
+        for headers in ({"x-api-key": "k-bob-self-asserted"}, {}):
+            r = submit(server.url, other, **headers)
+            assert r.status_code == 202 and r.json()["id"] != job and job not in r.text, r.text
+    finally:
+        server.stop()
+
+    keys = tmp_path / "keys.txt"
+    keys.write_text("k-team-a-8f3e2b7c41d09a65 team-a\nk-team-b-0c9d8e7f6a5b4c3d team-b\n")
+    server = transformer(tmp_path, nowhere, *args, "--api-keys-file", str(keys), name="keyed-jobs")
+    server.start(ready_path="/v2/health/live")
+    try:
+        a = submit(server.url, body, **{"x-api-key": "k-team-a-8f3e2b7c41d09a65"})
+        assert a.status_code == 202, a.text
+        # An issued key is its client wherever it comes from: the same job again.
+        again = submit(server.url, body, source="127.0.0.3", **{"x-api-key": "k-team-a-8f3e2b7c41d09a65"})
+        assert again.json()["id"] == a.json()["id"] and again.json()["jobs"][0]["duplicate"] is True
+        b = submit(server.url, other, **{"x-api-key": "k-team-b-0c9d8e7f6a5b4c3d"})
+        assert b.status_code == 202 and b.json()["id"] != a.json()["id"]
+        unknown = submit(server.url, body, **{"x-api-key": "k-made-up-0000000000"})
+        assert unknown.status_code == 401 and unknown.json()["kind"] == "unauthorized"
+        assert "unknown X-Api-Key" in unknown.json()["error"] and a.json()["id"] not in unknown.text
+    finally:
+        server.stop()

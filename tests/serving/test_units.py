@@ -24,6 +24,7 @@ from serving.admission import (
     DrainMeter,
     RateLimiter,
     Ticket,
+    Verdict,
 )
 from serving.errors import (
     BadRequest,
@@ -247,6 +248,118 @@ def test_admission_by_expected_wait_with_retry_after_from_the_drain_rate() -> No
 
     tickets, refused, _ = asyncio.run(scenario())
     assert len(tickets) == 2 and len(refused) == 3
+
+
+def test_calibration_is_a_high_quantile_of_realized_over_predicted_latency() -> None:
+    meter = DrainMeter(calibration_n=20, calibration_q=0.9)
+    meter.record(Ticket(admitted=0.0, started=0.0, size=1.0, cls="det", ok=True), now=2.0)  # 2 s/unit
+    assert meter.cost("det") == pytest.approx(2.0)
+
+    def finished(latency: float) -> None:  # admitted with 2 s of work ahead at rate 1: predicted 4 s
+        ticket = Ticket(admitted=10.0, size=1.0, cls="det", ok=True, ahead=2.0, rate=1.0)
+        meter.calibrate(ticket, now=10.0 + latency)
+
+    for _ in range(4):
+        finished(8.0)
+    assert meter.calibration() == 1.0  # fewer than 5: not believed yet
+    for latency in [4.0] * 14 + [8.0] * 2:
+        finished(latency)
+    # 20 ratios: 14 of 1.0, then 6 of 2.0 (the 4 early ones included): the 90th percentile is 2.0.
+    assert meter.calibration() == pytest.approx(2.0)
+    for _ in range(20):  # the window moves on
+        finished(4.0)
+    assert meter.calibration() == pytest.approx(1.0)
+    meter.calibrate(Ticket(admitted=0.0, size=1.0, cls="det", ok=True), now=50.0)  # no prediction made
+    meter.calibrate(Ticket(admitted=0.0, size=1.0, cls="det", ahead=0.0, rate=1.0), now=50.0)  # failed
+    assert meter.calibration() == pytest.approx(1.0)
+
+
+def test_admission_rule_retry_after_and_fair_turns() -> None:
+    """expected = calibration x (in system + turns ahead x typical + typical) / rate <= factor x typical;
+    Retry-After = (expected - budget) / calibration; refused clients keep their turns."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        meter = DrainMeter()
+        meter.record(Ticket(admitted=0.0, started=0.0, size=1.0, cls="det", ok=True), now=2.0)
+        meter.rate = 0.5  # typical 2 s, drained at half speed
+        for _ in range(5):  # admitted requests took 1.5x what was predicted
+            meter.calibrate(Ticket(admitted=0.0, size=1.0, cls="det", ok=True, ahead=0.0, rate=0.5), 6.0)
+        assert (meter.mean_work, meter.calibration()) == (pytest.approx(2.0), pytest.approx(1.5))
+        gate = ConcurrencyGate(4, 20, meter=meter, max_latency_factor=2.5, clock=clock)
+        release = asyncio.Event()
+
+        async def ask(client: str) -> Verdict | Ticket:
+            """The verdict of a refusal, or the ticket of an admitted request (held until released)."""
+            admitted: asyncio.Future[Ticket] = asyncio.get_running_loop().create_future()
+
+            async def hold() -> None:
+                try:
+                    async with gate.slot(client) as ticket:
+                        admitted.set_result(ticket)
+                        await release.wait()
+                except QueueFull as exc:
+                    assert exc.admission is not None and exc.retry_after is not None
+                    assert exc.body()["admission"] == exc.admission
+                    admitted.set_exception(exc)
+
+            held.append(asyncio.create_task(hold()))
+            try:
+                return await admitted
+            except QueueFull as exc:
+                assert exc.admission is not None
+                return Verdict(False, retry_after_s=exc.retry_after, **_figures(exc.admission))
+
+        held: list[asyncio.Task[None]] = []
+        a = await ask("a")  # nothing admitted: in, whatever the estimate
+        assert isinstance(a, Ticket) and a.ahead == 0.0 and a.rate == 0.5
+        b = await ask("b")  # 1.5 x (2 + 2) / 0.5 = 12 s > 5 s: refused, back in (12 - 5) / 1.5 s
+        assert isinstance(b, Verdict) and not b.admit
+        assert (b.expected_s, b.budget_s, b.turns_ahead) == (pytest.approx(12.0), pytest.approx(5.0), 0)
+        assert b.retry_after_s == pytest.approx(7.0 / 1.5) and b.wait_s == pytest.approx(7.0 / 1.5, abs=1e-5)
+        c = await ask("c")  # b's turn is ahead of it: one typical request more
+        assert isinstance(c, Verdict) and c.turns_ahead == 1
+        assert c.retry_after_s == pytest.approx((18.0 - 5.0) / 1.5)
+        clock.now += 1.0
+        b_early = await ask("b")  # back too early: the rest of the same wait, not a later turn
+        assert isinstance(b_early, Verdict) and b_early.turn_kept and b_early.turns_ahead == 0
+        assert b_early.retry_after_s == pytest.approx(7.0 / 1.5 - 1.0)
+        d = await ask("d")  # a newcomer (or a client straight back after its answer) queues behind
+        assert isinstance(d, Verdict) and d.turns_ahead == 2
+        assert d.retry_after_s == pytest.approx((24.0 - 5.0) / 1.5)
+
+        clock.now = 109.0  # past b's and c's turns; a still running
+        meter.rate = 2.0  # a faster drain: 1.5 x (2 + 2) / 2 = 3 s fits the 5 s budget
+        newcomer = await ask("e")  # but b, c and d are due back before it: 1.5 x (2 + 6 + 2) / 2
+        assert isinstance(newcomer, Verdict) and newcomer.turns_ahead == 3
+        assert newcomer.expected_s == pytest.approx(7.5)
+        b_back = await ask("b")  # on its turn: only the turns before its own count
+        assert isinstance(b_back, Ticket) and b_back.ahead == pytest.approx(2.0)
+        assert gate.snapshot()["turns_pending"] == 3  # b's used; c, d and e's still pending
+        clock.now += 100.0  # turns not claimed within the grace time lapse
+        gate.verdict("z")
+        assert gate.snapshot()["turns_pending"] == 0
+        release.set()
+        await asyncio.gather(*held)
+        assert gate.refused == 5 and gate.active == 0
+
+    asyncio.run(scenario())
+
+
+def _figures(admission: dict[str, object]) -> dict[str, object]:
+    """A refusal's ``admission`` body back into Verdict fields."""
+    a = admission
+    return {
+        "expected_s": a["expected_s"],
+        "budget_s": a["budget_s"],
+        "unloaded_s": a["unloaded_s"],
+        "in_system": a["in_system_s"],
+        "turns_ahead": a["turns_ahead"],
+        "rate": a["drain_rate"],
+        "calibration": a["calibration"],
+        "wait_s": a["wait_s"],
+        "turn_kept": a["turn_kept"],
+    }
 
 
 def test_admission_without_measurements_is_by_queue_length_only() -> None:
