@@ -81,7 +81,7 @@ def test_a_job_of_a_killed_worker_completes_on_another(
         assert (record["attempts"], record["completions"]) == ("2", "1")
         assert int(record["tiles_done"]) == tiles_total
         assert_same_image(store.blobs.get(record["result"]), engine_png(data, tile=128))
-        assert metric_value(metrics_of(rescuer), 'hndsr_jobs_attempts_total{outcome="done"}') == 1.0
+        assert metric_value(metrics_of(rescuer), "hndsr_jobs_attempts_total", outcome="done") == 1.0
         assert store.counts()["processing"] == 0
     finally:
         for w in workers:
@@ -111,7 +111,7 @@ def test_many_concurrent_submissions_complete_exactly_once(
         counts = store.counts()
         assert (counts["queued"], counts["processing"], counts["dead"], counts["completed"]) == (0, 0, 0, 24)
         texts = [metrics_of(w) for w in workers]
-        done = [metric_value(t, 'hndsr_jobs_attempts_total{outcome="done"}') for t in texts]
+        done = [metric_value(t, "hndsr_jobs_attempts_total", outcome="done") for t in texts]
         assert sum(done) == 24 and min(done) > 0, done  # both took a share, nothing ran twice
         assert {r["worker"] for r in records} == {name_of(w) for w in workers}
         assert metric_value(texts[0], "hndsr_jobs_queue_depth") == 0.0
