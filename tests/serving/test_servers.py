@@ -402,6 +402,7 @@ def test_health_and_metrics(stack: tuple[Server, Server], http: httpx.Client) ->
     pred, trans = stack
     r = http.post(trans.url + V1, json=v1(scale=3))
     assert r.status_code == 200
+    assert http.post(trans.url + V1, json=v1(scale=9)).status_code == 422  # invalid_scale
     for server in (pred, trans):
         assert http.get(server.url + "/health").json()["status"] == "ready"
         assert http.get(server.url + "/v2/health/ready").status_code == 200
