@@ -35,6 +35,7 @@ from PIL import Image
 from hndsr.s3server import free_ports
 from serving.jobs.redisserver import EmbeddedRedis
 from serving.jobs.store import DONE, JobConfig, JobStore
+from serving.metrics import sample_value
 
 ROOT = Path(__file__).resolve().parents[1]
 NAIP = ROOT.parent / "shared" / "data" / "naip"
@@ -95,10 +96,12 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
 
 
 def peak_rss(port: int) -> float:
-    for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text.splitlines():
-        if line.startswith("hndsr_jobs_worker_peak_rss_bytes "):
-            return float(line.split()[-1])
-    return float("nan")
+    try:
+        return sample_value(
+            httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text, "hndsr_jobs_worker_peak_rss_bytes"
+        )
+    except KeyError:
+        return float("nan")
 
 
 def run(redis_url: str, workers: int, jobs: int, data: bytes, scale: float, tmp: Path) -> dict[str, object]:

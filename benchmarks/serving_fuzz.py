@@ -63,6 +63,7 @@ sys.path.insert(0, str(ROOT))
 from hndsr.resample import taps  # noqa: E402
 from hndsr.tiling import Tile  # noqa: E402
 from serving.codec import RenderParams, TileBatch, encode_v1, encode_v2  # noqa: E402
+from serving.metrics import sample_value  # noqa: E402
 from serving.tiles import Canvas, TileSpec, _span, crop, plan  # noqa: E402
 
 V1 = "/v1/models/hndsr:predict"
@@ -832,8 +833,7 @@ def fuzz_server(
 
 def breaker_state(base: str) -> float:
     text = httpx.get(base + "/metrics", timeout=10).text
-    line = next(x for x in text.splitlines() if x.startswith("hndsr_circuit_breaker_state "))
-    return float(line.split()[1])
+    return sample_value(text, "hndsr_circuit_breaker_state")
 
 
 def after_checks(pred_url: str, trans_url: str, material: Material) -> dict[str, Any]:

@@ -132,16 +132,29 @@ def prepare_data(
 
 
 def validate_data(
-    dataset_dir: str, report_path: str, *, params: str, profile: str, tracking_uri: str
+    dataset_dir: str,
+    report_path: str,
+    *,
+    params: str,
+    profile: str,
+    tracking_uri: str,
+    docs_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Great Expectations suites over the catalog; raises :class:`StepFailed` naming each failure."""
+    """Great Expectations suites over the catalog; raises :class:`StepFailed` naming each failure.
+    ``docs_dir``: where GX's data docs site goes (``index.html`` and a page per suite, readable
+    offline: data_validation.docs), also logged to MLflow under ``data_docs/``."""
     from data_validation.runner import thresholds_from_params, validate_catalog
 
     p = load(params, profile)
     with tracking.step_run(tracking_uri, "validate", params={"validate": p.validate.__dict__}):
         report = validate_catalog(
-            Path(dataset_dir) / "catalog.parquet", thresholds_from_params(p), report_path=report_path
+            Path(dataset_dir) / "catalog.parquet",
+            thresholds_from_params(p),
+            report_path=report_path,
+            docs_dir=docs_dir,
         )
+        if docs_dir is not None:
+            mlflow.log_artifacts(docs_dir, "data_docs")
         mlflow.log_metrics({"evaluated": float(report.evaluated), "failed": float(len(report.failures))})
         named = named_file(report_path, VALIDATION_FILE)
         shutil.copyfile(report_path, named)

@@ -40,13 +40,29 @@ def prepare(
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def validate(dataset: Input[Dataset], params: str, profile: str, mlflow_uri: str, report: Output[Artifact]):
-    """Great Expectations suites over the catalog; fails the pipeline naming each failed expectation."""
+def validate(
+    dataset: Input[Dataset],
+    params: str,
+    profile: str,
+    mlflow_uri: str,
+    report: Output[Artifact],
+    data_docs: Output[Artifact],
+):
+    """Great Expectations suites over the catalog; fails the pipeline naming each failed expectation.
+    ``data_docs``: GX's data docs site (a folder: open its index.html; renders offline)."""
     from components.steps import validate_data
 
     report.metadata.update(
-        validate_data(dataset.path, report.path, params=params, profile=profile, tracking_uri=mlflow_uri)
+        validate_data(
+            dataset.path,
+            report.path,
+            params=params,
+            profile=profile,
+            tracking_uri=mlflow_uri,
+            docs_dir=data_docs.path,
+        )
     )
+    data_docs.metadata["index"] = "index.html"
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)

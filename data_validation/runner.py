@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from data_validation.docs import make_offline
 from data_validation.frames import Frames, Thresholds, build_frames, load_tables
 from data_validation.suites import SUITES, SuiteSpec, gx_expectations
 from hndsr.config import Params
@@ -271,6 +272,7 @@ def validate_catalog(
                 failures.append(_failure(spec, r, frames))
     if docs is not None:
         context.build_data_docs(site_names=["hndsr"])
+        make_offline(docs)  # GX's pages load their CSS/JS from CDNs and fill the index in the browser
     tiles = frames.catalog["split"].value_counts() if "split" in frames.catalog.columns else {}
     counts: dict[str, Any] = {
         "tiles": len(frames.catalog),

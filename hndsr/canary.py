@@ -5,7 +5,8 @@ KServe splits traffic between the last rolled-out predictor revision and a new o
 
 - start: a new ``storageUri`` with ``canaryTrafficPercent: 10`` -> the new revision gets 10%; the
   pod annotation ``hndsr.io/model-version`` (the URI's last segment) becomes the ``model_version``
-  label of the revision's metrics and alerts (manifests/base/monitors.yaml).
+  label of KServe's own metrics of the revision (manifests/base/monitors.yaml); the hndsr_* metrics
+  carry the version of the checkpoint the predictor loaded themselves (serving.metrics).
 - promote: remove ``canaryTrafficPercent`` -> the new revision gets 100%.
 - rollback: ``canaryTrafficPercent: 0`` -> the previous revision gets 100% again.
 

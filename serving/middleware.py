@@ -43,7 +43,7 @@ from serving.errors import (
     ServingError,
     Unauthorized,
 )
-from serving.metrics import ServingMetrics
+from serving.metrics import MODEL_VERSION_KEY, ServingMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,11 @@ CURRENT_TICKET: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar("
 # Who the request being handled is (ClientIdentity): the rate-limit bucket, the admission gate's turns
 # and the namespace of the job API's idempotency keys all go by it, never by a self-asserted header.
 CURRENT_CLIENT: contextvars.ContextVar[str | None] = contextvars.ContextVar("hndsr_client", default=None)
+# The scope["state"] of the inference request being handled: the model writes what the metrics
+# middleware labels the request with (MODEL_VERSION_KEY: the model that answered).
+REQUEST_STATE: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "hndsr_request_state", default=None
+)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -205,6 +210,7 @@ class AdmissionMiddleware:
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})
+        state_token = REQUEST_STATE.set(state)
         status = {"code": 0}
 
         async def send_wrapper(message: Message) -> None:
@@ -224,6 +230,7 @@ class AdmissionMiddleware:
             if status["code"] == 0:
                 await _send_error(send_wrapper, err)
         finally:
+            REQUEST_STATE.reset(state_token)
             self._count(status["code"], state)
 
     async def _admit(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -277,9 +284,10 @@ class AdmissionMiddleware:
         m = self.policy.metrics
         if m is None or code == 0:
             return
-        m.request(code)
+        version = state.get(MODEL_VERSION_KEY)
+        m.request(code, version)
         if code >= 400:
-            m.error(str(state.get(ERROR_KIND_KEY) or f"http_{code}"))
+            m.error(str(state.get(ERROR_KIND_KEY) or f"http_{code}"), version)
 
 
 def _open_retry_after(p: AdmissionPolicy) -> float:

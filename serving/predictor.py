@@ -155,6 +155,7 @@ class HNDSRPredictor(Model):
                 queue_depth=lambda: float(self.gate.waiting),
                 breaker_state=lambda: float(self.breaker.state),
                 vram=self._vram,
+                model_version=lambda: self.model_version,
             )
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -337,8 +338,7 @@ class HNDSRPredictor(Model):
                 ) from exc
             self.breaker.success()
         if self.metrics is not None:
-            self.metrics.latency_s.observe(model_ms / 1000.0)
-            self.metrics.tiles.inc(len(batch.specs))
+            self.metrics.observe(model_ms / 1000.0, len(batch.specs))
         return protocol, batch, sr, model_ms, steps
 
     async def _output_check_failed(self, exc: OutputValidationError) -> ServingError:

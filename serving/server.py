@@ -190,7 +190,7 @@ def run_predictor(
     from serving.middleware import AdmissionPolicy
     from serving.predictor import HNDSRPredictor
 
-    metrics = ServingMetrics()
+    metrics = ServingMetrics(quality_proxy=False)  # the transformer computes the quality proxy
     model = HNDSRPredictor(model_name, settings, metrics)
     model.load()
 

@@ -69,8 +69,8 @@ from serving.errors import (
 )
 from serving.jobs.api import submit_request
 from serving.jobs.store import JobConfig, JobStore
-from serving.metrics import ServingMetrics
-from serving.middleware import CURRENT_CLIENT, CURRENT_TICKET
+from serving.metrics import MODEL_VERSION_KEY, NO_MODEL, ServingMetrics
+from serving.middleware import CURRENT_CLIENT, CURRENT_TICKET, REQUEST_STATE
 from serving.request_stats import RequestStatsRecorder, open_sink
 from serving.tiles import Canvas, TileSpec, choose_tile, crop, plan
 from serving.validation import Limits, SRInput, parse_v1, parse_v2, probe_image
@@ -555,11 +555,15 @@ class HNDSRTransformer(Model):
         for out in outputs:
             out["timings_ms"]["total"] = round(total_ms, 2)
         logger.info("request %s: %d image(s) in %.0f ms", prepared.request_id, len(outputs), total_ms)
+        versions = {job.model_version or NO_MODEL for job in prepared.jobs}
+        version = versions.pop() if len(versions) == 1 else "mixed"
+        state = REQUEST_STATE.get()
+        if state is not None:  # the metrics middleware labels this request's count with it
+            state[MODEL_VERSION_KEY] = version
         if self.metrics is not None:
-            self.metrics.latency_s.observe(total_ms / 1000.0)
-            self.metrics.tiles.inc(sum(o["tiles"] for o in outputs))
-            for out in outputs:
-                self.metrics.add_psnr(out["cycle_psnr_db"])
+            self.metrics.observe(total_ms / 1000.0, sum(o["tiles"] for o in outputs), version)
+            for job, out in zip(prepared.jobs, outputs, strict=True):
+                self.metrics.add_psnr(out["cycle_psnr_db"], job.model_version or NO_MODEL)
         if prepared.protocol == "v1":
             return {"predictions": outputs}
         out = outputs[0]

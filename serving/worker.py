@@ -367,6 +367,7 @@ def run_worker(config: JobConfig, settings: WorkerSettings) -> None:
             if health is not None:
                 health.loading_error = f"model not loaded: {exc}"
             raise
+        metrics.model_version = version
         worker = Worker(store, upscaler, settings, metrics=metrics, model_version=version)
 
         def on_signal(signum: int, _frame: Any) -> None:

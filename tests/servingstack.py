@@ -125,10 +125,12 @@ def predictor(tmp: Path, storage_uri: str | Path, *extra: str, env: dict[str, st
     return Server(args, tmp / "predictor.log", env=env or {})
 
 
-def transformer(tmp: Path, predictor_url: str, *extra: str, name: str = "transformer") -> Server:
+def transformer(
+    tmp: Path, predictor_url: str, *extra: str, name: str = "transformer", env: dict[str, str] | None = None
+) -> Server:
     host = predictor_url.removeprefix("http://")
     args = ["transformer", "--predictor-host", host, *extra]
-    return Server(args, tmp / f"{name}.log")
+    return Server(args, tmp / f"{name}.log", env=env or {})
 
 
 def lr_image(h: int, w: int, seed: int = 0) -> np.ndarray:

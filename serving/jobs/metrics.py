@@ -15,6 +15,8 @@ hndsr_jobs_worker_peak_rss_bytes   gauge     the peak resident memory of this wo
 ================================== ========= =======================================================
 
 The queue gauges are global (every worker reports the same values): alert or autoscale on any one.
+Every sample carries ``revision`` and ``model_version`` (the worker's checkpoint, ``none`` until it
+is loaded), as the servers' do (:mod:`serving.metrics`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from serving.jobs.store import JobStore
+from serving.metrics import NO_MODEL, IdentityCollector, serving_revision
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +41,23 @@ LATENCY_BUCKETS_S = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14
 class QueueCollector(Collector):
     """Queue lengths straight from Redis at scrape time."""
 
+    UP = ("hndsr_jobs_redis_up", "1 when this scrape reached Redis.")
+    QUEUES = (  # (metric, key of JobStore.counts(), help)
+        ("hndsr_jobs_queue_depth", "queued", "Jobs waiting to run."),
+        ("hndsr_jobs_delayed", "delayed", "Jobs waiting for a retry after a failed attempt."),
+        ("hndsr_jobs_processing", "processing", "Jobs taken by a worker."),
+        ("hndsr_jobs_dead_letter", "dead", "Jobs in the dead-letter queue."),
+    )
+    NAMES = (UP[0], *(name for name, _, _ in QUEUES))
+
     def __init__(self, store: JobStore) -> None:
         self.store = store
 
+    def describe(self) -> list[Any]:  # the names, without reaching Redis
+        return [GaugeMetricFamily(name, name) for name in self.NAMES]
+
     def collect(self) -> Iterator[Any]:
-        up = GaugeMetricFamily("hndsr_jobs_redis_up", "1 when this scrape reached Redis.")
+        up = GaugeMetricFamily(*self.UP)
         try:
             counts = self.store.counts()
         except Exception as exc:  # a scrape must not fail because Redis did
@@ -52,12 +67,7 @@ class QueueCollector(Collector):
             return
         up.add_metric([], 1.0)
         yield up
-        for name, key, text in (
-            ("hndsr_jobs_queue_depth", "queued", "Jobs waiting to run."),
-            ("hndsr_jobs_delayed", "delayed", "Jobs waiting for a retry after a failed attempt."),
-            ("hndsr_jobs_processing", "processing", "Jobs taken by a worker."),
-            ("hndsr_jobs_dead_letter", "dead", "Jobs in the dead-letter queue."),
-        ):
+        for name, key, text in self.QUEUES:
             yield GaugeMetricFamily(name, text, value=float(counts[key]))
 
 
@@ -66,26 +76,32 @@ def peak_rss_bytes() -> float:
 
 
 class JobMetrics:
-    def __init__(self, store: JobStore, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, store: JobStore, registry: CollectorRegistry | None = None, *, revision: str | None = None
+    ) -> None:
         self.registry = REGISTRY if registry is None else registry
-        self.registry.register(QueueCollector(store))
+        self.model_version = NO_MODEL  # set once the worker loaded its checkpoint
         self.latency_s = Histogram(
             "hndsr_jobs_latency_seconds",
             "Submission to completion of the jobs this worker finished (queueing and retries included).",
             buckets=LATENCY_BUCKETS_S,
-            registry=self.registry,
+            registry=None,
         )
         self.attempts = Counter(
             "hndsr_jobs_attempts",
             "Attempts by outcome (done, retry, dead, stale, released).",
             ["outcome"],
-            registry=self.registry,
+            registry=None,
         )
-        self.tiles = Counter("hndsr_jobs_tiles", "Tiles rendered.", registry=self.registry)
+        self.tiles = Counter("hndsr_jobs_tiles", "Tiles rendered.", registry=None)
         self.peak_rss = Gauge(
-            "hndsr_jobs_worker_peak_rss_bytes", "Peak resident memory of this worker.", registry=self.registry
+            "hndsr_jobs_worker_peak_rss_bytes", "Peak resident memory of this worker.", registry=None
         )
         self.peak_rss.set_function(peak_rss_bytes)
+        collectors = [QueueCollector(store), self.latency_s, self.attempts, self.tiles, self.peak_rss]
+        self.registry.register(
+            IdentityCollector(collectors, revision or serving_revision(), lambda: self.model_version)
+        )
 
     def outcome(self, name: str) -> None:
         self.attempts.labels(outcome=name).inc()

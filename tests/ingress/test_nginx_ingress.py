@@ -23,6 +23,7 @@ from tooling import needs_tool
 pytest.importorskip("kserve")
 
 from serving.ingress import IngressConfig, NginxIngress
+from serving.metrics import sample_value
 from serving.transformer import TransformerSettings
 from serving.validation import Limits
 
@@ -76,8 +77,10 @@ def v1_body(h: int = 32, w: int = 40, scale: float = 2) -> dict[str, object]:
 def counted(trans: Server, code: int) -> float:
     """hndsr_requests_total{code} on the transformer: what reached Python."""
     text = httpx.get(trans.url + "/metrics", timeout=30).text
-    m = re.search(rf'^hndsr_requests_total\{{code="{code}"\}} ([0-9.e+]+)$', text, re.M)
-    return float(m.group(1)) if m else 0.0
+    try:
+        return sample_value(text, "hndsr_requests_total", code=str(code))
+    except KeyError:
+        return 0.0
 
 
 # ------------------------------------------------------------------------------------ configuration

@@ -15,6 +15,7 @@ from tooling import require_tool
 
 from serving.jobs.redisserver import EmbeddedRedis
 from serving.jobs.store import JobConfig
+from serving.metrics import sample_value
 
 
 @pytest.fixture(scope="session")
@@ -77,9 +78,6 @@ def metrics_of(server: Server) -> str:
     return httpx.get(server.url + "/metrics", timeout=5.0).text
 
 
-def metric_value(text: str, name: str) -> float:
-    """The value of an unlabelled sample, or of a ``name{labels}`` line given in full."""
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    raise KeyError(f"{name} not in /metrics")
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples ``name`` whose labels include ``labels`` (KeyError: none)."""
+    return sample_value(text, name, **labels)

@@ -16,6 +16,7 @@ import pytest
 import torch
 from jobstack import fresh_config, metric_value, metrics_of, name_of, redis_server, start_all, worker  # noqa: F401
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 from servingstack import ROOT, png_bytes, tiny_model, write_checkpoint
 
 from hndsr.imageio import encode_image, read_image_bytes
@@ -81,7 +82,7 @@ def test_a_job_of_a_killed_worker_completes_on_another(
         assert (record["attempts"], record["completions"]) == ("2", "1")
         assert int(record["tiles_done"]) == tiles_total
         assert_same_image(store.blobs.get(record["result"]), engine_png(data, tile=128))
-        assert metric_value(metrics_of(rescuer), 'hndsr_jobs_attempts_total{outcome="done"}') == 1.0
+        assert metric_value(metrics_of(rescuer), "hndsr_jobs_attempts_total", outcome="done") == 1.0
         assert store.counts()["processing"] == 0
     finally:
         for w in workers:
@@ -95,6 +96,7 @@ def test_many_concurrent_submissions_complete_exactly_once(
 ) -> None:
     config = fresh_config(redis_server.url)
     workers = [worker(config, checkpoint, tmp_path / f"w{i}.log") for i in range(2)]
+    workers[0].env["HNDSR_REVISION"] = "7d9f8c6b5"  # the manifests pass the pod-template-hash
     try:
         start_all(workers)
         store = JobStore(config)
@@ -111,7 +113,7 @@ def test_many_concurrent_submissions_complete_exactly_once(
         counts = store.counts()
         assert (counts["queued"], counts["processing"], counts["dead"], counts["completed"]) == (0, 0, 0, 24)
         texts = [metrics_of(w) for w in workers]
-        done = [metric_value(t, 'hndsr_jobs_attempts_total{outcome="done"}') for t in texts]
+        done = [metric_value(t, "hndsr_jobs_attempts_total", outcome="done") for t in texts]
         assert sum(done) == 24 and min(done) > 0, done  # both took a share, nothing ran twice
         assert {r["worker"] for r in records} == {name_of(w) for w in workers}
         assert metric_value(texts[0], "hndsr_jobs_queue_depth") == 0.0
@@ -119,6 +121,16 @@ def test_many_concurrent_submissions_complete_exactly_once(
         assert metric_value(texts[0], "hndsr_jobs_redis_up") == 1.0
         assert metric_value(texts[0], "hndsr_jobs_latency_seconds_count") == done[0]
         assert metric_value(texts[0], "hndsr_jobs_worker_peak_rss_bytes") > 50e6
+        # Every sample names the worker's revision and the model it loaded, as the servers' do.
+        samples = [s for f in text_string_to_metric_families(texts[0]) for s in f.samples]
+        assert {s.name for s in samples if s.name.startswith("hndsr_jobs_")} >= {
+            "hndsr_jobs_queue_depth",
+            "hndsr_jobs_attempts_total",
+            "hndsr_jobs_worker_peak_rss_bytes",
+        }
+        for sample in (s for s in samples if s.name.startswith("hndsr_jobs_")):
+            assert sample.labels["revision"] == "7d9f8c6b5", sample
+            assert sample.labels["model_version"] == records[0]["model_version"], sample
         health = httpx.get(workers[0].url + "/health", timeout=5).json()
         assert health["ready"] is True and health["worker"] == name_of(workers[0])
         assert httpx.get(workers[0].url + "/live", timeout=5).status_code == 200

@@ -272,6 +272,8 @@ def test_monitors_scrape_metrics_and_drift_pushes_to_the_pushgateway() -> None:
     docs = render(MANIFESTS / "base")
     monitors = {d["metadata"]["name"]: d["spec"] for d in find(docs, "PodMonitor")}
     assert monitors["hndsr-serving"]["podMetricsEndpoints"][0]["path"] == "/metrics"
+    # The hndsr_* metrics' own revision and model_version win over the pod's (serving.metrics).
+    assert monitors["hndsr-serving"]["podMetricsEndpoints"][0]["honorLabels"] is True
     assert monitors["hndsr-serving"]["selector"]["matchLabels"] == {
         "serving.kserve.io/inferenceservice": "hndsr"
     }

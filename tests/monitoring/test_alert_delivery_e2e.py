@@ -33,7 +33,8 @@ RULES = ROOT / "monitoring" / "rules" / "hndsr-alerts.yml"
 CONFIG = ROOT / "monitoring" / "alertmanager.yml"
 SECRETS = "/etc/alertmanager/secrets/"
 ROUTING_KEY = "e2e-routing-key"
-TARGET_LABELS = {"revision": "hndsr-predictor-00002", "model_version": "0.2.0"}
+# A canary predictor: its metrics carry the revision (K_REVISION) and the model version it loaded.
+CANARY = {"revision": "hndsr-predictor-00002", "model_version": "0.2.0"}
 WAIT_S = 90
 
 
@@ -84,10 +85,10 @@ class Predictor:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.metrics = ServingMetrics(self.registry)
+        self.metrics = ServingMetrics(self.registry, revision=CANARY["revision"])
         self.breaker = 0.0
         self.failing = False
-        self.metrics.bind(breaker_state=lambda: self.breaker)
+        self.metrics.bind(breaker_state=lambda: self.breaker, model_version=lambda: CANARY["model_version"])
         self.metrics.vram_total.set_function(lambda: 16e9)  # a 16 GB GPU
         self.metrics.vram.set(2e9)
         # A healthy hourly drift job that has just run: the drift alerts stay quiet.
@@ -162,8 +163,6 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
                 fast_rules(RULES, tmp_path),
                 [f"127.0.0.1:{servers[1].server_port}"],
                 job="predictor",
-                # What the PodMonitor's relabelings give a canary predictor pod.
-                target_labels=TARGET_LABELS,
                 alertmanager=am.url.removeprefix("http://"),
             )
             try:
@@ -242,7 +241,7 @@ def test_page_inhibition_chat_and_resolution(stack: Stack) -> None:
     # breaker closes and the memory falls. Both resolved notifications arrive; the inhibited alert
     # never produced one.
     predictor.failing = False
-    predictor.metrics.requests.labels(code="200").inc(1e6)
+    predictor.metrics.requests.labels(code="200", model_version=CANARY["model_version"]).inc(1e6)
     _until(lambda: not _firing_in_prometheus(stack, "HNDSRHighErrorRatio"))
     predictor.breaker = 0
     predictor.metrics.vram.set(2e9)

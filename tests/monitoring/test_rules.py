@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from tooling import needs_tool, require_tool
 
 from monitoring.drift import DriftResult, push_registry
+from serving.jobs.metrics import QueueCollector
 from serving.metrics import ServingMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -160,7 +161,11 @@ def exported_metrics() -> set[str]:
     from prometheus_client import REGISTRY
 
     return (
-        _registry_names(registry) | _registry_names(pushed) | _registry_names(REGISTRY) | _defined_in_source()
+        _registry_names(registry)
+        | _registry_names(pushed)
+        | _registry_names(REGISTRY)
+        | _defined_in_source()
+        | set(QueueCollector.NAMES)  # read from Redis at scrape time, not constructed as metrics
     )
 
 
@@ -170,7 +175,7 @@ def _rule_exprs() -> list[str]:
 
 def _dashboard_exprs() -> list[str]:
     dash = json.loads(DASHBOARD.read_text())
-    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
     exprs += [v["query"]["query"] for v in dash["templating"]["list"] if isinstance(v.get("query"), dict)]
     return exprs
 

@@ -24,6 +24,7 @@ from tooling import needs_tool
 pytest.importorskip("kserve")
 
 from serving.client import ServiceError, SRClient
+from serving.metrics import sample_value
 
 pytestmark = pytest.mark.slow
 V1 = "/v1/models/hndsr:predict"
@@ -98,10 +99,10 @@ def test_serve_local_smoke_with_a_bad_checkpoint_fails_with_one_line(tmp_path: P
 
 
 def _refused(url: str) -> float:
-    for line in httpx.get(url + "/metrics").text.splitlines():
-        if line.startswith("hndsr_requests_total") and 'code="429"' in line:
-            return float(line.split()[-1])
-    return 0.0
+    try:
+        return sample_value(httpx.get(url + "/metrics").text, "hndsr_requests_total", code="429")
+    except KeyError:
+        return 0.0
 
 
 def test_client_retries_after_the_rate_limiters_retry_after(stack: Server) -> None:

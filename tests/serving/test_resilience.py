@@ -13,14 +13,15 @@ import httpx
 import pytest
 from servingstack import Server, b64, png_bytes, predictor, transformer, write_checkpoint
 
+from serving.metrics import sample_value
+
 pytest.importorskip("kserve")
 
 V1 = "/v1/models/hndsr:predict"
 
 
 def metric(text: str, name: str) -> float:
-    line = next(line for line in text.splitlines() if line.startswith(name + " "))
-    return float(line.split()[1])
+    return sample_value(text, name)
 
 
 @pytest.mark.timeout(600)  # three server starts: slow on a busy 2-core machine
