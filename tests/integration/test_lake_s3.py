@@ -121,6 +121,9 @@ def test_s3_server_command_serves_until_interrupted(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
+        # As from a terminal: a shell that starts the test run in the background hands SIGINT down
+        # ignored, and Python then never turns it into KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert proc.stdout is not None
