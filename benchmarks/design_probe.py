@@ -29,28 +29,19 @@ from _results import Measurement  # noqa: E402
 
 from hndsr.checkpoint import load_checkpoint  # noqa: E402
 from hndsr.config import load_params  # noqa: E402
-from hndsr.data import PatchSampler, images_in_split, validation_batches  # noqa: E402
+from hndsr.data import Batch, PatchSampler, images_in_split, validation_batches  # noqa: E402
 from hndsr.evaluation import evaluate_images  # noqa: E402
 from hndsr.inference import Upscaler  # noqa: E402
-from hndsr.metrics import psnr_y  # noqa: E402
 from hndsr.models.hndsr_model import HNDSR  # noqa: E402
-from hndsr.training import stage_loss  # noqa: E402
+from hndsr.training import stage_loss, validate  # noqa: E402
 
 RESULTS = _ALL / "design_probes"
 
 
-@torch.no_grad()
-def score(model: HNDSR, val: dict) -> dict[str, float]:
-    model.eval()
-    out = {}
-    for s, b in val.items():
-        rows = range(0, len(b.up), 8)
-        sr = torch.cat([model.render(b.up[i : i + 8], b.scale[i : i + 8]) for i in rows])
-        border = math.ceil(s)
-        gain = psnr_y(sr.clamp(0, 1), b.hr, border=border) - psnr_y(b.up.clamp(0, 1), b.hr, border=border)
-        out[f"x{s:g}"] = round(gain, 4)
-    model.train()
-    return out
+def score(model: HNDSR, val: dict[float, Batch]) -> dict[str, float]:
+    """Y-PSNR gain over bicubic per scale, by the training loop's own validation."""
+    psnr = validate(model, "operator", val, torch.device("cpu"))
+    return {f"x{s:g}": round(psnr[f"val_psnr_y_x{s:g}"] - psnr[f"val_bicubic_psnr_y_x{s:g}"], 4) for s in val}
 
 
 def main() -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -69,3 +71,10 @@ def image_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def tiny_model_config() -> dict[str, dict[str, object]]:
     return {k: dict(v) for k, v in TINY_MODEL.items()}
+
+
+@pytest.fixture(scope="module")
+def http() -> Iterator[httpx.Client]:
+    """An HTTP client for the tests of real server processes (generous timeout: 2 loaded cores)."""
+    with httpx.Client(timeout=120) as client:
+        yield client

@@ -29,6 +29,24 @@ ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_S = float(os.environ.get("HNDSR_TEST_STARTUP_S", "120"))
 
 
+def wait_ready(
+    proc: subprocess.Popen[bytes], url: str, accept: tuple[int, ...], timeout_s: float, *, poll_s: float
+) -> str | None:
+    """Poll ``url`` until it answers a status in ``accept``: None when it did, else why not
+    ("exited with N" as soon as ``proc`` exits, or "not ready within T s")."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return f"exited with {proc.returncode}"
+        try:
+            if httpx.get(url, timeout=2.0).status_code in accept:
+                return None
+        except httpx.HTTPError:
+            pass
+        time.sleep(poll_s)
+    return f"not ready within {timeout_s} s"
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -82,18 +100,12 @@ class Server:
             self.proc = subprocess.Popen(
                 cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.args[0]} exited with {self.proc.returncode}: {self.log_tail()}")
-            try:
-                if httpx.get(self.url + ready_path, timeout=2.0).status_code in accept:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        self.stop()
-        raise RuntimeError(f"{self.args[0]} not ready within {STARTUP_TIMEOUT_S} s: {self.log_tail()}")
+        failure = wait_ready(self.proc, self.url + ready_path, accept, STARTUP_TIMEOUT_S, poll_s=0.25)
+        if failure is None:
+            return self
+        if self.proc.poll() is None:
+            self.stop()
+        raise RuntimeError(f"{self.args[0]} {failure}: {self.log_tail()}")
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
-from servingstack import free_port
+from servingstack import free_port, wait_ready
 from tooling import CONTAINER_TOOLS, missing, require_tool
 
 from hndsr.images import IMAGE_KINDS, image_ref
@@ -110,18 +108,12 @@ class Container:
             self.proc = subprocess.Popen(
                 [*cmd, *self.command], env=podman_env(), stdout=log, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"container exited with {self.proc.returncode}: {self.log_tail()}")
-            try:
-                if httpx.get(self.url + ready_path, timeout=2.0).status_code in accept:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"{self.command[:2]} not ready within {STARTUP_TIMEOUT_S} s: {self.log_tail()}")
+        failure = wait_ready(self.proc, self.url + ready_path, accept, STARTUP_TIMEOUT_S, poll_s=0.5)
+        if failure is None:
+            return self
+        if self.proc.poll() is None:
+            self.stop()
+        raise RuntimeError(f"container {self.command[:2]} {failure}: {self.log_tail()}")
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

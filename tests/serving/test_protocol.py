@@ -55,12 +55,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Se
         pred.stop()
 
 
-@pytest.fixture(scope="module")
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=120) as client:
-        yield client
-
-
 def breaker(http: httpx.Client, server: Server) -> float:
     text = http.get(server.url + "/metrics").text
     return sample_value(text, "hndsr_circuit_breaker_state")

@@ -54,12 +54,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Se
         pred.stop()
 
 
-@pytest.fixture(scope="module")
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=120) as client:
-        yield client
-
-
 def expected_uint8(raster: Raster, tile: int, scale: float, steps: int = 0, seed: int = 0) -> np.ndarray:
     engine = Upscaler(tiny_model(), tile=tile, overlap=32, halo=32, batch_size=1)  # the CPU predictor's
     out = upscale_raster(engine, raster, scale=scale, steps=steps, seed=seed)
