@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--train", default="{}", help="JSON overrides of train.operator")
     ap.add_argument("--patch", type=int, default=96)
     ap.add_argument("--scales", type=float, nargs=2, default=None, help="training scales (default: params)")
+    ap.add_argument("--scale-power", type=float, default=0.0, help="training scale density (default: params)")
+    ap.add_argument("--fixed-lr-patch", action="store_true", help="HR patch follows the scale")
     ap.add_argument("--evals", type=int, default=4, help="validation points along the run")
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     args = ap.parse_args()
@@ -69,7 +71,8 @@ def main() -> None:
         patch_size=args.patch,
         scale_min=args.scales[0] if args.scales else d.scale_min,
         scale_max=args.scales[1] if args.scales else d.scale_max,
-        scale_power=d.scale_power,
+        scale_power=args.scale_power or d.scale_power,
+        fixed_lr_patch=args.fixed_lr_patch,
         seed=0,
     )
     val = validation_batches(
@@ -117,6 +120,8 @@ def main() -> None:
         "model": json.loads(args.model),
         "train": json.loads(args.train),
         "patch": args.patch,
+        "fixed_lr_patch": args.fixed_lr_patch,
+        "scale_power": args.scale_power or d.scale_power,
         "threads": args.threads,
         "minutes": args.minutes,
         "steps": step,

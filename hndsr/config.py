@@ -26,6 +26,9 @@ class DataParams:
     # Scale density: s = min + (max - min) * u ** (1 / scale_power); 1 = uniform, 2 = density rising
     # linearly towards max (x4 is the hardest factor, x2 gains come easily).
     scale_power: float = 1.0
+    # The HR patch follows the scale (patch_size at scale_max, smaller below) so the LR patch, and so
+    # the cost of a step of an LR-grid model, is the same at every scale.
+    fixed_lr_patch: bool = False
     val_images: int = 16
     val_crop: int = 192
 

@@ -12,6 +12,7 @@ import torch
 
 from hndsr.errors import InputError
 from hndsr.imageio import SUPPORTED_SUFFIXES, read_image
+from hndsr.models.operator import LRInput
 from hndsr.resample import lr_size, resize
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,15 @@ class Batch:
     hr: torch.Tensor  # (B, 3, P, P)
     up: torch.Tensor  # (B, 3, P, P): bicubic up of the bicubic-down HR
     scale: torch.Tensor  # (B,) the effective scale P / lr_size
+    lr: LRInput | None = None  # the LR patches behind ``up`` (models that work on the LR grid)
+
+    def select(self, rows: slice) -> Batch:
+        lr = self.lr.select(rows) if self.lr is not None else None
+        return Batch(hr=self.hr[rows], up=self.up[rows], scale=self.scale[rows], lr=lr)
+
+    def to(self, device: torch.device) -> Batch:
+        lr = self.lr.to(device) if self.lr is not None else None
+        return Batch(hr=self.hr.to(device), up=self.up.to(device), scale=self.scale.to(device), lr=lr)
 
 
 class PatchSampler:
@@ -84,12 +94,14 @@ class PatchSampler:
         scale_max: float,
         seed: int,
         scale_power: float = 1.0,
+        fixed_lr_patch: bool = False,
     ) -> None:
         if not paths:
             raise InputError("no training images found: check data.train_dir and the split fractions")
         self.patch = patch_size
         self.scale_min, self.scale_max = scale_min, scale_max
         self.scale_power = scale_power
+        self.fixed_lr_patch = fixed_lr_patch
         self.images: list[torch.Tensor] = []
         for p in paths:
             img = load_rgb(p)
@@ -120,6 +132,9 @@ class PatchSampler:
         """
         g = self.generator
         p = self.patch
+        scale = self._scale() if self.fixed_lr_patch else 0.0
+        if self.fixed_lr_patch:  # LR patch = patch / scale_max at every scale
+            p = max(16, 4 * round(self.patch * scale / self.scale_max / 4))
         idx = torch.multinomial(self.weights, batch_size, replacement=True, generator=g)
         keep = range(batch_size)[rows] if rows is not None else range(batch_size)
         crops = []
@@ -135,9 +150,13 @@ class PatchSampler:
                 crop = crop.flip(-1)
             crops.append(torch.rot90(crop, k & 3, dims=(-2, -1)))
         hr = torch.stack(crops).float() / 255.0
-        u = float(torch.rand((), generator=g))
-        scale = self.scale_min + u ** (1.0 / self.scale_power) * (self.scale_max - self.scale_min)
+        if not self.fixed_lr_patch:  # drawn last: the stream of the recipes before fixed_lr_patch
+            scale = self._scale()
         return make_batch(hr, scale)
+
+    def _scale(self) -> float:
+        u = float(torch.rand((), generator=self.generator))
+        return self.scale_min + u ** (1.0 / self.scale_power) * (self.scale_max - self.scale_min)
 
 
 def make_batch(hr: torch.Tensor, scale: float) -> Batch:
@@ -146,7 +165,8 @@ def make_batch(hr: torch.Tensor, scale: float) -> Batch:
     lr = resize(hr, lr_size((p_h, p_w), scale), antialias=True)
     up = resize(lr, (p_h, p_w), antialias=True)
     effective = 0.5 * (p_h / lr.shape[-2] + p_w / lr.shape[-1])
-    return Batch(hr=hr, up=up, scale=torch.full((hr.shape[0],), effective))
+    scale_t = torch.full((hr.shape[0],), effective)
+    return Batch(hr=hr, up=up, scale=scale_t, lr=LRInput.whole(lr, (p_h, p_w)))
 
 
 def validation_batches(

@@ -19,7 +19,8 @@ import torch
 from hndsr.errors import ImageTooSmallError, InputError, OutputValidationError
 from hndsr.imageio import Raster
 from hndsr.models.hndsr_model import HNDSR
-from hndsr.resample import check_scale, resize, sr_size
+from hndsr.models.operator import LRInput
+from hndsr.resample import check_scale, resize, sr_size, window_taps
 from hndsr.runtime import native_bf16
 from hndsr.tiling import BandStitcher, Stitcher, Tile, plan_tiles, round_up
 
@@ -281,16 +282,27 @@ class Upscaler:
             up = torch.stack([self._bicubic_tile(job.lr, t, job.out_h, job.out_w) for t in batch])
             t0 = time.perf_counter()
             dtype = self.autocast_dtype
+            # LR-grid models take each tile's own LR crop (crops differ in size at the borders).
+            groups = [[i] for i in range(len(batch))] if self.model.needs_lr else [list(range(len(batch)))]
+            parts = []
             with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                sr = self.model.render(
-                    up,
-                    scale_t.expand(len(batch)),
-                    steps=job.steps,
-                    strength=job.strength,
-                    eta=eta,
-                    initial_noise=self._slice_noise(noise[0], batch) if noise else None,
-                    step_noise=(lambda i, b=batch: self._slice_noise(noise[i + 1], b)) if eta > 0 else None,
-                )
+                for rows in groups:
+                    sub = [batch[i] for i in rows]
+                    parts.append(
+                        self.model.render(
+                            up[rows[0] : rows[-1] + 1],
+                            scale_t.expand(len(sub)),
+                            steps=job.steps,
+                            strength=job.strength,
+                            eta=eta,
+                            initial_noise=self._slice_noise(noise[0], sub) if noise else None,
+                            step_noise=(lambda i, b=sub: self._slice_noise(noise[i + 1], b))
+                            if eta > 0
+                            else None,
+                            lr=self._lr_tile(job, sub[0]) if self.model.needs_lr else None,
+                        )
+                    )
+            sr = torch.cat(parts) if len(parts) > 1 else parts[0]
             model_seconds += time.perf_counter() - t0
             sr = validate_output(sr.float())
             yield from zip(batch, sr, strict=True)
@@ -305,6 +317,13 @@ class Upscaler:
         rows = torch.arange(t.y0, t.y1).clamp(max=out_h - 1)
         cols = torch.arange(t.x0, t.x1).clamp(max=out_w - 1)
         return resize(lr, (out_h, out_w), rows=rows, cols=cols)
+
+    def _lr_tile(self, job: _Job, t: Tile) -> LRInput:
+        """The LR crop tile ``t``'s bicubic reads, with the taps that map it onto the tile."""
+        lr_h, lr_w = int(job.lr.shape[1]), int(job.lr.shape[2])
+        r0, r1, rows = window_taps(lr_h, job.out_h, t.y0, t.y1)
+        c0, c1, cols = window_taps(lr_w, job.out_w, t.x0, t.x1)
+        return LRInput(job.lr[None, :, r0:r1, c0:c1], rows, cols)
 
     def _noise(self, lh: int, lw: int, steps: int, eta: float, seed: int) -> list[torch.Tensor]:
         if steps == 0:

@@ -80,6 +80,16 @@ def apply_taps(x: torch.Tensor, t: Taps, dim: int, *, chunk: int = 1024) -> torc
     return out.movedim(-1, dim)
 
 
+def window_taps(in_size: int, out_size: int, start: int, stop: int) -> tuple[int, int, Taps]:
+    """The input span ``[lo, hi)`` that output rows ``[start, stop)`` read (rows past ``out_size``
+    replicate the last one: canvas padding) and their taps relative to ``lo``."""
+    t = taps(in_size, out_size)
+    idx = torch.arange(start, stop).clamp(max=out_size - 1)
+    index, weight = t.index[idx], t.weight[idx]
+    lo, hi = int(index.min()), int(index.max()) + 1
+    return lo, hi, Taps(index - lo, weight)
+
+
 def resize(
     x: torch.Tensor,
     size: tuple[int, int],

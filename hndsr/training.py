@@ -42,6 +42,7 @@ from hndsr.distributed import (
 from hndsr.errors import CheckpointError, ConfigError
 from hndsr.metrics import psnr_y
 from hndsr.models.hndsr_model import HNDSR, STAGES
+from hndsr.models.operator import LRInput
 from hndsr.runtime import native_bf16
 
 logger = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def stage_loss(
         return l1 + cfg.latent_weight * reg, {"l1": l1.item(), "latent_l2": reg.item()}
     if stage == "operator":
         with torch.autocast(hr.device.type, dtype=torch.bfloat16, enabled=_bf16(cfg, hr.device)):
-            prior = model.prior(up, scale)
+            prior = model.prior(up, scale, batch.lr)
             sr = ae.decode(prior, up)
             if cfg.train_decoder:
                 recon, target = ae(hr, up)
@@ -137,7 +138,7 @@ def stage_loss(
         bf16 = torch.autocast(hr.device.type, dtype=torch.bfloat16, enabled=_bf16(cfg, hr.device))
         with torch.no_grad(), bf16:
             std = model.residual_std.view(1, -1, 1, 1)
-            prior = model.prior(up, scale).float()
+            prior = model.prior(up, scale, batch.lr).float()
             x0 = (ae.encode(hr, up).float() - prior) / std
         n = shard.total if shard else x0.shape[0]
         rows = shard.rows if shard else slice(None)
@@ -160,7 +161,7 @@ def calibrate_residual_std(
     n = 0
     for _ in range(batches):
         b = _to(sampler.sample(batch_size), device)
-        r = model.autoencoder.encode(b.hr, b.up) - model.prior(b.up, b.scale)
+        r = model.autoencoder.encode(b.hr, b.up) - model.prior(b.up, b.scale, b.lr)
         sq += r.pow(2).mean(dim=(0, 2, 3))
         n += 1
     model.residual_std.copy_((sq / n).sqrt().clamp_min(1e-4))
@@ -175,13 +176,14 @@ class StageObjective(nn.Module):
         self.model, self.stage, self.cfg, self.shard = model, stage, cfg, shard
 
     def forward(
-        self, hr: torch.Tensor, up: torch.Tensor, scale: torch.Tensor
+        self, hr: torch.Tensor, up: torch.Tensor, scale: torch.Tensor, lr: LRInput | None = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        return stage_loss(self.model, self.stage, Batch(hr=hr, up=up, scale=scale), self.cfg, self.shard)
+        batch = Batch(hr=hr, up=up, scale=scale, lr=lr)
+        return stage_loss(self.model, self.stage, batch, self.cfg, self.shard)
 
 
 def _to(batch: Batch, device: torch.device) -> Batch:
-    return Batch(hr=batch.hr.to(device), up=batch.up.to(device), scale=batch.scale.to(device))
+    return batch.to(device)
 
 
 @torch.no_grad()
@@ -192,7 +194,10 @@ def validate(model: HNDSR, stage: str, val: dict[float, Batch], device: torch.de
     for scale, batch in val.items():
         b = _to(batch, device)
         border = math.ceil(scale)
-        sr = model.autoencoder(b.hr, b.up)[0] if stage == "autoencoder" else model.render(b.up, b.scale)
+        if stage == "autoencoder":
+            sr = model.autoencoder(b.hr, b.up)[0]
+        else:
+            sr = model.render(b.up, b.scale, lr=b.lr)
         tag = f"x{scale:g}"
         out[f"val_psnr_y_{tag}"] = psnr_y(sr.clamp(0, 1).cpu(), b.hr.cpu(), border=border)
         out[f"val_bicubic_psnr_y_{tag}"] = psnr_y(b.up.clamp(0, 1).cpu(), b.hr.cpu(), border=border)
@@ -267,7 +272,7 @@ def train_stage(
             group["lr"] = _lr_at(step, cfg)
         batch = _to(sampler.sample(cfg.batch_size, shard.rows if shard else None), device)
         try:
-            loss, parts = objective(batch.hr, batch.up, batch.scale)
+            loss, parts = objective(batch.hr, batch.up, batch.scale, batch.lr)
             if torch.isfinite(loss):
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()  # under DDP: the gradients are averaged over ranks here
@@ -426,6 +431,7 @@ def _train(
         scale_min=d.scale_min,
         scale_max=d.scale_max,
         scale_power=d.scale_power,
+        fixed_lr_patch=d.fixed_lr_patch,
         seed=params.train.seed,
     )
     val = validation_batches(val_paths or paths[:2], crop=d.val_crop, scales=(4.0,), limit=d.val_images)

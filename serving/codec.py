@@ -17,7 +17,8 @@ Request (Open Inference Protocol v2, ``POST /v2/models/{name}/infer``)::
   ``lr`` as a standard FP32 tensor ``[B, 3, rows, cols]`` (JSON or the binary extension), or ``up``:
   the bicubic tiles themselves ``[B, 3, th, tw]`` — both work, both are slower (measured in
   ``benchmarks/serving_latency.py``: this KServe version turns every binary or JSON tensor into a
-  Python list on decode; a base64 string stays one string).
+  Python list on decode; a base64 string stays one string). A model whose operator works on the LR
+  grid (``operator.grid: lr``) needs the LR pixels: it answers ``up`` alone with a 400.
 * The response carries ``sr`` UINT16 ``[B, 3, th, tw]`` (values in [0, 1] quantised to 1/65535: half
   the bytes of FP32, and 256x finer than the 8-bit images it becomes) through the binary tensor
   extension when asked (raw bytes after the JSON header, ``Inference-Header-Content-Length``), JSON
@@ -272,6 +273,7 @@ class DecodedBatch:
     request_id: str
     binary_output: bool
     tile_bits: int = 16
+    crops: list[torch.Tensor] | None = None  # the LR crops (None when the client sent 'up' tiles)
 
 
 def _param(params: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
@@ -450,6 +452,7 @@ def decode_v2_request(request: Any, limits: BatchLimits) -> DecodedBatch:
     rp = render_params(params)
     check_canvas(canvas, rp.scale, limits)
     specs = _specs(_as_numpy(inputs["geometry"], np.int64), canvas, limits)
+    crops: list[torch.Tensor] | None = None
     if "lr" in inputs:
         lr = inputs["lr"]
         if lr.datatype == "BYTES":
@@ -485,7 +488,8 @@ def decode_v2_request(request: Any, limits: BatchLimits) -> DecodedBatch:
         p = out.parameters or {}
         if "binary_data" in p:
             binary = bool(p["binary_data"])
-    return DecodedBatch(canvas, specs, up, rp, str(request.id or uuid.uuid4().hex), binary, tile_bits(params))
+    request_id = str(request.id or uuid.uuid4().hex)
+    return DecodedBatch(canvas, specs, up, rp, request_id, binary, tile_bits(params), crops)
 
 
 def _as_numpy(inp: Any, dtype: type) -> np.ndarray:
@@ -527,9 +531,8 @@ def decode_v1_request(payload: Any, limits: BatchLimits) -> DecodedBatch:
     dtype = lr_dtype(params)
     crops = [_decode_b64_crop(v, s, i, dtype) for i, (v, s) in enumerate(zip(values, specs, strict=True))]
     up = _bicubic(crops, specs, canvas)
-    return DecodedBatch(
-        canvas, specs, up, rp, str(payload.get("id") or uuid.uuid4().hex), False, tile_bits(params)
-    )
+    request_id = str(payload.get("id") or uuid.uuid4().hex)
+    return DecodedBatch(canvas, specs, up, rp, request_id, False, tile_bits(params), crops)
 
 
 def quantise_tiles(sr: np.ndarray, bits: int = 16) -> np.ndarray:

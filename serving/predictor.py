@@ -31,6 +31,7 @@ from hndsr.checkpoint import load_checkpoint
 from hndsr.errors import CheckpointError, HNDSRError, OutputValidationError
 from hndsr.inference import autocast_dtype, pick_device, validate_output
 from hndsr.models.hndsr_model import HNDSR
+from hndsr.models.operator import LRInput
 from hndsr.resample import resize
 from serving.admission import BreakerProbe, BreakerState, CircuitBreaker, ConcurrencyGate
 from serving.codec import (
@@ -42,10 +43,17 @@ from serving.codec import (
     quantise_tiles,
 )
 from serving.compute import ComputeExecutor
-from serving.errors import InferenceFailed, NotReady, OutputCheckFailed, ServingError, Unprocessable
+from serving.errors import (
+    BadRequest,
+    InferenceFailed,
+    NotReady,
+    OutputCheckFailed,
+    ServingError,
+    Unprocessable,
+)
 from serving.metrics import ServingMetrics
 from serving.storage import resolve_storage_uri
-from serving.tiles import noise_field, slice_noise
+from serving.tiles import lr_input, noise_field, slice_noise
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +105,8 @@ def check_output(sr: torch.Tensor, up: torch.Tensor, *, floor: float = 0.25) -> 
     return sr
 
 
-def _warmup_tile() -> torch.Tensor:
-    """A deterministic textured LR tile, upsampled x4: (1, 3, 128, 128)."""
+def _warmup_lr() -> torch.Tensor:
+    """A deterministic textured LR tile (3, 32, 32), upscaled x4 by the warm-up."""
     yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
     lr = torch.stack(
         [
@@ -107,7 +115,7 @@ def _warmup_tile() -> torch.Tensor:
             0.5 + 0.2 * torch.sin(0.5 * yy),
         ]
     )
-    return resize(lr, (128, 128)).unsqueeze(0)
+    return lr
 
 
 class HNDSRPredictor(Model):
@@ -245,9 +253,11 @@ class HNDSRPredictor(Model):
         return torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
     def _warmup(self, model: HNDSR) -> None:
-        up = _warmup_tile().to(self.device)
+        lr = _warmup_lr().to(self.device)
+        up = resize(lr, (128, 128)).unsqueeze(0)
+        low = LRInput.whole(lr[None], (128, 128)) if model.needs_lr else None
         with torch.no_grad(), self._autocast():
-            sr = model.render(up, torch.full((1,), 4.0, device=self.device), steps=0)
+            sr = model.render(up, torch.full((1,), 4.0, device=self.device), steps=0, lr=low)
         try:
             check_output(sr, up, floor=self.settings.sharpness_floor)
         except OutputValidationError as exc:
@@ -382,10 +392,18 @@ class HNDSRPredictor(Model):
         strength = model.default_strength if p.strength is None else p.strength
         # The batch that travelled is split into the micro-batches the device runs best.
         parts = []
-        n = self.compute_batch
+        # LR-grid models take each tile's own LR crop (crops differ in size at the borders).
+        n = 1 if model.needs_lr else self.compute_batch
+        if model.needs_lr and batch.crops is None:
+            raise BadRequest(
+                f"model {self.name} works on the LR pixels: send the tiles as input 'lr' (LR crops), not 'up'"
+            )
         with torch.no_grad(), self._autocast():
             for i in range(0, up.shape[0], n):
                 chunk = up[i : i + n]
+                low = None
+                if model.needs_lr and batch.crops is not None:
+                    low = lr_input(batch.crops[i], batch.specs[i], batch.canvas).to(self.device)
                 parts.append(
                     model.render(
                         chunk,
@@ -394,6 +412,7 @@ class HNDSRPredictor(Model):
                         strength=strength,
                         eta=0.0,
                         initial_noise=noise[i : i + n] if noise is not None else None,
+                        lr=low,
                     )
                 )
         sr = check_output(torch.cat(parts), up, floor=self.settings.sharpness_floor)

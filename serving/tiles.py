@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hndsr.resample import Taps, apply_taps, sr_size, taps
+from hndsr.models.operator import LRInput
+from hndsr.resample import Taps, apply_taps, sr_size, window_taps
 from hndsr.tiling import Tile, plan_tiles, round_up
 
 GEOMETRY_FIELDS = ("y0", "x0", "y1", "x1", "r0", "c0", "rows", "cols")
@@ -123,24 +124,12 @@ def choose_tile(canvas_h: int, canvas_w: int, *, max_tile: int, overlap: int, ha
 def plan(canvas: Canvas, *, tile: int, overlap: int, halo: int, align: int) -> list[TileSpec]:
     """Tiles of the canvas with their LR crops (the rows/cols their bicubic taps read)."""
     tiles = plan_tiles(canvas.canvas_h, canvas.canvas_w, tile=tile, overlap=overlap, halo=halo, align=align)
-    th, tw = taps(canvas.lr_h, canvas.out_h), taps(canvas.lr_w, canvas.out_w)
     specs = []
     for t in tiles:
-        r0, r1 = _span(th, t.y0, t.y1, canvas.out_h)
-        c0, c1 = _span(tw, t.x0, t.x1, canvas.out_w)
+        r0, r1, _ = window_taps(canvas.lr_h, canvas.out_h, t.y0, t.y1)
+        c0, c1, _ = window_taps(canvas.lr_w, canvas.out_w, t.x0, t.x1)
         specs.append(TileSpec(t, r0, c0, r1 - r0, c1 - c0))
     return specs
-
-
-def _window(t: Taps, start: int, stop: int, out_size: int) -> Taps:
-    # Rows/cols past the output size (canvas padding) replicate the last one, as the engine does.
-    idx = torch.arange(start, stop).clamp(max=out_size - 1)
-    return Taps(t.index[idx], t.weight[idx])
-
-
-def _span(t: Taps, start: int, stop: int, out_size: int) -> tuple[int, int]:
-    w = _window(t, start, stop, out_size)
-    return int(w.index.min()), int(w.index.max()) + 1
 
 
 def crop(lr: torch.Tensor, spec: TileSpec) -> torch.Tensor:
@@ -148,21 +137,32 @@ def crop(lr: torch.Tensor, spec: TileSpec) -> torch.Tensor:
     return lr[:, spec.r0 : spec.r0 + spec.rows, spec.c0 : spec.c0 + spec.cols].contiguous()
 
 
-def bicubic_tile(lr_crop: torch.Tensor, spec: TileSpec, canvas: Canvas) -> torch.Tensor:
-    """The bicubic upsample of one tile ``(C, tile_h, tile_w)`` from its LR crop — equal to the same
-    window of the whole-image bicubic (and to what :class:`hndsr.inference.Upscaler` feeds the model)."""
+def crop_taps(lr_crop: torch.Tensor, spec: TileSpec, canvas: Canvas) -> tuple[torch.Tensor, Taps, Taps]:
+    """The LR crop cut to its geometry and the taps mapping it onto the tile's output rows/columns."""
     t = spec.tile
-    th = _window(taps(canvas.lr_h, canvas.out_h), t.y0, t.y1, canvas.out_h)
-    tw = _window(taps(canvas.lr_w, canvas.out_w), t.x0, t.x1, canvas.out_w)
-    ri, ci = th.index - spec.r0, tw.index - spec.c0
+    r0, _, th = window_taps(canvas.lr_h, canvas.out_h, t.y0, t.y1)
+    c0, _, tw = window_taps(canvas.lr_w, canvas.out_w, t.x0, t.x1)
+    ri, ci = th.index + (r0 - spec.r0), tw.index + (c0 - spec.c0)
     if int(ri.min()) < 0 or int(ri.max()) >= spec.rows or int(ci.min()) < 0 or int(ci.max()) >= spec.cols:
         raise ValueError(
             f"LR crop at ({spec.r0}, {spec.c0}) of {spec.rows}x{spec.cols} px does not cover tile {t}"
         )
     if lr_crop.shape[-2] < spec.rows or lr_crop.shape[-1] < spec.cols:
         raise ValueError(f"LR crop is {tuple(lr_crop.shape)}, geometry says {spec.rows}x{spec.cols}")
-    x = lr_crop[..., : spec.rows, : spec.cols]
-    return apply_taps(apply_taps(x, Taps(ri, th.weight), -2), Taps(ci, tw.weight), -1)
+    return lr_crop[..., : spec.rows, : spec.cols], Taps(ri, th.weight), Taps(ci, tw.weight)
+
+
+def bicubic_tile(lr_crop: torch.Tensor, spec: TileSpec, canvas: Canvas) -> torch.Tensor:
+    """The bicubic upsample of one tile ``(C, tile_h, tile_w)`` from its LR crop — equal to the same
+    window of the whole-image bicubic (and to what :class:`hndsr.inference.Upscaler` feeds the model)."""
+    x, rows, cols = crop_taps(lr_crop, spec, canvas)
+    return apply_taps(apply_taps(x, rows, -2), cols, -1)
+
+
+def lr_input(lr_crop: torch.Tensor, spec: TileSpec, canvas: Canvas) -> LRInput:
+    """One tile's LR pixels for an LR-grid model (the same crop and taps the engine gives it)."""
+    x, rows, cols = crop_taps(lr_crop, spec, canvas)
+    return LRInput(x[None], rows, cols)
 
 
 def noise_field(seed: int, channels: int, lh: int, lw: int) -> torch.Tensor:

@@ -53,17 +53,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def tiny_model() -> HNDSR:
-    """The tiny test architecture with a non-zero decoder tail, so the output is not plain bicubic."""
+def tiny_model(grid: str = "latent") -> HNDSR:
+    """The tiny test architecture with a non-zero decoder tail, so the output is not plain bicubic;
+    ``grid`` is the operator's (``lr``: it works on the LR pixels)."""
     torch.manual_seed(1234)
-    model = HNDSR(**{k: dict(v) for k, v in TINY_MODEL.items()})
+    config = {k: dict(v) for k, v in TINY_MODEL.items()}
+    config["operator"]["grid"] = grid
+    model = HNDSR(**config)
     with torch.no_grad():
         model.autoencoder.decoder_tail.weight.normal_(0.0, 0.02)
     return model.eval()
 
 
-def write_checkpoint(directory: Path) -> Path:
-    return save_checkpoint(tiny_model(), directory, stages=["autoencoder", "operator", "diffusion"])
+def write_checkpoint(directory: Path, grid: str = "latent") -> Path:
+    return save_checkpoint(tiny_model(grid), directory, stages=["autoencoder", "operator", "diffusion"])
 
 
 def png_bytes(h: int, w: int, seed: int = 0, mode: str = "RGB") -> bytes:

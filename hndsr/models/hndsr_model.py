@@ -1,9 +1,10 @@
 """The composite model: autoencoder + neural operator + latent diffusion, one definition for training,
 evaluation and serving.
 
-Everything here works on the bicubic-upsampled image ``up`` ``(B, 3, H, W)`` (H, W multiples of
-``factor``), so the same network runs on a training patch, a tile or a whole image. Turning an LR
-image into ``up`` and tiling live in :mod:`hndsr.inference`.
+Everything here works on a tile of the output grid: the bicubic-upsampled image ``up``
+``(B, 3, H, W)`` (H, W multiples of ``factor``) and, for an operator on the LR grid, the LR crop that
+tile reads (:class:`hndsr.models.operator.LRInput`), so the same network runs on a training patch, a
+tile or a whole image. Turning an LR image into tiles lives in :mod:`hndsr.inference`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from hndsr.models.autoencoder import DetailAutoencoder
-from hndsr.models.operator import FourierNeuralOperator
+from hndsr.models.operator import FourierNeuralOperator, LRInput
 from hndsr.models.sampling import ddim_sample
 from hndsr.models.scheduler import DDIMConfig, DDIMScheduler
 from hndsr.models.unet import LatentUNet
@@ -39,6 +40,8 @@ DEFAULT_CONFIG: dict[str, dict[str, Any]] = {
         "cond_dim": 64,
         "spectral": False,
         "act": "relu",
+        "grid": "latent",  # the seed's; "lr" works on the LR image at every scale (hndsr.models.operator)
+        "upsample_channels": 0,  # grid "lr": feature channels carried to the output grid (0 = width)
     },
     "diffusion": {"width": 64, "width_mult": [1, 2], "cond_dim": 128},
     "scheduler": {
@@ -103,8 +106,13 @@ class HNDSR(nn.Module):
     def default_strength(self) -> float:
         return float(self.config["sampling"]["strength"])
 
-    def prior(self, up: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        return self.operator(up, scale)
+    @property
+    def needs_lr(self) -> bool:
+        """Whether ``prior``/``render`` need the LR pixels (``lr``) beside the bicubic image."""
+        return self.operator.grid == "lr"
+
+    def prior(self, up: torch.Tensor, scale: torch.Tensor, lr: LRInput | None = None) -> torch.Tensor:
+        return self.operator(up, scale, lr)
 
     def render(
         self,
@@ -116,9 +124,11 @@ class HNDSR(nn.Module):
         eta: float = 0.0,
         initial_noise: torch.Tensor | None = None,
         step_noise: Any = None,
+        lr: LRInput | None = None,
     ) -> torch.Tensor:
-        """Deterministic path when ``steps == 0``; otherwise DDIM refinement of the latent prior."""
-        prior = self.prior(up, scale)
+        """Deterministic path when ``steps == 0``; otherwise DDIM refinement of the latent prior.
+        ``lr``: the LR pixels behind ``up``, required when :attr:`needs_lr`."""
+        prior = self.prior(up, scale, lr)
         latent = prior
         if steps > 0:
             if initial_noise is None:

@@ -14,11 +14,44 @@ channels at 256x256); ``fft_conv`` keeps the FFT route for reference and tests.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from hndsr.models.layers import FiLM, ScaleEmbedding, activation
+from hndsr.resample import Taps, apply_taps, taps
+
+GRIDS = ("latent", "lr")
+
+
+@dataclass(frozen=True)
+class LRInput:
+    """The LR pixels behind a batch of output tiles: crops ``(B, 3, h, w)`` and the separable taps
+    mapping crop rows/columns to the tiles' output rows/columns (shared by the batch). The taps are
+    the bicubic canvas's own, so features follow the image exactly, tiled or whole."""
+
+    lr: torch.Tensor
+    rows: Taps
+    cols: Taps
+
+    @classmethod
+    def whole(cls, lr: torch.Tensor, out_size: tuple[int, int]) -> LRInput:
+        """Whole LR images upscaled to ``out_size`` (training patches, validation crops)."""
+        h, w = int(lr.shape[-2]), int(lr.shape[-1])
+        return cls(lr, taps(h, out_size[0]), taps(w, out_size[1]))
+
+    def upsample(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, h, w)`` on the crops' grid -> ``(B, C, H, W)`` on the tiles' output grid."""
+        # Narrow bands: the taps are 4 wide, so a dense band per 64 outputs wastes little.
+        return apply_taps(apply_taps(x, self.rows, -2, chunk=64), self.cols, -1, chunk=64)
+
+    def to(self, device: torch.device | str) -> LRInput:
+        return LRInput(self.lr.to(device), self.rows, self.cols)
+
+    def select(self, rows: slice) -> LRInput:
+        return LRInput(self.lr[rows], self.rows, self.cols)
 
 
 class SpectralConv2d(nn.Module):
@@ -103,9 +136,15 @@ class FNOBlock(nn.Module):
 class FourierNeuralOperator(nn.Module):
     """Bicubic image ``(B, 3, H, W)`` + scale ``(B,)`` -> latent prior ``(B, latent, H/f, W/f)``.
 
-    All the work happens on the latent grid (1/``factor`` of the output; the LR grid at x4): the
-    bicubic image is space-to-depth packed there (lossless), so a 3x3 layer costs 1/f^2 of what it
-    would at output resolution. EDSR-style body: no normalisation, a long skip around the blocks.
+    ``grid="latent"`` (the seed's design): the body works on the latent grid (1/``factor`` of the
+    output), on the bicubic image space-to-depth packed there. At x4 that is the LR grid; at x2 it is
+    half as fine as the LR image, so every position must model 2x2 LR pixels.
+
+    ``grid="lr"``: the body works on the LR image itself at every scale (``lr``, an :class:`LRInput`),
+    like the plain CNNs that beat the seed at x2/x3. Its features are then carried to the output grid
+    by the same bicubic taps as the image, space-to-depth packed onto the latent grid and projected
+    by a 1x1 convolution (one linear map per output sub-pixel), so any real scale in [2, 4] maps
+    through the same weights. EDSR-style body: no normalisation, a long skip around the blocks.
     """
 
     def __init__(
@@ -121,11 +160,17 @@ class FourierNeuralOperator(nn.Module):
         cond_dim: int = 64,
         spectral: bool = True,
         act: str = "relu",
+        grid: str = "latent",
+        upsample_channels: int = 0,
     ) -> None:
         super().__init__()
+        if grid not in GRIDS:
+            raise ValueError(f"operator grid must be one of {GRIDS}, got {grid!r}")
         self.factor = factor
+        self.grid = grid
         self.scale_embedding = ScaleEmbedding(cond_dim)
-        self.lift = nn.Conv2d(in_channels * factor * factor, width, 3, padding=1)
+        packed = in_channels * factor * factor
+        self.lift = nn.Conv2d(in_channels if grid == "lr" else packed, width, 3, padding=1)
         self.blocks = nn.ModuleList(
             FNOBlock(
                 width, cond_dim=cond_dim, kernel_size=kernel_size, modes=modes, spectral=spectral, act=act
@@ -133,12 +178,30 @@ class FourierNeuralOperator(nn.Module):
             for _ in range(depth)
         )
         self.body_tail = nn.Conv2d(width, width, 3, padding=1)
-        self.project = nn.Conv2d(width, latent_channels, 3, padding=1)
+        if grid == "lr":
+            # Fewer channels carried to the output grid: resampling and packing cost per channel there.
+            carried = upsample_channels or width
+            self.narrow = nn.Conv2d(width, carried, 1) if carried != width else nn.Identity()
+            self.project = nn.Conv2d(carried * factor * factor, latent_channels, 1)
+        else:
+            self.project = nn.Conv2d(width, latent_channels, 3, padding=1)
 
-    def forward(self, up: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    def forward(self, up: torch.Tensor, scale: torch.Tensor, lr: LRInput | None = None) -> torch.Tensor:
         cond = self.scale_embedding(scale)
-        lifted = self.lift(F.pixel_unshuffle(up, self.factor))
+        if self.grid == "lr":
+            if lr is None:
+                raise ValueError("this operator works on the LR grid: pass lr (an LRInput)")
+            lifted = self.lift(lr.lr)
+        else:
+            lifted = self.lift(F.pixel_unshuffle(up, self.factor))
         h = lifted
         for block in self.blocks:
             h = block(h, cond)
-        return self.project(self.body_tail(h) + lifted)
+        features = self.body_tail(h) + lifted
+        if self.grid == "lr":
+            features = lr.upsample(self.narrow(features))  # type: ignore[union-attr]
+            if features.shape[-2:] != up.shape[-2:]:
+                got, want = tuple(features.shape[-2:]), tuple(up.shape[-2:])
+                raise ValueError(f"the lr taps give {got} px, the tile is {want}")
+            features = F.pixel_unshuffle(features, self.factor)
+        return self.project(features)

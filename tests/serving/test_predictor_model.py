@@ -59,20 +59,21 @@ def run(p: HNDSRPredictor, batch: DecodedBatch) -> Any:
     return asyncio.run(p.predict(("v1", batch)))
 
 
-def test_ready_after_load_and_equal_to_the_engine(tmp_path: Path) -> None:
-    p = make(write_checkpoint(tmp_path / "ckpt"))
+@pytest.mark.parametrize(("grid", "scale"), [("latent", 4.0), ("lr", 4.0), ("lr", 2.5)])
+def test_ready_after_load_and_equal_to_the_engine(tmp_path: Path, grid: str, scale: float) -> None:
+    p = make(write_checkpoint(tmp_path / "ckpt", grid))
     assert p.load() and asyncio.run(p.healthy())
     assert p.status()["status"] == "ready" and p.model_version.startswith("0.1.0+")
     lr = torch.rand(3, 40, 44)
     for steps in (0, 2):
-        batch, canvas, tile = batch_for(lr, 4.0, steps=steps, seed=5)
+        batch, canvas, tile = batch_for(lr, scale, steps=steps, seed=5)
         _, _, sr, _, _ = run(p, batch)
         stitcher = Stitcher(3, canvas.canvas_h, canvas.canvas_w, overlap=32, halo=32)
         for spec, values in zip(batch.specs, sr, strict=True):
             stitcher.add(spec.tile, torch.from_numpy(tile_values(values)))
         served = stitcher.result()[:, : canvas.out_h, : canvas.out_w].clamp(0, 1)
-        engine = Upscaler(tiny_model(), tile=tile, overlap=32, halo=32, batch_size=p.compute_batch)
-        whole = engine.upscale(lr, scale=4.0, steps=steps, seed=5)  # same bicubic, noise, model, stitching
+        engine = Upscaler(tiny_model(grid), tile=tile, overlap=32, halo=32, batch_size=p.compute_batch)
+        whole = engine.upscale(lr, scale=scale, steps=steps, seed=5)  # same bicubic, noise, model, stitching
         # Equal but for the UINT16 wire format (steps of 1/65535, rounded: at most half a step).
         assert values.dtype == np.uint16
         torch.testing.assert_close(served, whole, rtol=0, atol=0.5 / 65535 + 1e-6)
@@ -233,3 +234,19 @@ def test_canvas_limits_are_checked_before_allocating() -> None:
         check_canvas(Canvas(10, 10, 40, 10**6, 40, 10**6), 4.0, limits)  # one side far too long
     with pytest.raises(BadRequest, match="disagree"):
         check_canvas(Canvas(10, 10, 400, 400, 400, 400), 4.0, limits)  # not what x4 gives
+
+
+def test_lr_grid_model_refuses_bicubic_only_tiles_as_the_clients_mistake(tmp_path: Path) -> None:
+    """A model that works on the LR pixels cannot serve a batch sent as bicubic 'up' tiles: a 400 that
+    says to send 'lr', and the breaker stays closed."""
+    from serving.errors import BadRequest
+
+    p = make(write_checkpoint(tmp_path / "ckpt", "lr"))
+    assert p.load()
+    batch, _, _ = batch_for(torch.rand(3, 40, 44), 4.0)
+    up_only = DecodedBatch(batch.canvas, batch.specs, batch.up, batch.params, "up-only", False)
+    for _ in range(p.settings.breaker_threshold + 1):
+        with pytest.raises(BadRequest, match="input 'lr'") as err:
+            run(p, up_only)
+        assert err.value.status == 400
+    assert p.breaker.state == BreakerState.CLOSED
