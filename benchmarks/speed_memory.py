@@ -55,12 +55,22 @@ def measured_peaks() -> dict[str, float]:
 
 
 def macs_per_output_mp(model, steps: int, strength: float = 1.0) -> float:
-    up = torch.rand(1, 3, 512, 512)
+    from hndsr.models.operator import LRInput
+
+    lr = LRInput.whole(torch.rand(1, 3, 128, 128), (512, 512))
+    up = lr.upsample(lr.lr)
     scale = torch.tensor([4.0])
     noise = torch.randn(1, model.latent_channels, 128, 128)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
-        model.render(up, scale, steps=steps, strength=strength, initial_noise=noise if steps else None)
+        model.render(
+            up,
+            scale,
+            steps=steps,
+            strength=strength,
+            initial_noise=noise if steps else None,
+            lr=lr if model.needs_lr else None,
+        )
     return counter.get_total_flops() / 2 / (512 * 512 / 1e6)
 
 

@@ -83,7 +83,9 @@ def fetch(uri: str, cache_dir: str | Path) -> Path:
 def check_architecture(config: dict[str, Any], params: Params, where: str) -> None:
     """Fine-tuning needs the weights of the architecture params.yaml trains."""
     wanted = resolve_config(params.model)
-    actual = config.get("model_config", {})
+    # Resolved like the model's constructor does: keys added since a checkpoint was written take their
+    # defaults (the design it was trained with).
+    actual = resolve_config(config.get("model_config") or {})
     differences = [
         f"{section}.{key} {actual.get(section, {}).get(key)!r} != {value!r}"
         for section, values in wanted.items()

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from hndsr.config import load_params, parse_params
 from hndsr.data import PatchSampler, split_of
@@ -15,6 +16,13 @@ def test_project_params_parse_with_every_profile() -> None:
     assert base.train.operator.steps > quick.train.operator.steps
     assert quick.data.train_dir == "data/raw"
     assert quick.profile == "quick"
+    # The time-cut profiles of quality_vs_minutes are the lr_grid recipe but for their step counts.
+    lr_grid = load_params(ROOT / "params.yaml", profile="lr_grid")
+    for name in ("minutes25", "minutes50"):
+        cut = load_params(ROOT / "params.yaml", profile=name)
+        assert cut.model == lr_grid.model and cut.data == lr_grid.data
+        assert cut.train.operator.lr == lr_grid.train.operator.lr
+        assert cut.train.operator.steps < lr_grid.train.operator.steps
 
 
 def test_overrides_are_dotted_and_typed() -> None:
@@ -75,3 +83,22 @@ def test_patch_sampler_is_seeded_and_scales_stay_in_range(image_dir) -> None:
         assert (x.hr == y.hr).all() and (x.scale == y.scale).all()
         scales.append(float(x.scale[0]))
     assert min(scales) >= 2.0 - 1e-6 and max(scales) <= 4.0 + 0.2  # effective scale of a rounded LR size
+
+
+def test_fixed_lr_patch_keeps_the_lr_patch_and_hands_the_lr_pixels(image_dir) -> None:
+    """With fixed_lr_patch the HR patch follows the scale (96 px at x4, 48 at x2), so the LR patch an
+    LR-grid operator reads stays 24 px; the batch carries those LR pixels and their taps."""
+    paths = sorted(image_dir.glob("*.png"))
+    sampler = PatchSampler(
+        paths, patch_size=96, scale_min=2.0, scale_max=4.0, seed=0, scale_power=1.0, fixed_lr_patch=True
+    )
+    seen = set()
+    for _ in range(30):
+        b = sampler.sample(2)
+        p = b.hr.shape[-1]
+        assert p % 4 == 0 and 48 <= p <= 96 and b.up.shape == b.hr.shape
+        assert b.lr is not None and abs(b.lr.lr.shape[-1] - 24) <= 1
+        assert abs(float(b.scale[0]) - p / b.lr.lr.shape[-1]) < 1e-6
+        torch.testing.assert_close(b.lr.upsample(b.lr.lr), b.up, rtol=0, atol=1e-5)
+        seen.add(p)
+    assert len(seen) > 3  # the patch really follows the scale
