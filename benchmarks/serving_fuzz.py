@@ -60,11 +60,11 @@ from _results import Measurement
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hndsr.resample import taps  # noqa: E402
+from hndsr.resample import window_taps  # noqa: E402
 from hndsr.tiling import Tile  # noqa: E402
 from serving.codec import RenderParams, TileBatch, encode_v1, encode_v2  # noqa: E402
 from serving.metrics import sample_value  # noqa: E402
-from serving.tiles import Canvas, TileSpec, _span, crop, plan  # noqa: E402
+from serving.tiles import Canvas, TileSpec, crop, plan  # noqa: E402
 
 V1 = "/v1/models/hndsr:predict"
 V2 = "/v2/models/hndsr/infer"
@@ -449,7 +449,7 @@ def common_cases(m: Material, rng: random.Random, server: str) -> list[Callable[
         side_out = 8192 if at_limit else 16384
         lr = side_out // 4
         canvas = Canvas.for_scale(lr, lr, 4.0, 4)
-        r0, r1 = _span(taps(lr, side_out), 0, 64, side_out)
+        r0, r1, _ = window_taps(lr, side_out, 0, 64)
         spec = TileSpec(Tile(0, 0, 64, 64), r0, r0, r1 - r0, r1 - r0)
         values = np.random.default_rng(rng.randrange(100)).random((3, r1 - r0, r1 - r0), dtype=np.float32)
         params = RenderParams(scale=4.0, steps=1, seed=rng.randrange(2**32))

@@ -302,7 +302,10 @@ def test_canary_row_on_a_real_prometheus(servers: tuple[Server, Server], prometh
 
     def ready() -> bool:
         results = [query(prometheus, row[a]) for a in wanted]
-        return all(r and all(x["value"][1] != "NaN" for x in r) for r in results)
+        # Both servers' latency histograms: the transformer's first scrape can land a round later.
+        jobs = {x["metric"]["job"] for x in query(prometheus, row["HNDSRHighLatencyP95"])}
+        numbers = all(r and all(x["value"][1] != "NaN" for x in r) for r in results)
+        return numbers and jobs == {"predictor", "transformer"}
 
     deadline = time.monotonic() + 60
     while not ready():
