@@ -70,10 +70,6 @@ class Batch:
     scale: torch.Tensor  # (B,) the effective scale P / lr_size
     lr: LRInput | None = None  # the LR patches behind ``up`` (models that work on the LR grid)
 
-    def select(self, rows: slice) -> Batch:
-        lr = self.lr.select(rows) if self.lr is not None else None
-        return Batch(hr=self.hr[rows], up=self.up[rows], scale=self.scale[rows], lr=lr)
-
     def to(self, device: torch.device) -> Batch:
         lr = self.lr.to(device) if self.lr is not None else None
         return Batch(hr=self.hr.to(device), up=self.up.to(device), scale=self.scale.to(device), lr=lr)
@@ -132,8 +128,9 @@ class PatchSampler:
         """
         g = self.generator
         p = self.patch
-        scale = self._scale() if self.fixed_lr_patch else 0.0
+        scale = None
         if self.fixed_lr_patch:  # LR patch = patch / scale_max at every scale
+            scale = self._scale()
             p = max(16, 4 * round(self.patch * scale / self.scale_max / 4))
         idx = torch.multinomial(self.weights, batch_size, replacement=True, generator=g)
         keep = range(batch_size)[rows] if rows is not None else range(batch_size)
@@ -150,7 +147,7 @@ class PatchSampler:
                 crop = crop.flip(-1)
             crops.append(torch.rot90(crop, k & 3, dims=(-2, -1)))
         hr = torch.stack(crops).float() / 255.0
-        if not self.fixed_lr_patch:  # drawn last: the stream of the recipes before fixed_lr_patch
+        if scale is None:  # drawn last: the stream of the recipes before fixed_lr_patch
             scale = self._scale()
         return make_batch(hr, scale)
 

@@ -283,14 +283,14 @@ class Upscaler:
             t0 = time.perf_counter()
             dtype = self.autocast_dtype
             # LR-grid models take each tile's own LR crop (crops differ in size at the borders).
-            groups = [[i] for i in range(len(batch))] if self.model.needs_lr else [list(range(len(batch)))]
+            n = 1 if self.model.needs_lr else len(batch)
             parts = []
             with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                for rows in groups:
-                    sub = [batch[i] for i in rows]
+                for i in range(0, len(batch), n):
+                    sub = batch[i : i + n]
                     parts.append(
                         self.model.render(
-                            up[rows[0] : rows[-1] + 1],
+                            up[i : i + n],
                             scale_t.expand(len(sub)),
                             steps=job.steps,
                             strength=job.strength,

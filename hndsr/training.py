@@ -160,7 +160,7 @@ def calibrate_residual_std(
     sq = torch.zeros(model.latent_channels, device=device)
     n = 0
     for _ in range(batches):
-        b = _to(sampler.sample(batch_size), device)
+        b = sampler.sample(batch_size).to(device)
         r = model.autoencoder.encode(b.hr, b.up) - model.prior(b.up, b.scale, b.lr)
         sq += r.pow(2).mean(dim=(0, 2, 3))
         n += 1
@@ -182,17 +182,13 @@ class StageObjective(nn.Module):
         return stage_loss(self.model, self.stage, batch, self.cfg, self.shard)
 
 
-def _to(batch: Batch, device: torch.device) -> Batch:
-    return batch.to(device)
-
-
 @torch.no_grad()
 def validate(model: HNDSR, stage: str, val: dict[float, Batch], device: torch.device) -> dict[str, float]:
     """Y-PSNR (border = scale) of the stage's output vs bicubic on fixed validation crops."""
     model.eval()
     out: dict[str, float] = {}
     for scale, batch in val.items():
-        b = _to(batch, device)
+        b = batch.to(device)
         border = math.ceil(scale)
         if stage == "autoencoder":
             sr = model.autoencoder(b.hr, b.up)[0]
@@ -270,7 +266,7 @@ def train_stage(
     for step in range(start_step, cfg.steps):
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, cfg)
-        batch = _to(sampler.sample(cfg.batch_size, shard.rows if shard else None), device)
+        batch = sampler.sample(cfg.batch_size, shard.rows if shard else None).to(device)
         try:
             loss, parts = objective(batch.hr, batch.up, batch.scale, batch.lr)
             if torch.isfinite(loss):

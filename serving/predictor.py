@@ -378,6 +378,12 @@ class HNDSRPredictor(Model):
         model = self.model
         if model is None:  # unloaded while this request waited
             raise NotReady(f"model {self.name} is not loaded: {self.load_error}", retry_after=10.0)
+        # Checked before any work: an LR-grid model reads each tile's LR crop, and only 'lr' carries it.
+        crops = batch.crops if model.needs_lr else None
+        if model.needs_lr and crops is None:
+            raise BadRequest(
+                f"model {self.name} works on the LR pixels: send the tiles as input 'lr' (LR crops), not 'up'"
+            )
         started = time.perf_counter()
         p = batch.params
         up = batch.up.to(self.device)
@@ -393,17 +399,13 @@ class HNDSRPredictor(Model):
         # The batch that travelled is split into the micro-batches the device runs best.
         parts = []
         # LR-grid models take each tile's own LR crop (crops differ in size at the borders).
-        n = 1 if model.needs_lr else self.compute_batch
-        if model.needs_lr and batch.crops is None:
-            raise BadRequest(
-                f"model {self.name} works on the LR pixels: send the tiles as input 'lr' (LR crops), not 'up'"
-            )
+        n = 1 if crops is not None else self.compute_batch
         with torch.no_grad(), self._autocast():
             for i in range(0, up.shape[0], n):
                 chunk = up[i : i + n]
                 low = None
-                if model.needs_lr and batch.crops is not None:
-                    low = lr_input(batch.crops[i], batch.specs[i], batch.canvas).to(self.device)
+                if crops is not None:
+                    low = lr_input(crops[i], batch.specs[i], batch.canvas).to(self.device)
                 parts.append(
                     model.render(
                         chunk,

@@ -50,9 +50,6 @@ class LRInput:
     def to(self, device: torch.device | str) -> LRInput:
         return LRInput(self.lr.to(device), self.rows, self.cols)
 
-    def select(self, rows: slice) -> LRInput:
-        return LRInput(self.lr[rows], self.rows, self.cols)
-
 
 class SpectralConv2d(nn.Module):
     """Depthwise convolution with a band-limited kernel defined by its Fourier coefficients.
