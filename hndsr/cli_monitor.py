@@ -35,7 +35,7 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
         schedule: Annotated[
             str | None, typer.Option(help="How often this runs (default: the window); stale after 2x.")
         ] = None,
-        drift_share: Annotated[float, typer.Option(help="Share of drifted features that is drift.")] = 0.25,
+        drift_share: Annotated[float, typer.Option(help="Share of drifted features that is drift.")] = 0.3,
         threshold: Annotated[
             float, typer.Option(help="K-S p-value significance (wasserstein_ks; the ks threshold).")
         ] = 0.05,

@@ -65,9 +65,8 @@ DEFAULT_STATTEST_THRESHOLDS = {WASSERSTEIN_KS: 0.25}
 
 @dataclass
 class DriftSettings:
-    # Share of drifted features that makes the window drifted: 3 of the 11 (one feature family moving
-    # alone, e.g. the detail pair under blur plus one more, is drift; one stray feature is not).
-    drift_share: float = 0.25
+    # Share of drifted features that makes the window drifted: 4 of the 12.
+    drift_share: float = 0.3
     threshold: float = 0.05  # K-S p-value significance (wasserstein_ks; ks's threshold by default)
     stattest: str = WASSERSTEIN_KS  # per-feature method: wasserstein_ks | auto | an Evidently test name
     stattest_threshold: float | None = None  # None: 0.25 (wasserstein_ks), threshold (ks), Evidently
@@ -272,14 +271,13 @@ def load_reference(
         table = pd.read_parquet(local)
     except Exception as exc:
         raise InputError(f"cannot read the reference {reference} as parquet: {exc}") from exc
-    present = [c for c in DRIFT_FEATURES if c in table.columns]
-    if len(present) == len(DRIFT_FEATURES):
+    lacking = [c for c in DRIFT_FEATURES if c not in table.columns]
+    if not lacking:
         return table
-    if present:
-        lacking = ", ".join(c for c in DRIFT_FEATURES if c not in table.columns)
+    if "file" in table.columns and len(lacking) < len(DRIFT_FEATURES):  # hndsr drift reference's output
         raise InputError(
-            f"the features table {reference} lacks {lacking} (written by an older hndsr): rebuild it "
-            "with `hndsr drift reference`, or pass the catalog.parquet"
+            f"the features table {reference} lacks {', '.join(lacking)} (written by an older hndsr): "
+            "rebuild it with `hndsr drift reference`, or pass the catalog.parquet"
         )
     if not {"filename", "split"} <= set(table.columns):
         raise InputError(

@@ -23,6 +23,7 @@ DRIFT_FEATURES: tuple[str, ...] = (
     "std_b",
     "sharpness",
     "edge_crispness",
+    "detail_to_contrast",
     "colourfulness",
     "bright_fraction",
     "nodata_fraction",
@@ -52,6 +53,14 @@ def edge_crispness(pixels: np.ndarray) -> float:
     return round(float(laplacian(y).std() / gradient), 6) if gradient > 0 else 0.0
 
 
+def detail_to_contrast(pixels: np.ndarray) -> float:
+    """Standard deviation of luma's Laplacian over luma's standard deviation: fine detail against
+    overall contrast (falls with blur, not with contrast). 0 for a flat tile."""
+    y = luma(pixels)
+    spread = y.std()
+    return round(float(laplacian(y).std() / spread), 6) if spread > 0 else 0.0
+
+
 def raster_features(raster: Raster) -> dict[str, float]:
     """The drift features and context of one image (its first three bands, valid pixels only)."""
     rgb = raster.rgb()
@@ -71,6 +80,7 @@ def raster_features(raster: Raster) -> dict[str, float]:
     features.update(zip(("std_r", "std_g", "std_b"), stds, strict=True))
     features["sharpness"] = sharpness(rgb)
     features["edge_crispness"] = edge_crispness(rgb)
+    features["detail_to_contrast"] = detail_to_contrast(rgb)
     features["colourfulness"] = round(colourfulness(valid), 4)
     features["bright_fraction"] = round(float((valid.min(axis=0) > BRIGHT_LEVEL).mean()), 6)
     return features

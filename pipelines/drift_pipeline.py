@@ -21,7 +21,7 @@ def drift_pipeline(
     window: str = "24h",
     pushgateway: str = "",
     schedule: str = "",
-    drift_share: float = 0.25,
+    drift_share: float = 0.3,
     min_samples: int = 50,
     stattest: str = "wasserstein_ks",
     stattest_threshold: float = 0.0,

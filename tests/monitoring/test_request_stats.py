@@ -28,7 +28,7 @@ def test_features_of_known_images() -> None:
     f = raster_features(grey)
     assert f["mean_r"] == f["mean_g"] == f["mean_b"] == 0.5
     assert f["std_r"] == f["sharpness"] == f["colourfulness"] == f["bright_fraction"] == 0.0
-    assert f["edge_crispness"] == 0.0
+    assert f["edge_crispness"] == f["detail_to_contrast"] == 0.0
     white_top = np.zeros((3, 16, 16), np.float32) + 0.2
     white_top[:, :4] = 0.95  # a cloud over a quarter of the image
     white_top[0, 8:] = 0.6  # reddish lower half: colourful
@@ -42,7 +42,7 @@ def test_features_of_known_images() -> None:
     assert set(f) == set(DRIFT_FEATURES) | set(CONTEXT_FIELDS)
 
 
-def test_edge_crispness_falls_with_blur_at_any_contrast() -> None:
+def test_detail_features_fall_with_blur_at_any_contrast() -> None:
     from monitoring.shifts import blur
 
     texture = np.random.default_rng(1).uniform(0.3, 0.7, (3, 64, 64)).astype(np.float32)
@@ -51,8 +51,9 @@ def test_edge_crispness_falls_with_blur_at_any_contrast() -> None:
     blurred = raster_features(Raster(data=blur(texture, 1.5), dtype="uint8"))
     # Contrast moves sharpness (the Laplacian's variance) 16-fold and edge crispness not at all.
     assert low_contrast["sharpness"] < crisp["sharpness"] / 10
-    assert low_contrast["edge_crispness"] == pytest.approx(crisp["edge_crispness"], rel=1e-3)
-    assert blurred["edge_crispness"] < 0.7 * crisp["edge_crispness"]
+    for feature in ("edge_crispness", "detail_to_contrast"):
+        assert low_contrast[feature] == pytest.approx(crisp[feature], rel=1e-3)
+        assert blurred[feature] < 0.7 * crisp[feature]
 
 
 def test_features_agree_with_the_catalog(drift_catalog: Path) -> None:  # noqa: F811
