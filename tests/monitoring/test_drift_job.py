@@ -87,7 +87,7 @@ def test_a_features_table_without_a_newer_feature_says_to_rebuild_it(
     table = load_reference(str(drift_catalog), DriftSettings(), cache_dir=cache)
     old = tmp_path / "old.parquet"
     table.drop(columns=["edge_crispness"]).to_parquet(old)
-    with pytest.raises(InputError, match="lacks edge_crispness.*hndsr drift reference"):
+    with pytest.raises(InputError, match=r"lacks edge_crispness.*hndsr drift reference"):
         load_reference(str(old), DriftSettings(), cache_dir=cache)
 
 

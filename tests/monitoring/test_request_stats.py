@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import orjson
 import pandas as pd
+import pytest
 from driftdata import drift_catalog, request_rasters  # noqa: F401 - fixture
 from lakeserver import s3_server  # noqa: F401 - fixture
 from prometheus_client import CollectorRegistry
