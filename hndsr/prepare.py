@@ -442,12 +442,20 @@ def tile_stats(pixels: np.ndarray, nodata: np.ndarray) -> tuple[list[float], lis
     return [round(float(v), 6) for v in valid.mean(axis=1)], [round(float(v), 6) for v in valid.std(axis=1)]
 
 
+def luma(pixels: np.ndarray) -> np.ndarray:
+    """BT.601 luma of the first three bands of a (bands, H, W) tile in [0, 1], in 8-bit units."""
+    r, g, b = (pixels[i].astype(np.float64) for i in range(3))
+    return (0.299 * r + 0.587 * g + 0.114 * b) * 255.0
+
+
+def laplacian(y: np.ndarray) -> np.ndarray:
+    """4-neighbour Laplacian of a 2-D array (interior pixels)."""
+    return y[:-2, 1:-1] + y[2:, 1:-1] + y[1:-1, :-2] + y[1:-1, 2:] - 4.0 * y[1:-1, 1:-1]
+
+
 def sharpness(pixels: np.ndarray) -> float:
     """Variance of the 4-neighbour Laplacian of luma (BT.601) in 8-bit units: 0 for a blank tile."""
-    r, g, b = (pixels[i].astype(np.float64) for i in range(3))
-    y = (0.299 * r + 0.587 * g + 0.114 * b) * 255.0
-    lap = y[:-2, 1:-1] + y[2:, 1:-1] + y[1:-1, :-2] + y[1:-1, 2:] - 4.0 * y[1:-1, 1:-1]
-    return round(float(lap.var()), 4)
+    return round(float(laplacian(luma(pixels)).var()), 4)
 
 
 def _tile_geo(geo: GeoInfo | None, x: int, y: int, sx: float, sy: float) -> GeoInfo | None:

@@ -65,7 +65,8 @@ DEFAULT_STATTEST_THRESHOLDS = {WASSERSTEIN_KS: 0.25}
 
 @dataclass
 class DriftSettings:
-    drift_share: float = 0.3  # share of drifted features that makes the dataset drifted
+    # Share of drifted features that makes the window drifted: 4 of the 12.
+    drift_share: float = 0.3
     threshold: float = 0.05  # K-S p-value significance (wasserstein_ks; ks's threshold by default)
     stattest: str = WASSERSTEIN_KS  # per-feature method: wasserstein_ks | auto | an Evidently test name
     stattest_threshold: float | None = None  # None: 0.25 (wasserstein_ks), threshold (ks), Evidently
@@ -270,15 +271,22 @@ def load_reference(
         table = pd.read_parquet(local)
     except Exception as exc:
         raise InputError(f"cannot read the reference {reference} as parquet: {exc}") from exc
-    if all(c in table.columns for c in DRIFT_FEATURES):
+    lacking = [c for c in DRIFT_FEATURES if c not in table.columns]
+    if not lacking:
         return table
+    if "file" in table.columns and len(lacking) < len(DRIFT_FEATURES):  # hndsr drift reference's output
+        raise InputError(
+            f"the features table {reference} lacks {', '.join(lacking)} (written by an older hndsr): "
+            "rebuild it with `hndsr drift reference`, or pass the catalog.parquet"
+        )
     if not {"filename", "split"} <= set(table.columns):
         raise InputError(
             f"{reference} is neither a catalog.parquet (hndsr prepare) nor a features table "
             "(hndsr drift reference)"
         )
     digest = hashlib.sha256(local.read_bytes()).hexdigest()[:16]
-    key = f"{digest}-{settings.split}-{settings.images}-{settings.reference_sample}-v2.parquet"
+    features = hashlib.sha256(",".join(DRIFT_FEATURES).encode()).hexdigest()[:8]  # new features: recompute
+    key = f"{digest}-{settings.split}-{settings.images}-{settings.reference_sample}-{features}.parquet"
     cached = cache_dir / "reference" / key
     if cached.is_file():
         return pd.read_parquet(cached)

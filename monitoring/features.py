@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from hndsr.imageio import Raster
-from hndsr.prepare import nodata_mask, sharpness, tile_stats
+from hndsr.prepare import laplacian, luma, nodata_mask, sharpness, tile_stats
 
 #: Features the drift job tests, in report order.
 DRIFT_FEATURES: tuple[str, ...] = (
@@ -22,6 +22,8 @@ DRIFT_FEATURES: tuple[str, ...] = (
     "std_g",
     "std_b",
     "sharpness",
+    "edge_crispness",
+    "detail_to_contrast",
     "colourfulness",
     "bright_fraction",
     "nodata_fraction",
@@ -42,6 +44,23 @@ def colourfulness(rgb: np.ndarray) -> float:
     return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
 
 
+def edge_crispness(pixels: np.ndarray) -> float:
+    """Standard deviation of luma's Laplacian over its mean gradient magnitude: fine detail against
+    edges, so it falls with blur at any contrast (sharpness, the Laplacian's variance, also moves
+    with contrast and scene). 0 for a flat tile."""
+    y = luma(pixels)
+    gradient = np.hypot(np.diff(y, axis=1)[:-1, :], np.diff(y, axis=0)[:, :-1]).mean()
+    return round(float(laplacian(y).std() / gradient), 6) if gradient > 0 else 0.0
+
+
+def detail_to_contrast(pixels: np.ndarray) -> float:
+    """Standard deviation of luma's Laplacian over luma's standard deviation: fine detail against
+    overall contrast (falls with blur, not with contrast). 0 for a flat tile."""
+    y = luma(pixels)
+    spread = y.std()
+    return round(float(laplacian(y).std() / spread), 6) if spread > 0 else 0.0
+
+
 def raster_features(raster: Raster) -> dict[str, float]:
     """The drift features and context of one image (its first three bands, valid pixels only)."""
     rgb = raster.rgb()
@@ -60,6 +79,8 @@ def raster_features(raster: Raster) -> dict[str, float]:
     features.update(zip(("mean_r", "mean_g", "mean_b"), means, strict=True))
     features.update(zip(("std_r", "std_g", "std_b"), stds, strict=True))
     features["sharpness"] = sharpness(rgb)
+    features["edge_crispness"] = edge_crispness(rgb)
+    features["detail_to_contrast"] = detail_to_contrast(rgb)
     features["colourfulness"] = round(colourfulness(valid), 4)
     features["bright_fraction"] = round(float((valid.min(axis=0) > BRIGHT_LEVEL).mean()), 6)
     return features

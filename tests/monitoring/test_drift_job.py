@@ -42,7 +42,8 @@ def test_unshifted_requests_are_not_drift(
         cache_dir=cache,
     )
     assert result.state == "ok" and not result.detected
-    assert result.window_size == 60 and result.drift_share is not None and result.drift_share < 0.3
+    assert result.window_size == 60 and result.drift_share is not None
+    assert result.drift_share < DriftSettings().drift_share
     assert set(result.pvalues) == set(DRIFT_FEATURES)
     assert "<html" in (tmp_path / "r.html").read_text()[:2000].lower()
 
@@ -58,9 +59,36 @@ def test_shifted_requests_are_drift(
     stats = write_requests(60, shift, strength)
     result = run_drift(reference=str(drift_catalog), stats=str(stats), window="1h", cache_dir=cache)
     assert result.state == "drift" and result.detected and result.drift_share is not None
-    assert result.drift_share >= 0.3
-    expected = {"darken": "mean_g", "blur": "sharpness", "haze": "colourfulness"}[shift]
-    assert expected in result.drifted and result.pvalues[expected] < 0.05
+    assert result.drift_share >= DriftSettings().drift_share
+    blur = ["sharpness", "edge_crispness", "detail_to_contrast"]
+    expected = {"darken": ["mean_g"], "blur": blur, "haze": ["colourfulness"]}[shift]
+    assert all(f in result.drifted and result.pvalues[f] < 0.05 for f in expected), result.drifted
+
+
+def test_every_entry_point_defaults_to_the_jobs_drift_share() -> None:
+    """The CLI, the Kubeflow pipeline and the dashboard line (tests/monitoring/test_dashboard.py)
+    say drift where the job does."""
+    import typer
+
+    from pipelines.drift_pipeline import drift_pipeline
+
+    default = DriftSettings().drift_share
+    drift_run = typer.main.get_command(app).commands["drift"].commands["run"]  # type: ignore[attr-defined]
+    (option,) = [p for p in drift_run.params if p.name == "drift_share"]
+    assert option.default == default
+    assert drift_pipeline.component_spec.inputs["drift_share"].default == default
+
+
+def test_a_features_table_without_a_newer_feature_says_to_rebuild_it(
+    drift_catalog: Path,  # noqa: F811
+    cache: Path,
+    tmp_path: Path,
+) -> None:
+    table = load_reference(str(drift_catalog), DriftSettings(), cache_dir=cache)
+    old = tmp_path / "old.parquet"
+    table.drop(columns=["edge_crispness"]).to_parquet(old)
+    with pytest.raises(InputError, match=r"lacks edge_crispness.*hndsr drift reference"):
+        load_reference(str(old), DriftSettings(), cache_dir=cache)
 
 
 def test_too_few_samples_is_a_state_not_an_alarm(

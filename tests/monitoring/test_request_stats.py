@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pandas as pd
+import pytest
 from driftdata import drift_catalog, request_rasters  # noqa: F401 - fixture
 from lakeserver import s3_server  # noqa: F401 - fixture
 from prometheus_client import CollectorRegistry
@@ -27,6 +28,7 @@ def test_features_of_known_images() -> None:
     f = raster_features(grey)
     assert f["mean_r"] == f["mean_g"] == f["mean_b"] == 0.5
     assert f["std_r"] == f["sharpness"] == f["colourfulness"] == f["bright_fraction"] == 0.0
+    assert f["edge_crispness"] == f["detail_to_contrast"] == 0.0
     white_top = np.zeros((3, 16, 16), np.float32) + 0.2
     white_top[:, :4] = 0.95  # a cloud over a quarter of the image
     white_top[0, 8:] = 0.6  # reddish lower half: colourful
@@ -38,6 +40,20 @@ def test_features_of_known_images() -> None:
     h = raster_features(Raster(data=half_nodata, dtype="uint8"))
     assert h["nodata_fraction"] == 0.5 and 0.4 < h["mean_r"] < 0.6  # statistics of valid pixels only
     assert set(f) == set(DRIFT_FEATURES) | set(CONTEXT_FIELDS)
+
+
+def test_detail_features_fall_with_blur_at_any_contrast() -> None:
+    from monitoring.shifts import blur
+
+    texture = np.random.default_rng(1).uniform(0.3, 0.7, (3, 64, 64)).astype(np.float32)
+    crisp = raster_features(Raster(data=texture, dtype="uint8"))
+    low_contrast = raster_features(Raster(data=0.5 + 0.25 * (texture - 0.5), dtype="uint8"))
+    blurred = raster_features(Raster(data=blur(texture, 1.5), dtype="uint8"))
+    # Contrast moves sharpness (the Laplacian's variance) 16-fold and edge crispness not at all.
+    assert low_contrast["sharpness"] < crisp["sharpness"] / 10
+    for feature in ("edge_crispness", "detail_to_contrast"):
+        assert low_contrast[feature] == pytest.approx(crisp[feature], rel=1e-3)
+        assert blurred[feature] < 0.7 * crisp[feature]
 
 
 def test_features_agree_with_the_catalog(drift_catalog: Path) -> None:  # noqa: F811
