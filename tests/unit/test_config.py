@@ -16,13 +16,12 @@ def test_project_params_parse_with_every_profile() -> None:
     assert base.train.operator.steps > quick.train.operator.steps
     assert quick.data.train_dir == "data/raw"
     assert quick.profile == "quick"
-    # The time-cut profiles of quality_vs_minutes are the lr_grid recipe but for their step counts.
-    lr_grid = load_params(ROOT / "params.yaml", profile="lr_grid")
+    # The time-cut profiles of quality_vs_minutes are the release recipe but for their step counts.
     for name in ("minutes25", "minutes50"):
         cut = load_params(ROOT / "params.yaml", profile=name)
-        assert cut.model == lr_grid.model and cut.data == lr_grid.data
-        assert cut.train.operator.lr == lr_grid.train.operator.lr
-        assert cut.train.operator.steps < lr_grid.train.operator.steps
+        assert cut.model == base.model and cut.data == base.data
+        assert cut.train.operator.lr == base.train.operator.lr
+        assert cut.train.operator.steps < base.train.operator.steps
 
 
 def test_overrides_are_dotted_and_typed() -> None:
