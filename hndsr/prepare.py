@@ -453,9 +453,14 @@ def laplacian(y: np.ndarray) -> np.ndarray:
     return y[:-2, 1:-1] + y[2:, 1:-1] + y[1:-1, :-2] + y[1:-1, 2:] - 4.0 * y[1:-1, 1:-1]
 
 
+def laplacian_variance(lap: np.ndarray) -> float:
+    """Sharpness from a Laplacian already computed (:func:`sharpness`'s rounding)."""
+    return round(float(lap.var()), 4)
+
+
 def sharpness(pixels: np.ndarray) -> float:
     """Variance of the 4-neighbour Laplacian of luma (BT.601) in 8-bit units: 0 for a blank tile."""
-    return round(float(laplacian(luma(pixels)).var()), 4)
+    return laplacian_variance(laplacian(luma(pixels)))
 
 
 def _tile_geo(geo: GeoInfo | None, x: int, y: int, sx: float, sy: float) -> GeoInfo | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from hndsr.imageio import Raster
-from hndsr.prepare import laplacian, luma, nodata_mask, sharpness, tile_stats
+from hndsr.prepare import laplacian, laplacian_variance, luma, nodata_mask, tile_stats
 
 #: Features the drift job tests, in report order.
 DRIFT_FEATURES: tuple[str, ...] = (
@@ -44,21 +44,21 @@ def colourfulness(rgb: np.ndarray) -> float:
     return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
 
 
-def edge_crispness(pixels: np.ndarray) -> float:
-    """Standard deviation of luma's Laplacian over its mean gradient magnitude: fine detail against
-    edges, so it falls with blur at any contrast (sharpness, the Laplacian's variance, also moves
-    with contrast and scene). 0 for a flat tile."""
+def detail_features(pixels: np.ndarray) -> dict[str, float]:
+    """Sharpness (the catalog's: the variance of luma's Laplacian) and two ratios of the Laplacian's
+    std that fall with blur at any contrast, where sharpness also moves with contrast and scene:
+    ``edge_crispness`` over luma's mean gradient magnitude (fine detail against edges) and
+    ``detail_to_contrast`` over luma's std. Ratios are 0 for a flat tile. One luma, one Laplacian."""
     y = luma(pixels)
-    gradient = np.hypot(np.diff(y, axis=1)[:-1, :], np.diff(y, axis=0)[:, :-1]).mean()
-    return round(float(laplacian(y).std() / gradient), 6) if gradient > 0 else 0.0
-
-
-def detail_to_contrast(pixels: np.ndarray) -> float:
-    """Standard deviation of luma's Laplacian over luma's standard deviation: fine detail against
-    overall contrast (falls with blur, not with contrast). 0 for a flat tile."""
-    y = luma(pixels)
-    spread = y.std()
-    return round(float(laplacian(y).std() / spread), 6) if spread > 0 else 0.0
+    lap = laplacian(y)
+    detail = float(lap.std())
+    gradient = float(np.hypot(np.diff(y, axis=1)[:-1, :], np.diff(y, axis=0)[:, :-1]).mean())
+    spread = float(y.std())
+    return {
+        "sharpness": laplacian_variance(lap),
+        "edge_crispness": round(detail / gradient, 6) if gradient > 0 else 0.0,
+        "detail_to_contrast": round(detail / spread, 6) if spread > 0 else 0.0,
+    }
 
 
 def raster_features(raster: Raster) -> dict[str, float]:
@@ -78,9 +78,7 @@ def raster_features(raster: Raster) -> dict[str, float]:
     valid = rgb[:, ~nodata]
     features.update(zip(("mean_r", "mean_g", "mean_b"), means, strict=True))
     features.update(zip(("std_r", "std_g", "std_b"), stds, strict=True))
-    features["sharpness"] = sharpness(rgb)
-    features["edge_crispness"] = edge_crispness(rgb)
-    features["detail_to_contrast"] = detail_to_contrast(rgb)
+    features.update(detail_features(rgb))
     features["colourfulness"] = round(colourfulness(valid), 4)
     features["bright_fraction"] = round(float((valid.min(axis=0) > BRIGHT_LEVEL).mean()), 6)
     return features
