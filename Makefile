@@ -30,14 +30,16 @@ venv: $(VENV)/.installed-$(EXTRAS)
 test: venv
 	bash scripts/install-system-deps.sh
 	bash scripts/fetch-crd-schemas.sh
-	$(VENV)/bin/ruff check hndsr serving data_validation monitoring components pipelines tests benchmarks
+	$(VENV)/bin/ruff check hndsr hndsr_cli serving data_validation monitoring components pipelines lake deploy tests benchmarks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest
 
 lint: venv
-	$(VENV)/bin/ruff check hndsr serving data_validation monitoring components pipelines tests benchmarks
-	$(VENV)/bin/ruff format --check hndsr serving data_validation monitoring components pipelines tests benchmarks
+	$(VENV)/bin/ruff check hndsr hndsr_cli serving data_validation monitoring components pipelines lake deploy tests benchmarks
+	$(VENV)/bin/ruff format --check hndsr hndsr_cli serving data_validation monitoring components pipelines lake deploy tests benchmarks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 SERVE_PORT ?= 8080
 SERVE_PREDICTOR_PORT ?= 8081
@@ -94,7 +96,7 @@ lake: venv
 pipeline: venv
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/dvc repro
 
-## make images: the train, serve and worker images (docker/), tagged hndsr.images.image_ref(kind), with
+## make images: the train, serve and worker images (docker/), tagged deploy.image_tags.image_ref(kind), with
 ## buildah where there is no Docker daemon: local Debian base + CPU torch wheel (scripts/build-images.sh)
 images:
 	bash scripts/install-container-tools.sh

@@ -32,7 +32,7 @@ import numpy as np
 from _results import Measurement
 from PIL import Image
 
-from hndsr.s3server import free_ports
+from lake.server import free_ports
 from serving.jobs.redisserver import EmbeddedRedis
 from serving.jobs.store import DONE, JobConfig, JobStore
 from serving.metrics import sample_value
@@ -73,7 +73,7 @@ def input_png(size: int) -> bytes:
 
 
 def start_worker(config: JobConfig, port: int, threads: int, log: Path) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "hndsr.cli", "serve", "worker", "--redis-url", config.redis_url]
+    cmd = [sys.executable, "-m", "hndsr_cli", "serve", "worker", "--redis-url", config.redis_url]
     cmd += ["--namespace", config.namespace, "--storage-uri", "release", "--device", "cpu"]
     cmd += ["--http-host", "127.0.0.1", "--http-port", str(port)]
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}

@@ -899,7 +899,7 @@ class Proc:
     def __init__(self, args: list[str], log: Path, ready: str = "/health", timeout_s: float = 300.0) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "hndsr.cli", "serve", *args, "--http-port", str(self.port)]
+        cmd = [sys.executable, "-m", "hndsr_cli", "serve", *args, "--http-port", str(self.port)]
         env = os.environ | {"PYTHONUNBUFFERED": "1"}
         with open(log, "ab") as fh:
             self.proc = subprocess.Popen(

@@ -65,7 +65,7 @@ class Proc:
     def __init__(self, args: list[str], log: Path, port: int | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "hndsr.cli", "serve", *args, "--http-port", str(self.port)]
+        cmd = [sys.executable, "-m", "hndsr_cli", "serve", *args, "--http-port", str(self.port)]
         self.log = log
         with open(log, "ab") as f:
             self.proc = subprocess.Popen(

@@ -8,7 +8,7 @@ to the task's metrics.
 from kfp import dsl
 from kfp.dsl import HTML, Metrics, Output
 
-from hndsr.images import image_ref
+from deploy.image_tags import image_ref
 
 BASE_IMAGE = image_ref("train")
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from deploy.image_tags import image_ref
 from hndsr.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from hndsr.errors import HNDSRError, InputError
-from hndsr.images import image_ref
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def _pod_template(spec: JobSpec) -> dict[str, Any]:
         "--master-addr=$(MASTER_ADDR)",
         "--master-port=$(MASTER_PORT)",
         "-m",
-        "hndsr.cli",
+        "hndsr_cli",
         "train",
         "--stage",
         "$(HNDSR_STAGE)",

@@ -99,8 +99,8 @@ def prepare_data(
     code_version: str = "",
 ) -> dict[str, Any]:
     """Raw HR images (folder or s3://bucket/prefix) -> tiles, LR pairs and catalog.parquet in ``out_dir``."""
-    from hndsr.lake import S3Settings, download_prefix, is_s3_uri
     from hndsr.prepare import PrepareConfig, prepare
+    from lake.storage import S3Settings, download_prefix, is_s3_uri
 
     p = load(params, profile)
     source, prefix = data_uri, ""

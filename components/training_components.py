@@ -1,6 +1,6 @@
 """KFP v2 components of the training DAG: thin typed interfaces, each one call into ``components.steps``.
 
-They run in the project's training image (``hndsr.images.image_ref("train")``, tagged with the package
+They run in the project's training image (``deploy.image_tags.image_ref("train")``, tagged with the package
 version), which has hndsr and kfp installed, so no package is pip-installed at run time. The bodies
 are lightweight-component source: imports live inside them (KFP ships the function, not the module).
 """
@@ -8,7 +8,7 @@ are lightweight-component source: imports live inside them (KFP ships the functi
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
-from hndsr.images import image_ref
+from deploy.image_tags import image_ref
 
 BASE_IMAGE = image_ref("train")
 

@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1.7
 # Predictor and transformer: `hndsr serve predictor|transformer` (KServe model servers).
 # Build all three images from the repository root with `make images` (scripts/build-images.sh);
-# tag: hndsr.images.image_ref("serve").
+# tag: deploy.image_tags.image_ref("serve").
 # Production: torch comes as the CUDA 12.8 wheel (it bundles the CUDA runtime; the node's driver
 # comes with the NVIDIA container runtime), so a slim Python base is enough; CPU nodes run it
 # unchanged. Without a registry, the build args swap in the local Debian base and the CPU wheel:
@@ -36,6 +36,9 @@ COPY data_validation /src/data_validation
 COPY monitoring /src/monitoring
 COPY components /src/components
 COPY pipelines /src/pipelines
+COPY lake /src/lake
+COPY deploy /src/deploy
+COPY hndsr_cli /src/hndsr_cli
 RUN pip wheel --no-deps --no-build-isolation --wheel-dir /wheels /src
 
 # The final stage continues the deps stage (nothing is compiled there: no toolchain to leave behind),

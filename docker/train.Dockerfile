@@ -2,7 +2,7 @@
 # Training / pipeline image: the KFP components' base_image, torchrun training on GPUs, and the
 # jobs that need the data and monitoring extras (drift CronJob, lake-init).
 # Build all three images from the repository root with `make images` (scripts/build-images.sh);
-# tag: hndsr.images.image_ref("train").
+# tag: deploy.image_tags.image_ref("train").
 # Production: CUDA runtime base (cuDNN, NCCL for multi-GPU training; nothing is compiled, so not
 # the devel image) and the CUDA 12.8 torch wheel. Without a registry, the build args swap in the
 # local Debian base and the CPU wheel:
@@ -37,6 +37,9 @@ COPY data_validation /src/data_validation
 COPY monitoring /src/monitoring
 COPY components /src/components
 COPY pipelines /src/pipelines
+COPY lake /src/lake
+COPY deploy /src/deploy
+COPY hndsr_cli /src/hndsr_cli
 RUN pip wheel --no-deps --no-build-isolation --wheel-dir /wheels /src
 
 # The final stage continues the deps stage (nothing is compiled there: no toolchain to leave behind),

@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1.7
 # Async large-image worker: `hndsr serve worker` (jobs from Redis, results to S3).
 # Build all three images from the repository root with `make images` (scripts/build-images.sh);
-# tag: hndsr.images.image_ref("worker"). Same stack as the serving image; its own image so that the
+# tag: deploy.image_tags.image_ref("worker"). Same stack as the serving image; its own image so that the
 # worker can be rolled out and scaled apart from the InferenceService.
 # Production: torch comes as the CUDA 12.8 wheel (it bundles the CUDA runtime; the node's driver
 # comes with the NVIDIA container runtime), so a slim Python base is enough; CPU nodes run it
@@ -37,6 +37,9 @@ COPY data_validation /src/data_validation
 COPY monitoring /src/monitoring
 COPY components /src/components
 COPY pipelines /src/pipelines
+COPY lake /src/lake
+COPY deploy /src/deploy
+COPY hndsr_cli /src/hndsr_cli
 RUN pip wheel --no-deps --no-build-isolation --wheel-dir /wheels /src
 
 # The final stage continues the deps stage (nothing is compiled there: no toolchain to leave behind),

@@ -1,4 +1,6 @@
-"""The ``hndsr`` command line: every stage callable from the shell, over plain functions of the core.
+"""The core's commands (train, evaluate, sr, prepare, data sample): every stage of the model callable
+from the shell, over plain functions of the core. The ``hndsr`` entry point (``hndsr_cli``) adds the
+adapters' commands (serving, pipelines, monitoring, data lake, validation, canary) to this app.
 
 Errors the user can fix are one line on stderr and a non-zero exit (2), never a traceback.
 """
@@ -17,6 +19,7 @@ import typer
 import yaml
 
 from hndsr import __version__
+from hndsr.cli_data import register as register_prepare
 from hndsr.errors import HNDSRError
 
 app = typer.Typer(
@@ -81,7 +84,7 @@ def _load_model(checkpoint: Path | None) -> tuple[Any, dict[str, Any]]:
     return load_checkpoint(checkpoint)
 
 
-def _parse_sets(values: list[str] | None) -> dict[str, Any]:
+def parse_sets(values: list[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in values or []:
         if "=" not in item:
@@ -157,7 +160,7 @@ def train(
     from hndsr.config import load_params
     from hndsr.training import train as run_training
 
-    overrides = _parse_sets(set_)
+    overrides = parse_sets(set_)
     if data is not None:
         overrides["data.train_dir"] = str(data)
     p = load_params(params, profile=profile, overrides=overrides)
@@ -242,36 +245,8 @@ def data_sample(
     typer.echo(f"{len(paths)} sample images in {out}")
 
 
-# prepare, validate-data and the S3 lake commands live in their own module (issue #3).
-from hndsr.cli_data import register as _register_data_commands  # noqa: E402
-
-_register_data_commands(app, data_app, friendly_errors=friendly_errors, parse_sets=_parse_sets)
-
-# serve predictor|transformer and client sr: KServe adapters, imported lazily (issue #5).
-from hndsr.cli_serving import register as _register_serving_commands  # noqa: E402
-
-_register_serving_commands(app, friendly_errors=friendly_errors)
-
-# drift run|reference: Evidently drift job -> Pushgateway, imported lazily (issue #6).
-from hndsr.cli_monitor import register as _register_monitor_commands  # noqa: E402
-
-_register_monitor_commands(app, friendly_errors=friendly_errors)
-
-# pipeline compile|run|submit: the Kubeflow training pipeline, kfp/mlflow imported lazily (issue #4).
-from hndsr.cli_pipeline import register as _register_pipeline_commands  # noqa: E402
-
-_register_pipeline_commands(app, friendly_errors=friendly_errors)
-
-# canary status|start|promote|rollback (kubectl) and manifests render-rules (issue #8).
-from hndsr.cli_deploy import register as _register_deploy_commands  # noqa: E402
-
-_register_deploy_commands(app, friendly_errors=friendly_errors)
-
-# serve ingress: nginx with TLS, rate limits and buffering in front of the transformer (issue #10).
-from hndsr.cli_ingress import register as _register_ingress_commands  # noqa: E402
-from hndsr.cli_serving import serve_app as _serve_app  # noqa: E402
-
-_register_ingress_commands(_serve_app, friendly_errors=friendly_errors)
+# prepare: a domain command in its own module (the adapters' commands are added by hndsr_cli).
+register_prepare(app, friendly_errors=friendly_errors, parse_sets=parse_sets)
 
 
 if __name__ == "__main__":

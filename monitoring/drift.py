@@ -311,7 +311,7 @@ def _local_copy(uri: str, cache_dir: Path) -> Path:
                 f"reference {uri} does not exist: run `hndsr prepare` or give its catalog.parquet"
             )
         return path
-    from hndsr.lake import S3Settings, parse_s3_uri
+    from lake.storage import S3Settings, parse_s3_uri
 
     bucket, key = parse_s3_uri(uri)
     target = cache_dir / "objects" / bucket / key
@@ -321,7 +321,7 @@ def _local_copy(uri: str, cache_dir: Path) -> Path:
 
 
 def _s3_fetcher(prefix: str, root: Path) -> Any:
-    from hndsr.lake import S3Settings, parse_s3_uri
+    from lake.storage import S3Settings, parse_s3_uri
 
     bucket, key_prefix = parse_s3_uri(prefix)
     client = S3Settings.from_env().client()
@@ -365,7 +365,7 @@ def _stats_blobs(stats: str, *, modified_since: float) -> Iterator[bytes]:
     from serving.request_stats import RECORD_PREFIX, RECORD_SUFFIX
 
     if stats.startswith("s3://"):
-        from hndsr.lake import S3Settings, parse_s3_uri
+        from lake.storage import S3Settings, parse_s3_uri
 
         bucket, prefix = parse_s3_uri(stats)
         prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
@@ -647,7 +647,7 @@ def write_text(target: str, text: str, content_type: str = "text/html") -> None:
     if target.startswith("s3://"):
         import io
 
-        from hndsr.lake import S3Settings, parse_s3_uri
+        from lake.storage import S3Settings, parse_s3_uri
 
         bucket, key = parse_s3_uri(target)
         S3Settings.from_env().client().put_object(

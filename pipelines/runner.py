@@ -83,7 +83,7 @@ def _digest_files(root: Path, files: list[Path]) -> str:
 
 def data_fingerprint(data_uri: str) -> str:
     """Content digest of the raw data: a local folder's files, or an S3 prefix's etags."""
-    from hndsr.lake import S3Settings, is_s3_uri, parse_s3_uri
+    from lake.storage import S3Settings, is_s3_uri, parse_s3_uri
 
     if is_s3_uri(data_uri):
         settings = S3Settings.from_env()

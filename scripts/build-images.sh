@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the project's images (docker/<kind>.Dockerfile) and tags them hndsr.images.image_ref(kind):
+# Builds the project's images (docker/<kind>.Dockerfile) and tags them deploy.image_tags.image_ref(kind):
 #   bash scripts/build-images.sh [train serve worker]        (`make images`)
 # IMAGE_PROFILE=local (default): no registry needed. The local Debian base
 #   (scripts/make-base-image.sh) and the CPU torch wheel from TORCH_WHEELS (/opt/wheels), mounted

@@ -113,7 +113,7 @@ def run_local(
     image x4 once through the transformer, print the response's figures and stop (the main job's
     serving check)."""
     uri = storage_uri or default_storage_uri()
-    base = [sys.executable, "-m", "hndsr.cli", "serve"]
+    base = [sys.executable, "-m", "hndsr_cli", "serve"]
     predictor_cmd = [*base, "predictor", "--http-port", str(predictor_port), "--storage-uri", uri]
     transformer_cmd = [
         *base,

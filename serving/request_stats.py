@@ -98,7 +98,7 @@ class S3Sink:
     append): every ``flush_records`` lines or ``flush_s`` seconds, and on close."""
 
     def __init__(self, uri: str, *, flush_records: int = 500, flush_s: float = 60.0) -> None:
-        from hndsr.lake import S3Settings, parse_s3_uri
+        from lake.storage import S3Settings, parse_s3_uri
 
         self.bucket, prefix = parse_s3_uri(uri)
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""

@@ -12,7 +12,7 @@ import pytest
 from tooling import missing
 
 from hndsr.errors import ConfigError
-from hndsr.s3server import EmbeddedS3, find_weed
+from lake.server import EmbeddedS3, find_weed
 
 
 def require_seaweedfs() -> None:

@@ -1,5 +1,5 @@
 """Helpers of the serving tests (tests/serving): a tiny checkpoint, small images, and real KServe
-servers started as subprocesses (``python -m hndsr.cli serve ...``) on 127.0.0.1 and free ports, stopped
+servers started as subprocesses (``python -m hndsr_cli serve ...``) on 127.0.0.1 and free ports, stopped
 by the fixture that started them."""
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, ready_path: str = "/health", accept: tuple[int, ...] = (200,)) -> Server:
-        cmd = [sys.executable, "-m", "hndsr.cli", "serve", *self.args, "--http-port", str(self.port)]
+        cmd = [sys.executable, "-m", "hndsr_cli", "serve", *self.args, "--http-port", str(self.port)]
         env = os.environ | {"OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"} | self.env
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(

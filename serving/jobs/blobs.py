@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hndsr.errors import HNDSRError
-from hndsr.lake import S3Settings, parse_s3_uri
+from lake.storage import S3Settings, parse_s3_uri
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hndsr.errors import ConfigError
-from hndsr.s3server import free_ports
+from lake.server import free_ports
 
 
 class EmbeddedRedis:

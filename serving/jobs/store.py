@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hndsr.lake import S3Settings
+from lake.storage import S3Settings
 from serving.jobs.blobs import REDIS_REF, BlobStore
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
@@ -224,7 +224,7 @@ class JobConfig:
     dead_ttl_s: float = 7 * 24 * 3600.0  # dead-lettered records (and their inputs) stay for inspection
     pending_ttl_s: float = 7 * 24 * 3600.0  # a job nobody ran by then is dropped
     inline_max_bytes: int = 4 * 2**20  # larger inputs and results go to S3 when s3_prefix is set
-    s3_prefix: str | None = None  # s3://bucket/prefix; credentials from AWS_* (hndsr.lake)
+    s3_prefix: str | None = None  # s3://bucket/prefix; credentials from AWS_* (lake.storage)
 
 
 @dataclass(frozen=True)
@@ -275,7 +275,7 @@ class JobStore:
     def __init__(
         self, config: JobConfig, *, redis: Any = None, s3_settings: S3Settings | None = None
     ) -> None:
-        """``s3_settings``: the S3 endpoint and keys (default: from AWS_*, as everywhere, hndsr.lake)."""
+        """``s3_settings``: the S3 endpoint and keys (default: from AWS_*, as everywhere, lake.storage)."""
         import redis as redis_lib
 
         self.config = config

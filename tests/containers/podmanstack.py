@@ -18,7 +18,7 @@ import pytest
 from servingstack import free_port, wait_ready
 from tooling import CONTAINER_TOOLS, missing, require_tool
 
-from hndsr.images import IMAGE_KINDS, image_ref
+from deploy.image_tags import IMAGE_KINDS, image_ref
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTAINERS_CONF = ROOT / "docker" / "containers.conf"

@@ -9,8 +9,8 @@ from podmanstack import (
     run_args,
 )
 
+from deploy.image_tags import IMAGE_KINDS
 from hndsr import __version__
-from hndsr.images import IMAGE_KINDS
 
 # The first test may build the images (`make images`: minutes when the layer cache is cold).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]

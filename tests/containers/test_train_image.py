@@ -31,7 +31,7 @@ from safetensors.numpy import load_file
 from servingstack import write_checkpoint
 
 from components.steps import prepare_data
-from hndsr.images import image_ref
+from deploy.image_tags import image_ref
 from pipelines.runner import PipelineArguments, compile_pipeline
 
 # The first test may build the images (`make images`: minutes when the layer cache is cold).

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 from data_validation.frames import build_frames, load_tables
 from data_validation.runner import ValidationReport, thresholds_from_params, validate_catalog
 from data_validation.suites import SUITES
-from hndsr.cli import app
 from hndsr.prepare import PrepareConfig, prepare
+from hndsr_cli import app
 
 PARAMS = data_params()
 THRESHOLDS = thresholds_from_params(PARAMS)

@@ -130,7 +130,7 @@ def _rank_pid(parent: int, rank: int) -> int | None:
 
 
 def _cli(tmp: Path, params: Path, out: Path, *sets: str) -> list[str]:
-    args = ["-m", "hndsr.cli", "train", "--stage", "autoencoder", "--params", str(params), "--out", str(out)]
+    args = ["-m", "hndsr_cli", "train", "--stage", "autoencoder", "--params", str(params), "--out", str(out)]
     return [*TORCHRUN, *args, "--no-progress", *(a for s in sets for a in ("--set", s))]
 
 

@@ -23,8 +23,8 @@ from components.pytorchjob import (
     run_pytorchjob,
     train_stage_as_pytorchjob,
 )
+from deploy.image_tags import image_ref
 from hndsr.errors import InputError
-from hndsr.images import image_ref
 
 TRAINING = Path(__file__).parents[2] / "manifests" / "training"
 STAGES = ("autoencoder", "operator", "diffusion")
@@ -133,7 +133,7 @@ def test_each_stage_is_a_valid_pytorchjob_on_the_package_image(stage: str) -> No
         assert {"name": "HNDSR_STAGE", "value": stage} in container["env"]
         args = container["args"]
         assert args[args.index("-m") + 1 : args.index("-m") + 5] == [
-            "hndsr.cli",
+            "hndsr_cli",
             "train",
             "--stage",
             "$(HNDSR_STAGE)",

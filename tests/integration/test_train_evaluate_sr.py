@@ -13,8 +13,8 @@ from conftest import TINY_MODEL, synthetic_aerial
 from rasterio.transform import from_origin
 from typer.testing import CliRunner
 
-from hndsr.cli import app
 from hndsr.imageio import read_image
+from hndsr_cli import app
 
 runner = CliRunner()
 

@@ -15,7 +15,7 @@ from servingstack import png_bytes, tiny_model
 
 from hndsr.imageio import encode_image, read_image_bytes
 from hndsr.inference import Upscaler, upscale_raster
-from hndsr.s3server import EmbeddedS3
+from lake.server import EmbeddedS3
 from serving.jobs.api import NotFound, _record, job_view
 from serving.jobs.store import DONE, FAILED, QUEUED, IdempotencyConflict, JobConfig, JobStore
 from serving.worker import Worker, WorkerSettings

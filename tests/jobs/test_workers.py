@@ -143,7 +143,7 @@ def test_many_concurrent_submissions_complete_exactly_once(
 
 
 def test_worker_with_a_missing_checkpoint_fails_loudly(redis_server, tmp_path: Path) -> None:  # noqa: F811
-    cmd = [sys.executable, "-m", "hndsr.cli", "serve", "worker", "--redis-url", redis_server.url]
+    cmd = [sys.executable, "-m", "hndsr_cli", "serve", "worker", "--redis-url", redis_server.url]
     cmd += ["--storage-uri", str(tmp_path / "missing"), "--http-port", "0", "--http-host", "127.0.0.1"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2

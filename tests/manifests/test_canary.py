@@ -16,7 +16,7 @@ import yaml
 from kube_render import KUBECTL, MANIFESTS, find, needs_kubectl, render, validate_custom_resource
 from typer.testing import CliRunner
 
-from hndsr.canary import (
+from deploy.canary import (
     MODEL_VERSION_ANNOTATION,
     Patch,
     Target,
@@ -25,7 +25,7 @@ from hndsr.canary import (
     start_patch,
     step_commands,
 )
-from hndsr.cli import app
+from hndsr_cli import app
 
 pytestmark = needs_kubectl
 NEW_MODEL = "s3://hndsr/models/0.2.0"
@@ -167,7 +167,7 @@ def test_apply_runs_kubectl_and_returns_its_failure(tmp_path: Path) -> None:
         )
     )
     result = subprocess.run(
-        [sys.executable, "-m", "hndsr.cli", "canary", "rollback", "--apply"],
+        [sys.executable, "-m", "hndsr_cli", "canary", "rollback", "--apply"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import typer
 
-from hndsr.cli import app
-from hndsr.images import IMAGE_KINDS
+from deploy.image_tags import IMAGE_KINDS
+from hndsr_cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"

@@ -28,7 +28,7 @@ from kube_render import (
 )
 
 import hndsr
-from hndsr.images import IMAGE_KINDS, image_ref
+from deploy.image_tags import IMAGE_KINDS, image_ref
 
 pytestmark = needs_kubectl
 
@@ -285,7 +285,7 @@ def test_monitors_scrape_metrics_and_drift_pushes_to_the_pushgateway() -> None:
 
 
 def test_prometheus_rule_is_the_rendering_of_the_monitoring_rules() -> None:
-    from hndsr.cli_deploy import RULES_MANIFEST, RULES_SOURCE, prometheus_rule_manifest
+    from deploy.cli import RULES_MANIFEST, RULES_SOURCE, prometheus_rule_manifest
 
     source = ROOT / RULES_SOURCE
     expected = prometheus_rule_manifest(source.read_text(), RULES_SOURCE.as_posix())
@@ -298,7 +298,7 @@ def test_prometheus_rule_is_the_rendering_of_the_monitoring_rules() -> None:
 def test_render_rules_check_fails_when_out_of_date(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from hndsr.cli import app
+    from hndsr_cli import app
 
     source = tmp_path / "rules.yml"
     source.write_text("groups:\n  - name: g\n    rules:\n      - alert: A\n        expr: up == 0\n")

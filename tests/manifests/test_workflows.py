@@ -13,8 +13,8 @@ import pytest
 import typer
 import yaml
 
-from hndsr.cli import app
-from hndsr.images import IMAGE_KINDS
+from deploy.image_tags import IMAGE_KINDS
+from hndsr_cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / ".github" / "workflows"
@@ -82,7 +82,7 @@ def test_images_are_built_as_here_tested_then_tagged_by_sha_and_version() -> Non
     for kind in IMAGE_KINDS:
         assert (ROOT / "docker" / f"{kind}.Dockerfile").is_file()
     assert "for kind in " + " ".join(IMAGE_KINDS) in runs[push]
-    assert '"docker://$REGISTRY/hndsr-$kind:$tag"' in runs[push]  # the names of hndsr.images.image_ref
+    assert '"docker://$REGISTRY/hndsr-$kind:$tag"' in runs[push]  # the names of deploy.image_tags.image_ref
     assert '"${{ github.sha }}" "$version"' in runs[push]
     assert "make images" in (ROOT / ".ci" / "run").read_text()
 

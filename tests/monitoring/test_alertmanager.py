@@ -14,10 +14,10 @@ import yaml
 from tooling import needs_tool, require_tool
 from typer.testing import CliRunner
 
+from deploy.cli import ALERTMANAGER_MANIFEST, alertmanager_config_manifest
 from hndsr.alerting import alertmanager_config, secrets
-from hndsr.cli import app
-from hndsr.cli_deploy import ALERTMANAGER_MANIFEST, alertmanager_config_manifest
 from hndsr.errors import InputError
+from hndsr_cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "monitoring" / "alertmanager.yml"

@@ -16,8 +16,8 @@ import pytest
 from driftdata import drift_catalog, record, request_rasters, write_requests  # noqa: F401 - fixtures
 from typer.testing import CliRunner
 
-from hndsr.cli import app
 from hndsr.errors import InputError
+from hndsr_cli import app
 from monitoring.drift import DriftSettings, load_reference, parse_window, push_registry, run_drift
 from monitoring.features import DRIFT_FEATURES
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from driftdata import drift_catalog, write_requests  # noqa: F401 - fixtures
 
-from hndsr.images import image_ref
+from deploy.image_tags import image_ref
 from pipelines.drift_pipeline import compile_drift_pipeline, run_drift_local
 
 

@@ -16,7 +16,7 @@ from lakeserver import s3_server  # noqa: F401 - fixture
 from prometheus_client import CollectorRegistry
 
 from hndsr.imageio import Raster, read_image
-from hndsr.s3server import EmbeddedS3
+from lake.server import EmbeddedS3
 from monitoring.drift import load_requests
 from monitoring.features import CONTEXT_FIELDS, DRIFT_FEATURES, raster_features
 from serving.metrics import ServingMetrics

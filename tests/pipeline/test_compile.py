@@ -9,8 +9,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from hndsr.cli import app
-from hndsr.images import image_ref
+from deploy.image_tags import image_ref
+from hndsr_cli import app
 from pipelines.runner import PipelineArguments, compile_pipeline, read_params
 
 ROOT = Path(__file__).resolve().parents[2]

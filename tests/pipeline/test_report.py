@@ -15,10 +15,10 @@ import torch
 
 from components.report import Verdict, render_report, winner
 from components.steps import evaluation_verdict, file_uri, named_file, named_uri, training_recipe
-from hndsr.cli_pipeline import format_summary
 from hndsr.evaluation import evaluate_images
 from hndsr.model_card import regressions, render_model_card
 from hndsr.resample import resize
+from pipelines.cli import format_summary
 
 SCALES = (2.0, 4.0)
 

@@ -19,7 +19,7 @@ from registry_helpers import log_tiny_checkpoint
 
 from components.tracking import CHAMPION, Figures, register_checkpoint
 from hndsr.checkpoint import load_checkpoint
-from hndsr.s3server import EmbeddedS3, free_ports
+from lake.server import EmbeddedS3, free_ports
 from serving.storage import resolve_storage_uri
 
 pytestmark = pytest.mark.slow

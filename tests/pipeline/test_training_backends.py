@@ -82,7 +82,7 @@ def test_compile_command_takes_the_backend(tmp_path: Path) -> None:
     import yaml
     from typer.testing import CliRunner
 
-    from hndsr.cli import app
+    from hndsr_cli import app
 
     out = tmp_path / "p.yaml"
     args = ["pipeline", "compile", "--out", str(out), "--params", str(ROOT / "params.yaml")]

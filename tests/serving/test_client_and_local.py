@@ -32,7 +32,7 @@ V1 = "/v1/models/hndsr:predict"
 
 def _hndsr(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     env = os.environ | {"OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "hndsr.cli", *args]
+    cmd = [sys.executable, "-m", "hndsr_cli", *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -157,7 +157,7 @@ def test_serve_local_tls_serves_https_redirects_http_and_stops_nginx(
     checkpoint: Path, tmp_path: Path
 ) -> None:
     port, predictor_port, https_port, http_port = (free_port() for _ in range(4))
-    cmd = [sys.executable, "-m", "hndsr.cli", "serve", "local", "--tls", "--storage-uri", str(checkpoint)]
+    cmd = [sys.executable, "-m", "hndsr_cli", "serve", "local", "--tls", "--storage-uri", str(checkpoint)]
     cmd += ["--port", str(port), "--predictor-port", str(predictor_port)]
     cmd += ["--https-port", str(https_port), "--http-port", str(http_port)]
     log = tmp_path / "serve-local.log"

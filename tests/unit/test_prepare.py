@@ -13,11 +13,11 @@ from imagesets import TILE, data_params, write_broken_set, write_clean_set, writ
 from PIL import Image
 from typer.testing import CliRunner
 
-from hndsr.cli import app
 from hndsr.config import parse_params
 from hndsr.data import split_of
 from hndsr.errors import ConfigError
 from hndsr.prepare import CATALOG_COLUMNS, PrepareConfig, prepare, source_metadata
+from hndsr_cli import app
 
 
 def _config(**overrides: object) -> PrepareConfig:

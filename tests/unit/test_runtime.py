@@ -39,7 +39,7 @@ def test_the_cli_applies_it() -> None:
     from typer.testing import CliRunner
 
     from hndsr import runtime
-    from hndsr.cli import app
+    from hndsr_cli import app
 
     result = CliRunner().invoke(app, ["data", "--help"])
     assert result.exit_code == 0

@@ -176,7 +176,7 @@ def test_hndsr_sr_streams_tif_outputs_with_the_same_pixels(model, tmp_path) -> N
     from typer.testing import CliRunner
 
     from hndsr.checkpoint import load_checkpoint, save_checkpoint
-    from hndsr.cli import app
+    from hndsr_cli import app
 
     save_checkpoint(model, tmp_path / "ckpt", stages=["autoencoder", "operator", "diffusion"])
     loaded, _ = load_checkpoint(tmp_path / "ckpt")

@@ -1,5 +1,5 @@
-"""``hndsr serve predictor|transformer`` and ``hndsr client sr``: thin commands over the ``serving``
-package (the KServe adapters), imported only when one of them runs — the core never imports kserve.
+"""``hndsr serve predictor|transformer|local|worker|ingress`` and ``hndsr client sr``: thin commands over
+the ``serving`` package (the KServe adapters), whose servers are imported only when one of them runs.
 """
 
 from __future__ import annotations
@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from serving.ingress_cli import register as register_ingress
+from serving.jobs.cli import register as register_worker
 
 serve_app = typer.Typer(help="Run the KServe predictor or transformer locally.", no_args_is_help=True)
 client_app = typer.Typer(help="Call a running HNDSR inference service.", no_args_is_help=True)
@@ -28,9 +31,8 @@ def _isolate_kserve_argv() -> None:
 def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None:
     app.add_typer(serve_app, name="serve")
     app.add_typer(client_app, name="client")
-    from hndsr.cli_jobs import register as register_worker  # serve worker: asynchronous jobs (issue #7)
-
-    register_worker(serve_app, friendly_errors=friendly_errors)
+    register_worker(serve_app, friendly_errors=friendly_errors)  # serve worker: asynchronous jobs
+    register_ingress(serve_app, friendly_errors=friendly_errors)  # serve ingress: nginx in front
 
     @serve_app.command("predictor", context_settings=KSERVE_OPTION_SPELLING)
     @friendly_errors
@@ -194,7 +196,7 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
     ) -> None:
         """The transformer: validation, admission, tiling, stitching, encoding; forwards to the predictor."""
         _isolate_kserve_argv()
-        from hndsr.cli_jobs import job_config
+        from serving.jobs.cli import job_config
         from serving.server import read_admin_token, run_transformer
         from serving.transformer import TransformerSettings
         from serving.validation import Limits

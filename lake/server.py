@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 
 from hndsr.errors import ConfigError, HNDSRError
-from hndsr.lake import DEFAULT_LAKE_BUCKET, DVC_BUCKET, MLFLOW_BUCKET, S3Settings
+from lake.storage import DEFAULT_LAKE_BUCKET, DVC_BUCKET, MLFLOW_BUCKET, S3Settings
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ class EmbeddedS3:
             )
 
     def _wait_ready(self) -> None:
-        from hndsr.lake import ensure_buckets
+        from lake.storage import ensure_buckets
 
         deadline = time.monotonic() + self.startup_timeout_s
         last: Exception | None = None

@@ -100,7 +100,7 @@ def run_commands(commands: list[list[str]]) -> None:
 
 
 def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None:
-    from hndsr.canary import Target, step_commands
+    from deploy.canary import Target, step_commands
 
     app.add_typer(canary_app, name="canary")
     app.add_typer(manifests_app, name="manifests")

@@ -1,0 +1,1 @@
+"""Deployment tooling: canary rollouts with kubectl, container image tags, generated alert manifests."""

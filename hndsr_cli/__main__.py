@@ -1,0 +1,3 @@
+from hndsr_cli import app
+
+app(prog_name="hndsr")
