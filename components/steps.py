@@ -23,8 +23,9 @@ import yaml
 from components import tracking
 from hndsr.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, read_checkpoint_config
 from hndsr.config import Params, parse_params
-from hndsr.data import file_sha256, list_images
+from hndsr.data import list_images
 from hndsr.errors import HNDSRError, InputError
+from hndsr.files import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def prepare_data(
     return {
         "tiles": {split: v["tiles"] for split, v in s["splits"].items()},
         "rejected": s["rejected"],
-        "catalog_sha256": file_sha256(Path(out_dir) / "catalog.parquet"),
+        "catalog_sha256": sha256_file(Path(out_dir) / "catalog.parquet"),
         "data_version": data_version,
         "code_version": code_version,
     }
@@ -343,7 +344,7 @@ def test_images(dataset_dir: str, limit: int = 0) -> list[Path]:
 
 def eval_data_id(paths: list[Path]) -> str:
     """Identity of a held-out set: the digest of its files' names and contents."""
-    return _digest(sorted(f"{p.name}:{file_sha256(p)}" for p in paths))
+    return _digest(sorted(f"{p.name}:{sha256_file(p)}" for p in paths))
 
 
 def score_checkpoint(

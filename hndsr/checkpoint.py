@@ -8,7 +8,6 @@ fallback to bicubic.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from hndsr import __version__
 from hndsr.errors import CheckpointError
+from hndsr.files import sha256_file
 from hndsr.models.hndsr_model import HNDSR
 
 logger = logging.getLogger(__name__)
@@ -28,14 +28,6 @@ logger = logging.getLogger(__name__)
 FORMAT = "hndsr-checkpoint/1"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-
-
-def sha256_file(path: Path, *, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def release_checkpoint_dir() -> Path:

@@ -8,7 +8,6 @@ sources (``s3://`` from the ``lake`` package) are fetched by whatever registered
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from hndsr.errors import InputError
+from hndsr.files import cache_root
 
 logger = logging.getLogger(__name__)
 
@@ -32,11 +32,6 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override, e.g. 
 # scheme -> fetch(uri, local_dir): mirror a remote prefix into local_dir (adapters register theirs).
 RemoteFetch = Callable[[str, Path], Any]
 REMOTE_SOURCES: dict[str, RemoteFetch] = {}
-
-
-def _cache_root() -> Path:
-    env = os.environ.get("HNDSR_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "hndsr"
 
 
 def load_params_or_defaults(params: Path, profile: str | None, overrides: dict[str, Any]) -> Any:
@@ -89,7 +84,7 @@ def register(app: typer.Typer, *, friendly_errors: Decorator, parse_sets: SetPar
                     f"--src {source}: no {scheme}:// source is available here (known: {known}); "
                     "install the extra that provides it (s3://: pip install 'hndsr[data]') or give a folder"
                 )
-            local = (cache_dir or _cache_root() / scheme) / path.strip("/")
+            local = (cache_dir or cache_root() / scheme) / path.strip("/")
             fetch(source, local)
             prefix = source.rstrip("/") + "/"
             source = str(local)

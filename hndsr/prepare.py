@@ -49,6 +49,7 @@ import torch
 from hndsr.config import Params
 from hndsr.data import SPLITS, split_of
 from hndsr.errors import ConfigError, InputError, UnsupportedFormatError
+from hndsr.files import sha256_file
 from hndsr.imageio import SUPPORTED_SUFFIXES, GeoInfo, Raster, encode_image, read_image
 from hndsr.resample import lr_size, resize
 
@@ -204,7 +205,7 @@ def prepare(
         if cached.get("size") == s.size and cached.get("mtime_ns") == s.mtime_ns and cached.get("sha256"):
             s.sha256 = cached["sha256"]
         elif s.size:
-            s.sha256 = _sha256_file(s.path)
+            s.sha256 = sha256_file(s.path)
 
     rows: list[dict[str, Any]] = []
     rejects: list[dict[str, Any]] = []
@@ -280,14 +281,6 @@ def _scan(src: Path, source_prefix: str) -> tuple[list[_Source], int]:
         rel = path.relative_to(src).as_posix()
         sources.append(_Source(path, rel, source_prefix + rel, st.st_size, st.st_mtime_ns))
     return sources, ignored
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _reject(s: _Source, reason: str, detail: str) -> dict[str, Any]:

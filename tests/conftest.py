@@ -1,44 +1,19 @@
-"""Shared fixtures: small generated images (tests never need ../shared/data) and a tiny model."""
+"""Fixtures every test family shares: generated images, a tiny model config, an HTTP client; the real S3
+server (lakeserver) is a plugin for the families that use it. Each folder's conftest.py holds its own."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 import torch
 from PIL import Image
+from synthetic import TINY_MODEL, synthetic_aerial
 from tooling import require_tool
 
-TINY_MODEL = {
-    "autoencoder": {"latent_channels": 4, "width": 16},
-    "operator": {"width": 16, "depth": 2, "kernel_size": 5, "modes": 2, "cond_dim": 16},
-    "diffusion": {"width": 16, "width_mult": [1, 2], "cond_dim": 32},
-}
-
-
-def synthetic_aerial(size: tuple[int, int], seed: int) -> np.ndarray:
-    """A deterministic 'aerial-like' RGB uint8 image: fields, roads, texture; (H, W, 3)."""
-    rng = np.random.default_rng(seed)
-    h, w = size
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    img = np.zeros((h, w, 3), np.float32)
-    for _ in range(6):
-        fy, fx, ph = rng.uniform(0.01, 0.12), rng.uniform(0.01, 0.12), rng.uniform(0, 2 * math.pi)
-        img += rng.uniform(0.05, 0.15, 3) * np.sin(fy * yy + fx * xx + ph)[..., None]
-    for _ in range(3):  # straight "roads"
-        if rng.random() < 0.5:
-            y0 = rng.integers(0, h)
-            img[max(0, y0 - 2) : y0 + 2] += 0.3
-        else:
-            x0 = rng.integers(0, w)
-            img[:, max(0, x0 - 2) : x0 + 2] += 0.3
-    img += rng.normal(0, 0.03, img.shape)
-    img = (img - img.min()) / (img.max() - img.min() + 1e-6)
-    return (img * 255).astype(np.uint8)
+pytest_plugins = ["lakeserver"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

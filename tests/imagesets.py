@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 import rasterio
-from conftest import synthetic_aerial
 from PIL import Image
 from rasterio.transform import from_origin
+from synthetic import synthetic_aerial
 
 from hndsr.config import Params, parse_params
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import torch
-from conftest import TINY_MODEL, synthetic_aerial
 from PIL import Image
+from synthetic import TINY_MODEL, synthetic_aerial
 
 from hndsr.checkpoint import save_checkpoint
 from hndsr.models.hndsr_model import HNDSR

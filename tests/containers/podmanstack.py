@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 from servingstack import free_port, wait_ready
 from tooling import CONTAINER_TOOLS, missing, require_tool
 
@@ -131,10 +130,3 @@ class Container:
             return self.log.read_text(errors="replace")[-n:]
         except OSError:
             return "(no log)"
-
-
-@pytest.fixture(scope="session", name="images")
-def images_fixture() -> dict[str, str]:
-    """kind -> image reference, built from this tree by `make images`'s script (import it in a test
-    module to use it)."""
-    return build_images()

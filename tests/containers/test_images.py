@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from podmanstack import (
-    images_fixture,  # noqa: F401
-    podman,
-    run_args,
-)
+from podmanstack import podman, run_args
 
 from deploy.image_tags import IMAGE_KINDS
 from hndsr import __version__

@@ -15,11 +15,7 @@ import httpx
 import numpy as np
 import pytest
 import yaml
-from podmanstack import (
-    ROOT,
-    Container,
-    images_fixture,  # noqa: F401
-)
+from podmanstack import ROOT, Container
 from servingstack import b64, png_bytes
 
 from hndsr.checkpoint import load_checkpoint

@@ -15,20 +15,15 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import TINY_MODEL
 from google.protobuf import json_format
 from imagesets import write_clean_set
 from kfp import dsl
 from kfp.local import executor_input_utils, placeholder_utils
 from kfp.pipeline_spec import pipeline_spec_pb2
-from podmanstack import (
-    ROOT,
-    images_fixture,  # noqa: F401
-    podman,
-    run_args,
-)
+from podmanstack import ROOT, podman, run_args
 from safetensors.numpy import load_file
 from servingstack import write_checkpoint
+from synthetic import TINY_MODEL
 
 from components.steps import prepare_data
 from deploy.image_tags import image_ref

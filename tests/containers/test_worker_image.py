@@ -12,10 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from podmanstack import (
-    Container,
-    images_fixture,  # noqa: F401
-)
+from podmanstack import Container
 from servingstack import png_bytes, tiny_model, write_checkpoint
 from tooling import require_tool
 

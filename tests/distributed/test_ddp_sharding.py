@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL
 from hypothesis import given
 from hypothesis import strategies as st
+from synthetic import TINY_MODEL
 
 from hndsr.config import Params, StageParams, parse_params
 from hndsr.data import Batch, PatchSampler, list_images

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from conftest import TINY_MODEL, synthetic_aerial
 from PIL import Image
+from synthetic import TINY_MODEL, synthetic_aerial
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]

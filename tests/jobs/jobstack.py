@@ -4,26 +4,14 @@ persistence) and ``hndsr serve worker`` subprocesses, started and stopped by the
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import pytest
 from servingstack import Server
-from tooling import require_tool
 
-from serving.jobs.redisserver import EmbeddedRedis
 from serving.jobs.store import JobConfig
 from serving.metrics import sample_value
-
-
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    require_tool("redis-server")
-    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
-        yield server
-    assert server.proc is None
 
 
 def fresh_config(redis_url: str, **overrides: object) -> JobConfig:

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from jobstack import fresh_config, redis_server  # noqa: F401  (fixture)
-from lakeserver import s3_server  # noqa: F401  (fixture)
+from jobstack import fresh_config
 from PIL import Image
 from servingstack import png_bytes, tiny_model
 
@@ -46,7 +45,7 @@ def promote_when_due(store: JobStore) -> None:
         time.sleep(0.05)
 
 
-def test_enqueue_runs_to_done_with_the_engines_result(redis_server, upscaler) -> None:  # noqa: F811
+def test_enqueue_runs_to_done_with_the_engines_result(redis_server, upscaler) -> None:
     store = JobStore(fresh_config(redis_server.url))
     data = png_bytes(40, 56, seed=3)
     job_id = store.submit(data, PARAMS).id
@@ -69,7 +68,7 @@ def test_enqueue_runs_to_done_with_the_engines_result(redis_server, upscaler) ->
     assert store.redis.exists(store.key("input", job_id)) == 0  # the input goes once the result is in
 
 
-def test_idempotency_key_returns_the_same_job_and_refuses_another_request(redis_server) -> None:  # noqa: F811
+def test_idempotency_key_returns_the_same_job_and_refuses_another_request(redis_server) -> None:
     store = JobStore(fresh_config(redis_server.url))
     data = png_bytes(16, 16)
     first = store.submit(data, PARAMS, idempotency_key="scene-7", client="team-a")
@@ -82,7 +81,7 @@ def test_idempotency_key_returns_the_same_job_and_refuses_another_request(redis_
     assert store.counts()["queued"] == 2
 
 
-def test_poison_input_goes_to_the_dead_letter_queue_with_its_reason(redis_server, upscaler) -> None:  # noqa: F811
+def test_poison_input_goes_to_the_dead_letter_queue_with_its_reason(redis_server, upscaler) -> None:
     store = JobStore(fresh_config(redis_server.url, max_attempts=3))
     two_bands = png_bytes(16, 16, mode="LA")  # the engine needs R, G, B: retrying cannot help
     job_id = store.submit(two_bands, PARAMS).id
@@ -98,7 +97,7 @@ def test_poison_input_goes_to_the_dead_letter_queue_with_its_reason(redis_server
     assert store.redis.ttl(store.key("job", job_id)) > store.config.result_ttl_s  # kept for inspection
 
 
-def test_transient_failures_retry_with_backoff_then_dead_letter(redis_server, upscaler) -> None:  # noqa: F811
+def test_transient_failures_retry_with_backoff_then_dead_letter(redis_server, upscaler) -> None:
     config = fresh_config(redis_server.url, max_attempts=3, backoff_s=0.3)
     store = JobStore(config)
     job_id = store.submit(png_bytes(16, 16), PARAMS).id
@@ -123,7 +122,7 @@ def test_transient_failures_retry_with_backoff_then_dead_letter(redis_server, up
     assert store.dead_letters() == [job_id]
 
 
-def test_results_expire_after_their_ttl(redis_server, upscaler) -> None:  # noqa: F811
+def test_results_expire_after_their_ttl(redis_server, upscaler) -> None:
     store = JobStore(fresh_config(redis_server.url, result_ttl_s=1.0))
     job_id = store.submit(png_bytes(16, 16), PARAMS).id
     assert make_worker(store, upscaler).run_once(block_s=1.0) == "done"
@@ -136,7 +135,7 @@ def test_results_expire_after_their_ttl(redis_server, upscaler) -> None:  # noqa
         _record(store, job_id)
 
 
-def test_a_lost_lease_is_run_again_and_the_late_result_refused(redis_server, upscaler) -> None:  # noqa: F811
+def test_a_lost_lease_is_run_again_and_the_late_result_refused(redis_server, upscaler) -> None:
     store = JobStore(fresh_config(redis_server.url, visibility_timeout_s=0.5))
     job_id = store.submit(png_bytes(16, 16), PARAMS).id
     stalled = store.claim("stalled", block_s=1.0)  # takes the job, then never heartbeats
@@ -154,7 +153,7 @@ def test_a_lost_lease_is_run_again_and_the_late_result_refused(redis_server, ups
     assert record is not None and (record["attempts"], record["completions"]) == ("2", "1")
 
 
-def test_a_job_taken_by_a_worker_that_died_before_its_lease_is_recovered(redis_server, upscaler) -> None:  # noqa: F811
+def test_a_job_taken_by_a_worker_that_died_before_its_lease_is_recovered(redis_server, upscaler) -> None:
     store = JobStore(fresh_config(redis_server.url, visibility_timeout_s=0.5))
     job_id = store.submit(png_bytes(16, 16), PARAMS).id
     # BLMOVE happened, the claim script never ran: the id sits in processing with no lease.
@@ -168,8 +167,8 @@ def test_a_job_taken_by_a_worker_that_died_before_its_lease_is_recovered(redis_s
 
 
 def test_large_inputs_and_results_go_to_s3_and_are_swept(
-    redis_server,  # noqa: F811
-    s3_server: EmbeddedS3,  # noqa: F811
+    redis_server,
+    s3_server: EmbeddedS3,
     upscaler,
     tmp_path: Path,
 ) -> None:
@@ -208,7 +207,7 @@ def test_large_inputs_and_results_go_to_s3_and_are_swept(
     assert names() == []
 
 
-def test_an_output_too_large_for_the_worker_is_refused_before_rendering(redis_server, upscaler) -> None:  # noqa: F811
+def test_an_output_too_large_for_the_worker_is_refused_before_rendering(redis_server, upscaler) -> None:
     store = JobStore(fresh_config(redis_server.url))
     job_id = store.submit(png_bytes(64, 64), PARAMS).id
     settings = WorkerSettings(http_port=None, tile=128, max_output_pixels=200 * 200)
@@ -219,7 +218,7 @@ def test_an_output_too_large_for_the_worker_is_refused_before_rendering(redis_se
     assert "--max-output-mp" in record["error"]
 
 
-def test_a_stopping_worker_hands_its_job_back_without_spending_an_attempt(redis_server, upscaler) -> None:  # noqa: F811
+def test_a_stopping_worker_hands_its_job_back_without_spending_an_attempt(redis_server, upscaler) -> None:
     store = JobStore(fresh_config(redis_server.url))
     first = store.submit(png_bytes(32, 32, seed=1), PARAMS).id
     second = store.submit(png_bytes(32, 32, seed=2), PARAMS).id
@@ -242,8 +241,8 @@ def _pixels(data: bytes) -> np.ndarray:
 
 
 def test_geotiff_results_are_streamed_from_a_scratch_file_to_s3(
-    redis_server,  # noqa: F811
-    s3_server: EmbeddedS3,  # noqa: F811
+    redis_server,
+    s3_server: EmbeddedS3,
     upscaler,
     tmp_path: Path,
 ) -> None:
@@ -262,7 +261,7 @@ def test_geotiff_results_are_streamed_from_a_scratch_file_to_s3(
     assert list(tmp_path.iterdir()) == []  # the scratch file is gone
 
 
-def test_streamed_geotiff_has_its_own_limit_and_png_refusal_points_to_it(redis_server, upscaler) -> None:  # noqa: F811
+def test_streamed_geotiff_has_its_own_limit_and_png_refusal_points_to_it(redis_server, upscaler) -> None:
     store = JobStore(fresh_config(redis_server.url))
     tif = store.submit(png_bytes(64, 64), GEOTIFF).id
     png = store.submit(png_bytes(64, 64, seed=2), PARAMS).id

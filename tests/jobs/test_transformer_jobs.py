@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from jobstack import fresh_config, redis_server, worker  # noqa: F401  (fixture)
+from jobstack import fresh_config, worker
 from servingstack import b64, free_port, png_bytes, tiny_model, transformer, write_checkpoint
 
 from hndsr.imageio import encode_image, read_image_bytes
@@ -27,7 +27,7 @@ def test_over_the_tile_limit_without_redis_is_a_413_that_says_what_to_do() -> No
 
 
 def test_large_requests_become_jobs_with_status_and_result(
-    redis_server,  # noqa: F811
+    redis_server,
     tmp_path: Path,
 ) -> None:
     config = fresh_config(redis_server.url, namespace="hndsr:jobs")  # the transformer's namespace
@@ -107,7 +107,7 @@ def test_large_requests_become_jobs_with_status_and_result(
 
 
 def test_idempotency_keys_are_per_trusted_client_not_per_asserted_header(
-    redis_server,  # noqa: F811
+    redis_server,
     tmp_path: Path,
 ) -> None:
     """The idempotency namespace used to be the self-asserted X-Api-Key ("anonymous" without one): a

@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from jobstack import fresh_config, metric_value, metrics_of, name_of, redis_server, start_all, worker  # noqa: F401
+from jobstack import fresh_config, metric_value, metrics_of, name_of, start_all, worker
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from servingstack import ROOT, png_bytes, tiny_model, write_checkpoint
@@ -52,7 +52,7 @@ def assert_same_image(a: bytes, b: bytes) -> None:
 
 
 def test_a_job_of_a_killed_worker_completes_on_another(
-    redis_server,  # noqa: F811
+    redis_server,
     checkpoint: Path,
     tmp_path: Path,
 ) -> None:
@@ -90,7 +90,7 @@ def test_a_job_of_a_killed_worker_completes_on_another(
 
 
 def test_many_concurrent_submissions_complete_exactly_once(
-    redis_server,  # noqa: F811
+    redis_server,
     checkpoint: Path,
     tmp_path: Path,
 ) -> None:
@@ -142,7 +142,7 @@ def test_many_concurrent_submissions_complete_exactly_once(
     assert all(w.proc is None for w in workers)
 
 
-def test_worker_with_a_missing_checkpoint_fails_loudly(redis_server, tmp_path: Path) -> None:  # noqa: F811
+def test_worker_with_a_missing_checkpoint_fails_loudly(redis_server, tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "hndsr_cli", "serve", "worker", "--redis-url", redis_server.url]
     cmd += ["--storage-uri", str(tmp_path / "missing"), "--http-port", "0", "--http-host", "127.0.0.1"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -62,7 +62,7 @@ def test_ci_runs_code_quality_and_model_validation() -> None:
     quality = scripts(doc, "quality")
     assert ".ci/run" in quality and "make lint" in quality
     model = scripts(doc, "model-validation")
-    for test in ("tests/unit/test_models.py", "tests/unit/test_config.py", "tests/manifests"):
+    for test in ("tests/model/test_models.py", "tests/project/test_config.py", "tests/manifests"):
         assert test in model
         assert (ROOT / test).exists(), f"ci.yml runs {test}, which does not exist"
     assert "load_release_checkpoint" in model

@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from driftdata import drift_catalog, write_requests  # noqa: F401 - fixtures
 from promstack import Process, alerts, fast_rules, query, start_prometheus, start_pushgateway
 
 from monitoring.drift import run_drift
@@ -47,8 +46,8 @@ def _drift_alert(prometheus: Process) -> list[dict]:
 @pytest.mark.parametrize("shift", ["darken", "blur", "haze"])
 def test_shifted_imagery_fires_the_drift_alert(
     stack: tuple[Process, Process],
-    drift_catalog: Path,  # noqa: F811
-    write_requests: Callable[..., Path],  # noqa: F811
+    drift_catalog: Path,
+    write_requests: Callable[..., Path],
     tmp_path: Path,
     shift: str,
 ) -> None:
@@ -74,8 +73,8 @@ def test_shifted_imagery_fires_the_drift_alert(
 
 def test_unshifted_imagery_raises_no_alert(
     stack: tuple[Process, Process],
-    drift_catalog: Path,  # noqa: F811
-    write_requests: Callable[..., Path],  # noqa: F811
+    drift_catalog: Path,
+    write_requests: Callable[..., Path],
     tmp_path: Path,
 ) -> None:
     gateway, prometheus = stack

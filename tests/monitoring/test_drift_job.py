@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
-from driftdata import drift_catalog, record, request_rasters, write_requests  # noqa: F401 - fixtures
+from driftdata import record, request_rasters
 from typer.testing import CliRunner
 
 from hndsr.errors import InputError
@@ -28,8 +28,8 @@ def cache(tmp_path: Path) -> Path:
 
 
 def test_unshifted_requests_are_not_drift(
-    drift_catalog: Path,  # noqa: F811
-    write_requests: Callable[..., Path],  # noqa: F811
+    drift_catalog: Path,
+    write_requests: Callable[..., Path],
     cache: Path,
     tmp_path: Path,
 ) -> None:
@@ -50,8 +50,8 @@ def test_unshifted_requests_are_not_drift(
 
 @pytest.mark.parametrize(("shift", "strength"), [("darken", 0.35), ("blur", 1.5), ("haze", 0.35)])
 def test_shifted_requests_are_drift(
-    drift_catalog: Path,  # noqa: F811
-    write_requests: Callable[..., Path],  # noqa: F811
+    drift_catalog: Path,
+    write_requests: Callable[..., Path],
     cache: Path,
     shift: str,
     strength: float,
@@ -80,7 +80,7 @@ def test_every_entry_point_defaults_to_the_jobs_drift_share() -> None:
 
 
 def test_a_features_table_without_a_newer_feature_says_to_rebuild_it(
-    drift_catalog: Path,  # noqa: F811
+    drift_catalog: Path,
     cache: Path,
     tmp_path: Path,
 ) -> None:
@@ -92,8 +92,8 @@ def test_a_features_table_without_a_newer_feature_says_to_rebuild_it(
 
 
 def test_too_few_samples_is_a_state_not_an_alarm(
-    drift_catalog: Path,  # noqa: F811
-    write_requests: Callable[..., Path],  # noqa: F811
+    drift_catalog: Path,
+    write_requests: Callable[..., Path],
     cache: Path,
     tmp_path: Path,
 ) -> None:
@@ -114,7 +114,7 @@ def test_too_few_samples_is_a_state_not_an_alarm(
 
 
 def test_window_selects_recent_records(
-    drift_catalog: Path,  # noqa: F811
+    drift_catalog: Path,
     tmp_path: Path,
     cache: Path,
 ) -> None:
@@ -132,7 +132,7 @@ def test_window_selects_recent_records(
     assert wide.window_size == 120
 
 
-def test_reference_from_catalog_uses_lr_tiles_of_the_split(drift_catalog: Path, cache: Path) -> None:  # noqa: F811
+def test_reference_from_catalog_uses_lr_tiles_of_the_split(drift_catalog: Path, cache: Path) -> None:
     catalog = pd.read_parquet(drift_catalog)
     ref = load_reference(str(drift_catalog), DriftSettings(), cache_dir=cache)
     assert len(ref) == 3 * (catalog["split"] == "train").sum()  # x2, x3, x4 tiles of train
@@ -142,7 +142,7 @@ def test_reference_from_catalog_uses_lr_tiles_of_the_split(drift_catalog: Path, 
     assert len(hr) == len(catalog)
 
 
-def test_bad_arguments_say_what_to_do(tmp_path: Path, drift_catalog: Path) -> None:  # noqa: F811
+def test_bad_arguments_say_what_to_do(tmp_path: Path, drift_catalog: Path) -> None:
     assert parse_window("24h") == 86400 and parse_window("30m") == 1800 and parse_window("7d") == 604800
     with pytest.raises(InputError, match="positive duration"):
         parse_window("yesterday")
@@ -162,8 +162,8 @@ def test_bad_arguments_say_what_to_do(tmp_path: Path, drift_catalog: Path) -> No
 
 
 def test_cli_run_and_reference(
-    drift_catalog: Path,  # noqa: F811
-    write_requests: Callable[..., Path],  # noqa: F811
+    drift_catalog: Path,
+    write_requests: Callable[..., Path],
     tmp_path: Path,
 ) -> None:
     runner = CliRunner()
@@ -220,7 +220,7 @@ def test_small_windows_need_significance() -> None:
 
 
 def test_stattest_settings_are_checked(
-    drift_catalog: Path,  # noqa: F811
+    drift_catalog: Path,
     tmp_path: Path,
 ) -> None:
     with pytest.raises(InputError, match="explicit --stattest"):
@@ -278,8 +278,8 @@ def test_a_reference_of_few_scenes_does_not_flag_new_scenes_of_the_same_kind() -
 
 
 def test_the_report_states_window_reference_model_and_the_deciding_statistic(
-    drift_catalog: Path,  # noqa: F811
-    write_requests: Callable[..., Path],  # noqa: F811
+    drift_catalog: Path,
+    write_requests: Callable[..., Path],
     cache: Path,
     tmp_path: Path,
 ) -> None:

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
-from driftdata import drift_catalog, write_requests  # noqa: F401 - fixtures
 
 from deploy.image_tags import image_ref
 from pipelines.drift_pipeline import compile_drift_pipeline, run_drift_local
@@ -24,8 +23,8 @@ def test_compiles_with_caching_off(tmp_path: Path) -> None:
 
 
 def test_local_run_writes_the_html_report(
-    drift_catalog: Path,  # noqa: F811
-    write_requests: Callable[..., Path],  # noqa: F811
+    drift_catalog: Path,
+    write_requests: Callable[..., Path],
     tmp_path: Path,
 ) -> None:
     stats = write_requests(60, "blur", 1.5)

@@ -11,8 +11,7 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
-from driftdata import drift_catalog, request_rasters  # noqa: F401 - fixture
-from lakeserver import s3_server  # noqa: F401 - fixture
+from driftdata import request_rasters
 from prometheus_client import CollectorRegistry
 
 from hndsr.imageio import Raster, read_image
@@ -56,7 +55,7 @@ def test_detail_features_fall_with_blur_at_any_contrast() -> None:
         assert blurred[feature] < 0.7 * crisp[feature]
 
 
-def test_features_agree_with_the_catalog(drift_catalog: Path) -> None:  # noqa: F811
+def test_features_agree_with_the_catalog(drift_catalog: Path) -> None:
     """The catalog's own statistics (hndsr prepare) are what raster_features computes on its tiles."""
     catalog = pd.read_parquet(drift_catalog)
     for row in catalog.head(5).itertuples():
@@ -144,7 +143,7 @@ def test_sink_failures_are_counted_never_raised() -> None:
     assert metrics.request_stats_dropped.labels(reason="sink_error")._value.get() == 3
 
 
-def test_s3_sink_and_reader(s3_server: EmbeddedS3, tmp_path: Path, monkeypatch) -> None:  # noqa: F811
+def test_s3_sink_and_reader(s3_server: EmbeddedS3, tmp_path: Path, monkeypatch) -> None:
     for key, value in s3_server.settings.env().items():
         monkeypatch.setenv(key, value)
     uri = f"s3://{s3_server.settings.bucket}/monitoring/requests-test"

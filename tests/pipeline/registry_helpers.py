@@ -7,7 +7,7 @@ from pathlib import Path
 
 import mlflow
 import torch
-from conftest import TINY_MODEL
+from synthetic import TINY_MODEL
 
 from components import tracking
 from hndsr.checkpoint import save_checkpoint

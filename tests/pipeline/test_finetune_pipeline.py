@@ -13,9 +13,9 @@ import mlflow
 import pytest
 import torch
 import yaml
-from conftest import TINY_MODEL
 from imagesets import write_clean_set
 from mlflow import MlflowClient
+from synthetic import TINY_MODEL
 from test_local_pipeline import Workdir, _artifact_metadata
 
 from components import steps, tracking

@@ -17,9 +17,9 @@ from typing import Any
 import mlflow
 import pytest
 import yaml
-from conftest import TINY_MODEL
 from imagesets import write_broken_set, write_clean_set
 from mlflow import MlflowClient
+from synthetic import TINY_MODEL
 
 from hndsr.checkpoint import load_checkpoint, release_checkpoint_dir
 from serving.storage import resolve_storage_uri

@@ -60,8 +60,8 @@ class _Rows(HTMLParser):
 def scored(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[Filtered, Filtered, list[Path], list[dict[str, Any]]]:
-    from conftest import synthetic_aerial
     from PIL import Image
+    from synthetic import synthetic_aerial
 
     root = tmp_path_factory.mktemp("hr")
     for i in range(4):

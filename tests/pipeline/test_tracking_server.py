@@ -14,7 +14,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from lakeserver import s3_server  # noqa: F401  (fixture)
 from registry_helpers import log_tiny_checkpoint
 
 from components.tracking import CHAMPION, Figures, register_checkpoint
@@ -30,7 +29,7 @@ MLFLOW = Path(sys.executable).parent / "mlflow"
 @pytest.fixture(scope="module")
 def tracking_server(
     tmp_path_factory: pytest.TempPathFactory,
-    s3_server: EmbeddedS3,  # noqa: F811
+    s3_server: EmbeddedS3,
 ) -> Iterator[str]:
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_ports(1)[0]
@@ -75,7 +74,7 @@ def tracking_server(
 
 def test_register_through_a_tracking_server_with_s3_artifacts(
     tracking_server: str,
-    s3_server: EmbeddedS3,  # noqa: F811
+    s3_server: EmbeddedS3,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_MODEL
 from imagesets import write_clean_set
-from lakeserver import s3_server  # noqa: F401  (fixture)
+from synthetic import TINY_MODEL
 
 from lake.server import EmbeddedS3
 
@@ -77,7 +76,7 @@ class Repo:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory, s3_server: EmbeddedS3) -> Repo:  # noqa: F811
+def repo(tmp_path_factory: pytest.TempPathFactory, s3_server: EmbeddedS3) -> Repo:
     path = tmp_path_factory.mktemp("clone")
     # What a clean clone holds: the pipeline, DVC's config and the code the stages depend on.
     for name in ("dvc.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore"):
@@ -155,7 +154,7 @@ def test_experiment_with_a_changed_param_reruns_only_what_depends_on_it(
 def test_push_and_pull_round_trip_through_s3(
     repo: Repo,
     reproduced: subprocess.CompletedProcess[str],
-    s3_server: EmbeddedS3,  # noqa: F811
+    s3_server: EmbeddedS3,
 ) -> None:
     repo.run("dvc", "push")
     keys = [o.object_name for o in s3_server.settings.client().list_objects("dvc", "hndsr/", recursive=True)]

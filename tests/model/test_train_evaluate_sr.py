@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import rasterio
 import yaml
-from conftest import TINY_MODEL, synthetic_aerial
 from rasterio.transform import from_origin
+from synthetic import TINY_MODEL, synthetic_aerial
 from typer.testing import CliRunner
 
 from hndsr.imageio import read_image

@@ -14,8 +14,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from conftest import synthetic_aerial
 from PIL import Image
+from synthetic import synthetic_aerial
 
 from hndsr.sample_data import LICENCE, MEMBERS, WHEEL
 

@@ -26,12 +26,12 @@ from tooling import missing
 
 import hndsr.lpips as lp
 from hndsr.errors import CheckpointError, InputError
+from hndsr.files import cache_root
 from hndsr.lpips import (
     CACHE_FILENAME,
     LPIPS,
     SDIST_ENV,
     build_cache,
-    default_cache_dir,
     fetch_lpips_sdist,
     load_cached_weights,
     load_lpips,
@@ -111,7 +111,7 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def lpips_model() -> LPIPS:
     torch.set_num_threads(1)
-    cache_dir = default_cache_dir()
+    cache_dir = cache_root()
     try:
         return load_lpips(cache_dir)
     except CheckpointError as exc:

@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from imagesets import write_clean_set
-from lakeserver import s3_server  # noqa: F401  (fixture)
 from typer.testing import CliRunner
 
 from hndsr.errors import ConfigError, HNDSRError
@@ -28,7 +27,7 @@ def _keys(settings: S3Settings, bucket: str, prefix: str) -> list[str]:
     return sorted(o.object_name for o in settings.client().list_objects(bucket, prefix, recursive=True))
 
 
-def test_buckets_exist_and_settings_come_from_the_environment(s3_server: EmbeddedS3) -> None:  # noqa: F811
+def test_buckets_exist_and_settings_come_from_the_environment(s3_server: EmbeddedS3) -> None:
     settings = S3Settings.from_env(s3_server.settings.env())
     assert settings == s3_server.settings
     assert ensure_buckets(settings) == []  # the server created hndsr, dvc and mlflow
@@ -37,7 +36,7 @@ def test_buckets_exist_and_settings_come_from_the_environment(s3_server: Embedde
         S3Settings.from_env({})
 
 
-def test_upload_download_round_trip_skips_unchanged(s3_server: EmbeddedS3, tmp_path: Path) -> None:  # noqa: F811
+def test_upload_download_round_trip_skips_unchanged(s3_server: EmbeddedS3, tmp_path: Path) -> None:
     s = s3_server.settings
     src = tmp_path / "raw"
     write_clean_set(src, n=3)
@@ -56,7 +55,7 @@ def test_upload_download_round_trip_skips_unchanged(s3_server: EmbeddedS3, tmp_p
 
 
 def test_prepare_from_s3_then_publish_processed(
-    s3_server: EmbeddedS3,  # noqa: F811
+    s3_server: EmbeddedS3,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -95,7 +94,7 @@ def test_prepare_from_s3_then_publish_processed(
 
 
 def test_lake_errors_are_one_line(
-    s3_server: EmbeddedS3,  # noqa: F811
+    s3_server: EmbeddedS3,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -1,0 +1,35 @@
+"""Generated test data every family uses: an aerial-like image generator and a tiny model config
+(tests never need ../shared/data)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+TINY_MODEL = {
+    "autoencoder": {"latent_channels": 4, "width": 16},
+    "operator": {"width": 16, "depth": 2, "kernel_size": 5, "modes": 2, "cond_dim": 16},
+    "diffusion": {"width": 16, "width_mult": [1, 2], "cond_dim": 32},
+}
+
+
+def synthetic_aerial(size: tuple[int, int], seed: int) -> np.ndarray:
+    """A deterministic 'aerial-like' RGB uint8 image: fields, roads, texture; (H, W, 3)."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.zeros((h, w, 3), np.float32)
+    for _ in range(6):
+        fy, fx, ph = rng.uniform(0.01, 0.12), rng.uniform(0.01, 0.12), rng.uniform(0, 2 * math.pi)
+        img += rng.uniform(0.05, 0.15, 3) * np.sin(fy * yy + fx * xx + ph)[..., None]
+    for _ in range(3):  # straight "roads"
+        if rng.random() < 0.5:
+            y0 = rng.integers(0, h)
+            img[max(0, y0 - 2) : y0 + 2] += 0.3
+        else:
+            x0 = rng.integers(0, w)
+            img[:, max(0, x0 - 2) : x0 + 2] += 0.3
+    img += rng.normal(0, 0.03, img.shape)
+    img = (img - img.min()) / (img.max() - img.min() + 1e-6)
+    return (img * 255).astype(np.uint8)
