@@ -64,7 +64,7 @@ from hndsr.resample import window_taps  # noqa: E402
 from hndsr.tiling import Tile  # noqa: E402
 from serving.codec import RenderParams, TileBatch, encode_v1, encode_v2  # noqa: E402
 from serving.metrics import sample_value  # noqa: E402
-from serving.tiles import Canvas, TileSpec, crop, plan  # noqa: E402
+from serving.tile_crops import Canvas, TileSpec, crop, plan  # noqa: E402
 
 V1 = "/v1/models/hndsr:predict"
 V2 = "/v2/models/hndsr/infer"

@@ -143,7 +143,7 @@ def bench_hop(url: str, repeats: int) -> list[dict[str, Any]]:
         encode_v1,
         encode_v2,
     )
-    from serving.tiles import Canvas, choose_tile, crop, plan
+    from serving.tile_crops import Canvas, choose_tile, crop, plan
 
     lr = torch.rand(3, 512, 512)
     canvas = Canvas.for_scale(512, 512, 4.0, 4)

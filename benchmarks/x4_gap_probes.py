@@ -31,8 +31,8 @@ from _results import Measurement  # noqa: E402
 from hndsr.checkpoint import load_checkpoint, release_checkpoint_dir, save_checkpoint  # noqa: E402
 from hndsr.config import load_params  # noqa: E402
 from hndsr.data import images_in_split, load_rgb  # noqa: E402
+from hndsr.image_quality import border_for_scale, psnr_y  # noqa: E402
 from hndsr.inference import Upscaler  # noqa: E402
-from hndsr.metrics import border_for_scale, psnr_y  # noqa: E402
 from hndsr.models.hndsr_model import HNDSR  # noqa: E402
 from hndsr.resample import degrade, resize  # noqa: E402
 from hndsr.runtime import tune_allocator  # noqa: E402

@@ -24,8 +24,8 @@ from PIL import Image
 
 from hndsr.data import load_rgb
 from hndsr.evaluation import METRIC_KEYS
+from hndsr.image_quality import psnr_y
 from hndsr.inference import Upscaler
-from hndsr.metrics import psnr_y
 from hndsr.resample import degrade, resize
 
 CROP = 192  # output px the example panels are rendered from (context for the model)

@@ -16,9 +16,9 @@ import torch
 
 from hndsr.data import load_rgb
 from hndsr.errors import ImageTooSmallError, InputError
+from hndsr.image_quality import QualityScores, score_pair
 from hndsr.inference import Upscaler
 from hndsr.lpips import LPIPS
-from hndsr.metrics import QualityScores, score_pair
 from hndsr.resample import check_scale, degrade, resize
 
 logger = logging.getLogger(__name__)

@@ -40,7 +40,7 @@ from hndsr.distributed import (
     quiet_unless_main,
 )
 from hndsr.errors import CheckpointError, ConfigError
-from hndsr.metrics import psnr_y
+from hndsr.image_quality import psnr_y
 from hndsr.models.hndsr_model import HNDSR, STAGES
 from hndsr.models.operator import LRInput
 from hndsr.runtime import native_bf16

@@ -2,5 +2,5 @@
 (validation, admission, tiling, stitching, encoding), admission control, Prometheus metrics and a client.
 
 Importing this package has no side effects; kserve is imported only by the modules that need it
-(``serving.predictor``, ``serving.transformer``, ``serving.server``).
+(``serving.predictor``, ``serving.transformer``, ``serving.model_server``).
 """

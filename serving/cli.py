@@ -83,8 +83,8 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
     ) -> None:
         """The predictor: batches of tiles on the model (KServe ModelServer, REST v1 + v2)."""
         _isolate_kserve_argv()
+        from serving.model_server import read_admin_token, run_predictor
         from serving.predictor import PredictorSettings
-        from serving.server import read_admin_token, run_predictor
 
         settings = PredictorSettings(
             storage_uri=storage_uri,
@@ -197,7 +197,7 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
         """The transformer: validation, admission, tiling, stitching, encoding; forwards to the predictor."""
         _isolate_kserve_argv()
         from serving.jobs.cli import job_config
-        from serving.server import read_admin_token, run_transformer
+        from serving.model_server import read_admin_token, run_transformer
         from serving.transformer import TransformerSettings
         from serving.validation import Limits
 
@@ -263,7 +263,7 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
     ) -> None:
         """Predictor + transformer on this machine, with a ready-to-paste curl example (make serve)."""
         from serving.ingress import IngressConfig
-        from serving.local import run_local
+        from serving.local_stack import run_local
 
         ingress = (
             IngressConfig(f"127.0.0.1:{port}", https_port=https_port, http_port=http_port) if tls else None

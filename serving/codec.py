@@ -12,7 +12,7 @@ Request (Open Inference Protocol v2, ``POST /v2/models/{name}/infer``)::
                  "data": [y0, x0, y1, x1, r0, c0, rows, cols, ...]}],
      "outputs": [{"name": "sr", "parameters": {"binary_data": true}}]}
 
-* ``lr`` is each tile's LR crop (the rows/cols its bicubic taps read, see :mod:`serving.tiles`),
+* ``lr`` is each tile's LR crop (the rows/cols its bicubic taps read, see :mod:`serving.tile_crops`),
   little-endian float32 ``(3, rows, cols)``, base64 in a BYTES element. The predictor also takes
   ``lr`` as a standard FP32 tensor ``[B, 3, rows, cols]`` (JSON or the binary extension), or ``up``:
   the bicubic tiles themselves ``[B, 3, th, tw]`` — both work, both are slower (measured in
@@ -48,7 +48,7 @@ from hndsr.errors import ValueRangeError
 from hndsr.imageio import PIXEL_RANGE_TOLERANCE, check_pixel_range, to_unit_float
 from hndsr.resample import check_scale
 from serving.errors import BadRequest, PayloadTooLarge, PredictorFailed, Unprocessable
-from serving.tiles import GEOMETRY_FIELDS, Canvas, TileSpec, bicubic_tile
+from serving.tile_crops import GEOMETRY_FIELDS, Canvas, TileSpec, bicubic_tile
 
 HEADER_LENGTH = "inference-header-content-length"
 LR_CONTENT_TYPE = "fp32_base64"
@@ -346,7 +346,7 @@ def check_canvas(canvas: Canvas, scale: float, limits: BatchLimits) -> None:
     if want != canvas:
         raise BadRequest(
             f"canvas parameters {canvas.as_params()} disagree with scale {scale:g}: an input of "
-            f"{canvas.lr_h}x{canvas.lr_w} px gives {want.as_params()} (serving.tiles.Canvas.for_scale)"
+            f"{canvas.lr_h}x{canvas.lr_w} px gives {want.as_params()} (serving.tile_crops.Canvas.for_scale)"
         )
 
 

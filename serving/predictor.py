@@ -53,7 +53,7 @@ from serving.errors import (
 )
 from serving.metrics import ServingMetrics
 from serving.storage import resolve_storage_uri
-from serving.tiles import lr_input, noise_field, slice_noise
+from serving.tile_crops import lr_input, noise_field, slice_noise
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class PredictorSettings:
     noise_cache_bytes: int = 256 * 2**20  # diffusion noise fields kept between batches of one image
 
 
-def sharpness(x: torch.Tensor) -> torch.Tensor:
+def mean_gradient(x: torch.Tensor) -> torch.Tensor:
     """Mean absolute finite difference of the band mean, per image of ``(B, C, H, W)`` -> ``(B,)``,
     on every other row and column (a quarter of the work; output and input are measured alike, and a
     flat or grey output stays flat on any grid)."""
@@ -94,7 +94,7 @@ def check_output(sr: torch.Tensor, up: torch.Tensor, *, floor: float = 0.25) -> 
     degenerate: a tile whose bicubic input has structure must keep at least ``floor`` of its
     sharpness (a flat or grey output from a textured input means the model lost the image)."""
     sr = validate_output(sr.float())
-    s_up, s_sr = sharpness(up.float()), sharpness(sr)
+    s_up, s_sr = mean_gradient(up.float()), mean_gradient(sr)
     bad = (s_up > 1e-3) & (s_sr < floor * s_up)
     if bool(bad.any()):
         i = int(torch.nonzero(bad)[0])

@@ -1,7 +1,7 @@
 """The transformer: a ``kserve.Model`` in front of the predictor.
 
 ``preprocess`` validates the request (:mod:`serving.validation`) and decodes the image; ``predict``
-tiles it (the core's ``plan_tiles``, tile size chosen per image by :func:`serving.tiles.choose_tile`),
+tiles it (the core's ``plan_tiles``, tile size chosen per image by :func:`serving.tile_crops.choose_tile`),
 forwards batches of LR tile crops to the predictor (:class:`PredictorClient`) and stitches the
 answers with the core's Hann-window :class:`hndsr.tiling.Stitcher`; ``postprocess`` encodes PNG or
 GeoTIFF (georeferencing kept, pixel size divided by the scale) and reports scale, model version, tile
@@ -72,7 +72,7 @@ from serving.jobs.store import JobConfig, JobStore
 from serving.metrics import MODEL_VERSION_KEY, NO_MODEL, ServingMetrics
 from serving.middleware import CURRENT_CLIENT, CURRENT_TICKET, REQUEST_STATE
 from serving.request_stats import RequestStatsRecorder, open_sink
-from serving.tiles import Canvas, TileSpec, choose_tile, crop, plan
+from serving.tile_crops import Canvas, TileSpec, choose_tile, crop, plan
 from serving.validation import Limits, SRInput, parse_v1, parse_v2, probe_image
 
 logger = logging.getLogger(__name__)

@@ -27,6 +27,7 @@ from tooling import missing
 import hndsr.lpips as lp
 from hndsr.errors import CheckpointError, InputError
 from hndsr.files import cache_root
+from hndsr.image_quality import score_pair
 from hndsr.lpips import (
     CACHE_FILENAME,
     LPIPS,
@@ -38,7 +39,6 @@ from hndsr.lpips import (
     lpips_distance,
     restricted_loads,
 )
-from hndsr.metrics import score_pair
 
 # ---------------------------------------------------------------------------------------------- helpers
 

@@ -31,7 +31,7 @@ from serving.codec import (
 from serving.errors import CircuitOpen, InferenceFailed, NotReady
 from serving.metrics import ServingMetrics
 from serving.predictor import HNDSRPredictor, PredictorSettings
-from serving.tiles import Canvas, crop, plan
+from serving.tile_crops import Canvas, crop, plan
 
 
 def make(ckpt: Path, **kw: Any) -> HNDSRPredictor:

@@ -29,7 +29,7 @@ pytest.importorskip("kserve")
 
 from serving.codec import RenderParams, TileBatch, _pad_stack, decode_v2_response, encode_v1, encode_v2
 from serving.metrics import sample_value
-from serving.tiles import Canvas, crop, plan
+from serving.tile_crops import Canvas, crop, plan
 
 V1 = "/v1/models/hndsr:predict"
 V2 = "/v2/models/hndsr/infer"

@@ -151,7 +151,7 @@ def test_predictor_speaks_v1_and_v2_encodings_alike(stack: tuple[Server, Server]
         encode_v1,
         encode_v2,
     )
-    from serving.tiles import Canvas, crop, plan
+    from serving.tile_crops import Canvas, crop, plan
 
     pred, _ = stack
     lr = torch.from_numpy(lr_image(60, 50))

@@ -38,7 +38,7 @@ from serving.errors import (
     from_exception,
 )
 from serving.middleware import ClientIdentity, read_api_keys
-from serving.tiles import Canvas, bicubic_tile, choose_tile, crop, plan
+from serving.tile_crops import Canvas, bicubic_tile, choose_tile, crop, plan
 from serving.validation import Limits, parse_v1, probe_image
 
 

@@ -1,4 +1,4 @@
-"""Tests of hndsr.metrics: the remote-sensing SR evaluation protocol."""
+"""Tests of hndsr.image_quality: the remote-sensing SR evaluation protocol."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hndsr.errors import InputError
-from hndsr.metrics import (
+from hndsr.image_quality import (
     PSNR_CAP_DB,
     QualityScores,
     border_for_scale,
