@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -75,6 +75,61 @@ def validate_output(sr: torch.Tensor, *, tolerance: float = 0.05) -> torch.Tenso
     if lo < -tolerance - 1.0 or hi > 2.0 + tolerance:
         raise OutputValidationError(f"model output range [{lo:.3f}, {hi:.3f}] is far outside [0, 1]")
     return sr.clamp(0.0, 1.0)
+
+
+def noise_fields(seed: int, channels: int, lh: int, lw: int, count: int = 1) -> list[torch.Tensor]:
+    """The DDIM noise of a whole canvas in latent space: the initial field, then one per step when
+    eta > 0, drawn from one CPU generator (the same numbers on every device and in every server)."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    return [torch.randn(channels, lh, lw, generator=generator) for _ in range(count)]
+
+
+def slice_noise(field_: torch.Tensor, tiles: Sequence[Tile], factor: int) -> torch.Tensor:
+    """Each tile's window of a canvas noise field, ``(B, C, th / factor, tw / factor)``."""
+    return torch.stack(
+        [field_[:, t.y0 // factor : t.y1 // factor, t.x0 // factor : t.x1 // factor] for t in tiles]
+    )
+
+
+def render_batch(
+    model: HNDSR,
+    up: torch.Tensor,
+    scale: float,
+    *,
+    steps: int,
+    strength: float,
+    eta: float = 0.0,
+    initial_noise: torch.Tensor | None = None,
+    step_noise: Sequence[torch.Tensor] = (),
+    lr: Sequence[LRInput] | None = None,
+    micro_batch: int = 1,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """A batch of bicubic tiles ``(B, 3, th, tw)`` through the model -> ``(B, 3, th, tw)`` float32, not
+    yet validated: the one model pass of the CLI, evaluation and the predictor. ``lr`` holds each
+    tile's LR crop for LR-grid models (crops differ in size at the borders: one tile per call then);
+    ``step_noise`` the batch's per-step noise when eta > 0; ``dtype`` the autocast precision."""
+    n = 1 if lr is not None else max(1, micro_batch)
+    parts = []
+    with (
+        torch.no_grad(),
+        torch.autocast(up.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None),
+    ):
+        for i in range(0, up.shape[0], n):
+            chunk = up[i : i + n]
+            parts.append(
+                model.render(
+                    chunk,
+                    torch.full((chunk.shape[0],), float(scale), device=up.device),
+                    steps=steps,
+                    strength=strength,
+                    eta=eta,
+                    initial_noise=initial_noise[i : i + n] if initial_noise is not None else None,
+                    step_noise=(lambda k, i=i: step_noise[k][i : i + n]) if step_noise else None,
+                    lr=lr[i] if lr is not None else None,
+                )
+            )
+    return (torch.cat(parts) if len(parts) > 1 else parts[0]).float()
 
 
 @dataclass
@@ -274,37 +329,27 @@ class Upscaler:
         stats: InferenceStats | None,
     ) -> Iterator[tuple[Tile, torch.Tensor]]:
         """Each tile's validated model output, in plan order, batch by batch."""
-        tiles, noise, eta = job.tiles, job.noise, job.eta
-        scale_t = torch.full((1,), job.effective, device=self.device)
+        tiles, noise, f = job.tiles, job.noise, self.model.factor
         model_seconds = 0.0
         for start in range(0, len(tiles), self.batch_size):
             batch = tiles[start : start + self.batch_size]
             up = torch.stack([self._bicubic_tile(job.lr, t, job.out_h, job.out_w) for t in batch])
             t0 = time.perf_counter()
-            dtype = self.autocast_dtype
-            # LR-grid models take each tile's own LR crop (crops differ in size at the borders).
-            n = 1 if self.model.needs_lr else len(batch)
-            parts = []
-            with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                for i in range(0, len(batch), n):
-                    sub = batch[i : i + n]
-                    parts.append(
-                        self.model.render(
-                            up[i : i + n],
-                            scale_t.expand(len(sub)),
-                            steps=job.steps,
-                            strength=job.strength,
-                            eta=eta,
-                            initial_noise=self._slice_noise(noise[0], sub) if noise else None,
-                            step_noise=(lambda i, b=sub: self._slice_noise(noise[i + 1], b))
-                            if eta > 0
-                            else None,
-                            lr=self._lr_tile(job, sub[0]) if self.model.needs_lr else None,
-                        )
-                    )
-            sr = torch.cat(parts) if len(parts) > 1 else parts[0]
+            sr = render_batch(
+                self.model,
+                up,
+                job.effective,
+                steps=job.steps,
+                strength=job.strength,
+                eta=job.eta,
+                initial_noise=slice_noise(noise[0], batch, f).to(self.device) if noise else None,
+                step_noise=[slice_noise(field_, batch, f).to(self.device) for field_ in noise[1:]],
+                lr=[self._lr_tile(job, t) for t in batch] if self.model.needs_lr else None,
+                micro_batch=len(batch),
+                dtype=self.autocast_dtype,
+            )
             model_seconds += time.perf_counter() - t0
-            sr = validate_output(sr.float())
+            sr = validate_output(sr)
             yield from zip(batch, sr, strict=True)
             if progress is not None:
                 progress(min(start + len(batch), len(tiles)), len(tiles))
@@ -328,14 +373,8 @@ class Upscaler:
     def _noise(self, lh: int, lw: int, steps: int, eta: float, seed: int) -> list[torch.Tensor]:
         if steps == 0:
             return []
-        generator = torch.Generator(device="cpu").manual_seed(seed)
-        count = 1 + (steps if eta > 0 else 0)
-        c = self.model.latent_channels
-        return [torch.randn(c, lh, lw, generator=generator).to(self.device) for _ in range(count)]
-
-    def _slice_noise(self, field_: torch.Tensor, batch: list[Tile]) -> torch.Tensor:
-        f = self.model.factor
-        return torch.stack([field_[:, t.y0 // f : t.y1 // f, t.x0 // f : t.x1 // f] for t in batch])
+        # On the CPU: slices go to the device batch by batch (a canvas of noise stays off the GPU).
+        return noise_fields(seed, self.model.latent_channels, lh, lw, 1 + (steps if eta > 0 else 0))
 
 
 def upscale_raster(

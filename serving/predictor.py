@@ -29,7 +29,14 @@ from kserve import InferOutput, InferRequest, InferResponse, Model
 
 from hndsr.checkpoint import load_checkpoint
 from hndsr.errors import CheckpointError, HNDSRError, OutputValidationError
-from hndsr.inference import autocast_dtype, pick_device, validate_output
+from hndsr.inference import (
+    autocast_dtype,
+    noise_fields,
+    pick_device,
+    render_batch,
+    slice_noise,
+    validate_output,
+)
 from hndsr.models.hndsr_model import HNDSR
 from hndsr.models.operator import LRInput
 from hndsr.resample import resize
@@ -53,7 +60,7 @@ from serving.errors import (
 )
 from serving.metrics import ServingMetrics
 from serving.storage import resolve_storage_uri
-from serving.tile_crops import lr_input, noise_field, slice_noise
+from serving.tile_crops import lr_input
 
 logger = logging.getLogger(__name__)
 
@@ -248,16 +255,11 @@ class HNDSRPredictor(Model):
     def get_output_types(self) -> list[dict[str, Any]]:
         return [{"name": "sr", "datatype": "UINT16", "shape": [-1, 3, -1, -1]}]
 
-    def _autocast(self) -> torch.autocast:
-        dtype = self.autocast_dtype
-        return torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
-
     def _warmup(self, model: HNDSR) -> None:
         lr = _warmup_lr().to(self.device)
         up = resize(lr, (128, 128)).unsqueeze(0)
-        low = LRInput.whole(lr[None], (128, 128)) if model.needs_lr else None
-        with torch.no_grad(), self._autocast():
-            sr = model.render(up, torch.full((1,), 4.0, device=self.device), steps=0, lr=low)
+        low = [LRInput.whole(lr[None], (128, 128))] if model.needs_lr else None
+        sr = render_batch(model, up, 4.0, steps=0, strength=1.0, lr=low, dtype=self.autocast_dtype)
         try:
             check_output(sr, up, floor=self.settings.sharpness_floor)
         except OutputValidationError as exc:
@@ -394,30 +396,24 @@ class HNDSRPredictor(Model):
             field = self._noise_field(
                 p.seed, model.latent_channels, batch.canvas.canvas_h // f, batch.canvas.canvas_w // f
             )
-            noise = slice_noise(field, batch.specs, f).to(self.device)
-        strength = model.default_strength if p.strength is None else p.strength
-        # The batch that travelled is split into the micro-batches the device runs best.
-        parts = []
-        # LR-grid models take each tile's own LR crop (crops differ in size at the borders).
-        n = 1 if crops is not None else self.compute_batch
-        with torch.no_grad(), self._autocast():
-            for i in range(0, up.shape[0], n):
-                chunk = up[i : i + n]
-                low = None
-                if crops is not None:
-                    low = lr_input(crops[i], batch.specs[i], batch.canvas).to(self.device)
-                parts.append(
-                    model.render(
-                        chunk,
-                        torch.full((chunk.shape[0],), float(p.scale), device=self.device),
-                        steps=steps,
-                        strength=strength,
-                        eta=0.0,
-                        initial_noise=noise[i : i + n] if noise is not None else None,
-                        lr=low,
-                    )
-                )
-        sr = check_output(torch.cat(parts), up, floor=self.settings.sharpness_floor)
+            noise = slice_noise(field, [spec.tile for spec in batch.specs], f).to(self.device)
+        sr = render_batch(
+            model,
+            up,
+            float(p.scale),
+            steps=steps,
+            strength=model.default_strength if p.strength is None else p.strength,
+            initial_noise=noise,
+            lr=[
+                lr_input(c, spec, batch.canvas).to(self.device)
+                for c, spec in zip(crops, batch.specs, strict=True)
+            ]
+            if crops is not None
+            else None,
+            micro_batch=self.compute_batch,  # the batch that travelled, split as the device runs best
+            dtype=self.autocast_dtype,
+        )
+        sr = check_output(sr, up, floor=self.settings.sharpness_floor)
         out = quantise_tiles(sr.cpu().numpy().astype(np.float32, copy=False), batch.tile_bits)
         return out, (time.perf_counter() - started) * 1000.0, steps
 
@@ -430,7 +426,7 @@ class HNDSRPredictor(Model):
         if field is not None:
             self._noise.move_to_end(key)
             return field
-        field = noise_field(seed, channels, lh, lw)
+        field = noise_fields(seed, channels, lh, lw)[0]
         size = field.numel() * field.element_size()
         budget = self.settings.noise_cache_bytes
         if size <= budget:

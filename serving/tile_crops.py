@@ -163,18 +163,3 @@ def lr_input(lr_crop: torch.Tensor, spec: TileSpec, canvas: Canvas) -> LRInput:
     """One tile's LR pixels for an LR-grid model (the same crop and taps the engine gives it)."""
     x, rows, cols = crop_taps(lr_crop, spec, canvas)
     return LRInput(x[None], rows, cols)
-
-
-def noise_field(seed: int, channels: int, lh: int, lw: int) -> torch.Tensor:
-    """The initial DDIM noise of a whole canvas, generated exactly as the engine does (CPU generator)."""
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    return torch.randn(channels, lh, lw, generator=generator)
-
-
-def slice_noise(field: torch.Tensor, specs: list[TileSpec], factor: int) -> torch.Tensor:
-    return torch.stack(
-        [
-            field[:, s.tile.y0 // factor : s.tile.y1 // factor, s.tile.x0 // factor : s.tile.x1 // factor]
-            for s in specs
-        ]
-    )
