@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from hndsr.errors import ImageTooSmallError, InputError, OutputValidationError
@@ -397,12 +398,23 @@ def upscale_raster(
     sr = upscaler.upscale(
         rgb, scale=scale, out_size=out_size, steps=steps, strength=strength, seed=seed, progress=progress
     ).cpu()
+    return sr_raster(raster, sr, out_size)
+
+
+def sr_raster(
+    source: Raster, sr: torch.Tensor, out_size: tuple[int, int], *, carry_extra: bool = True
+) -> Raster:
+    """The output raster of ``source``'s super-resolved R,G,B ``sr`` (3, H, W): bands beyond R,G,B
+    upsampled bicubically and carried (unless ``carry_extra`` is off, e.g. for PNG), georeferencing with
+    the pixel size divided by the actual scale of each axis, the band names kept."""
     bands = [sr]
-    extra = raster.extra_bands()
+    extra = source.extra_bands() if carry_extra else None
     if extra is not None:
-        bands.append(resize(torch.from_numpy(extra.copy()), out_size).clamp(0.0, 1.0))
-    data = torch.cat(bands).numpy()
+        bands.append(resize(torch.from_numpy(np.ascontiguousarray(extra)), out_size).clamp(0.0, 1.0))
+    data = torch.cat(bands).numpy() if len(bands) > 1 else sr.numpy()
     profile = None
-    if raster.profile is not None:
-        profile = raster.profile.scaled(out_size[1] / raster.width, out_size[0] / raster.height)
-    return Raster(data=data, dtype=raster.dtype, profile=profile, band_names=raster.band_names)
+    if source.profile is not None:
+        profile = source.profile.scaled(out_size[1] / source.width, out_size[0] / source.height)
+    return Raster(
+        data=data, dtype=source.dtype, profile=profile, band_names=source.band_names[: data.shape[0]]
+    )

@@ -36,6 +36,7 @@ from hndsr.imageio import (
     read_image_bytes,
     to_unit_float,
 )
+from hndsr.inference import sr_raster
 from hndsr.resample import resize
 from hndsr.tiling import Stitcher
 from serving.admission import (
@@ -591,19 +592,8 @@ class HNDSRTransformer(Model):
         assert job.sr is not None
         t0 = time.perf_counter()
         raster, p, c = job.raster, job.inp.params, job.canvas
-        extra = raster.extra_bands()
         fmt = p.output_format
-        data = job.sr.numpy()
-        if extra is not None and fmt == "geotiff":
-            carried = resize(torch.from_numpy(np.ascontiguousarray(extra)), (c.out_h, c.out_w)).clamp(
-                0.0, 1.0
-            )
-            data = torch.cat([job.sr, carried]).numpy()
-        profile = (
-            raster.profile.scaled(c.out_w / c.lr_w, c.out_h / c.lr_h) if raster.profile is not None else None
-        )
-        names = raster.band_names[: data.shape[0]]
-        out_raster = Raster(data=data, dtype=raster.dtype, profile=profile, band_names=names)
+        out_raster = sr_raster(raster, job.sr, (c.out_h, c.out_w), carry_extra=fmt == "geotiff")
         if job.pixels is not None and fmt == "png":
             # What encode_output would write (k/255 quantises back to k), minus two full-image passes.
             encoded = png_bytes(np.ascontiguousarray(job.pixels), level=self.settings.png_compress_level)
