@@ -5,12 +5,10 @@ the log. (``models:/name@alias`` is resolved through MLflow; its test belongs to
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from lakeserver import require_seaweedfs
 from servingstack import b64, png_bytes, predictor, write_checkpoint
 
 pytest.importorskip("kserve")
@@ -23,12 +21,8 @@ V1 = "/v1/models/hndsr:predict"
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    from hndsr import s3server
-
-    require_seaweedfs()
-    with s3server.EmbeddedS3(tmp_path_factory.mktemp("s3")) as server:
-        yield server
+def s3(s3_server: object) -> object:
+    return s3_server  # the session's S3 server (tests/lakeserver.py)
 
 
 def upload(server: object, directory: Path, prefix: str) -> str:
