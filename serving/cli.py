@@ -119,7 +119,7 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
         model_name: Annotated[str, typer.Option(help="Model name (the same on the predictor).")] = "hndsr",
         predictor_protocol: Annotated[str, typer.Option(help="v1 | v2 for the hop to the predictor.")] = "v2",
         encoding: Annotated[
-            str, typer.Option(help="v2 tile encoding: b64 | fp32_binary | fp32_json | up_json.")
+            str, typer.Option(help="v2 tile encoding: b64 | fp32_binary | fp32_json.")
         ] = "b64",
         tile: Annotated[
             int, typer.Option(help="Largest tile, output px (shrunk per image to waste less).")

@@ -13,12 +13,11 @@ Request (Open Inference Protocol v2, ``POST /v2/models/{name}/infer``)::
      "outputs": [{"name": "sr", "parameters": {"binary_data": true}}]}
 
 * ``lr`` is each tile's LR crop (the rows/cols its bicubic taps read, see :mod:`serving.tile_crops`),
-  little-endian float32 ``(3, rows, cols)``, base64 in a BYTES element. The predictor also takes
-  ``lr`` as a standard FP32 tensor ``[B, 3, rows, cols]`` (JSON or the binary extension), or ``up``:
-  the bicubic tiles themselves ``[B, 3, th, tw]`` — both work, both are slower (measured in
-  ``benchmarks/serving_latency.py``: this KServe version turns every binary or JSON tensor into a
-  Python list on decode; a base64 string stays one string). A model whose operator works on the LR
-  grid (``operator.grid: lr``) needs the LR pixels: it answers ``up`` alone with a 400.
+  little-endian float32 ``(3, rows, cols)`` (or uint8 with ``lr_dtype``), base64 in a BYTES element.
+  The predictor also takes ``lr`` as a standard FP32 tensor ``[B, 3, rows, cols]`` (JSON or the binary
+  extension: what a stock Open Inference Protocol client sends), which is slower (this KServe version
+  turns every binary or JSON tensor into a Python list on decode; a base64 string stays one string).
+  The codec only decodes and checks: the predictor makes each tile's bicubic input from its crop.
 * The response carries ``sr`` UINT16 ``[B, 3, th, tw]`` (values in [0, 1] quantised to 1/65535: half
   the bytes of FP32, and 256x finer than the 8-bit images it becomes) through the binary tensor
   extension when asked (raw bytes after the JSON header, ``Inference-Header-Content-Length``), JSON
@@ -48,7 +47,7 @@ from hndsr.errors import ValueRangeError
 from hndsr.imageio import PIXEL_RANGE_TOLERANCE, check_pixel_range, to_unit_float
 from hndsr.resample import check_scale
 from serving.errors import BadRequest, PayloadTooLarge, PredictorFailed, Unprocessable
-from serving.tile_crops import GEOMETRY_FIELDS, Canvas, TileSpec, bicubic_tile
+from serving.tile_crops import GEOMETRY_FIELDS, Canvas, TileSpec, crop_taps
 
 HEADER_LENGTH = "inference-header-content-length"
 LR_CONTENT_TYPE = "fp32_base64"
@@ -56,7 +55,9 @@ LR_CONTENT_TYPE = "fp32_base64"
 # straight to the predictor gets the same answers.
 MAX_STEPS = 50
 MAX_SEED = 2**32 - 1
-ENCODINGS = ("b64", "fp32_binary", "fp32_json", "up_json")
+# b64: the transformer's (one base64 string per crop); fp32_binary / fp32_json: what a stock Open Inference
+# Protocol client sends (e.g. tritonclient), as a standard FP32 tensor.
+ENCODINGS = ("b64", "fp32_binary", "fp32_json")
 TILE_SCALE = 65535  # output tiles travel as uint16 in units of 1/65535 ...
 TILE_BITS: dict[int, np.dtype[Any]] = {
     8: np.dtype("u1"),
@@ -148,18 +149,6 @@ def encode_v2(batch: TileBatch, encoding: str = "b64") -> tuple[bytes, dict[str,
             "parameters": {"content_type": LR_CONTENT_TYPE},
         }
         req["inputs"] = [lr, geometry]
-        return orjson.dumps(req), headers
-    if encoding == "up_json":
-        up = np.stack(
-            [
-                bicubic_tile(torch.from_numpy(c), s, batch.canvas).numpy()
-                for c, s in zip(batch.crops, batch.specs, strict=True)
-            ]
-        )
-        req["inputs"] = [
-            {"name": "up", "datatype": "FP32", "shape": list(up.shape), "data": up.ravel().tolist()},
-            geometry,
-        ]
         return orjson.dumps(req), headers
     stacked = _pad_stack(batch.crops)
     if encoding == "fp32_json":
@@ -264,16 +253,16 @@ def decode_v1_response(content: bytes) -> BatchResult:
 
 @dataclass
 class DecodedBatch:
-    """A validated batch on the predictor: bicubic tiles ``up`` ``(B, 3, th, tw)`` ready for the model."""
+    """A validated batch on the predictor: each tile's LR crop ``(3, rows, cols)``, checked to cover its
+    tile (:func:`serving.tile_crops.bicubic_tiles` makes the model's input from them)."""
 
     canvas: Canvas
     specs: list[TileSpec]
-    up: torch.Tensor
+    crops: list[torch.Tensor]
     params: RenderParams
     request_id: str
     binary_output: bool
     tile_bits: int = 16
-    crops: list[torch.Tensor] | None = None  # the LR crops (None when the client sent 'up' tiles)
 
 
 def _param(params: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
@@ -389,25 +378,23 @@ def _specs(rows: np.ndarray, canvas: Canvas, limits: BatchLimits) -> list[TileSp
 
 def check_values(values: torch.Tensor, name: str, tolerance: float = PIXEL_RANGE_TOLERANCE) -> None:
     """LR values must be finite and in [0, 1] (the transformer's rule for images, :func:`hndsr.imageio.
-    check_pixel_range`): anything else is the client's mistake (422), never a model failure. Bicubic
-    tiles (``up``) overshoot their LR values (ringing at edges): they get ``BICUBIC_TOLERANCE``."""
+    check_pixel_range`): anything else is the client's mistake (422), never a model failure."""
     try:
         check_pixel_range(values.numpy(), name, tolerance)
     except ValueRangeError as exc:
         raise Unprocessable(str(exc), kind="invalid_values") from exc
 
 
-def _bicubic(crops: list[torch.Tensor], specs: list[TileSpec], canvas: Canvas) -> torch.Tensor:
-    # Checked on the LR crops (a bicubic of values in range stays near it): 1/scale^2 of the work.
+def _check_crops(crops: list[torch.Tensor], specs: list[TileSpec], canvas: Canvas) -> None:
     for i, c in enumerate(crops):
         check_values(c, f"lr[{i}]")
     try:
-        return torch.stack([bicubic_tile(c, s, canvas) for c, s in zip(crops, specs, strict=True)])
+        for c, spec in zip(crops, specs, strict=True):
+            crop_taps(c, spec, canvas)  # the crop covers what the tile's bicubic taps read
     except ValueError as exc:
         raise BadRequest(f"inconsistent tile batch: {exc}") from exc
 
 
-BICUBIC_TOLERANCE = 0.5  # bicubic ringing of values in [0, 1] stays within about [-0.2, 1.2]
 LR_DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "uint8": np.dtype("u1")}
 
 
@@ -443,8 +430,13 @@ def decode_v2_request(request: Any, limits: BatchLimits) -> DecodedBatch:
     """A KServe ``InferRequest`` -> :class:`DecodedBatch`; every inconsistency is a :class:`BadRequest`."""
     params = dict(request.parameters or {})
     inputs = {i.name: i for i in request.inputs}
-    if "geometry" not in inputs or not ({"lr", "up"} & set(inputs)):
-        raise BadRequest("a tile batch needs inputs 'geometry' and 'lr' (or 'up'); see serving/codec.py")
+    if "up" in inputs and "lr" not in inputs:
+        raise BadRequest(
+            "bicubic 'up' tiles are not accepted: send each tile's LR crop as input 'lr' "
+            "(see serving/codec.py)"
+        )
+    if "geometry" not in inputs or "lr" not in inputs:
+        raise BadRequest("a tile batch needs inputs 'geometry' and 'lr'; see serving/codec.py")
     try:
         canvas = Canvas.from_params(params)
     except ValueError as exc:
@@ -452,35 +444,22 @@ def decode_v2_request(request: Any, limits: BatchLimits) -> DecodedBatch:
     rp = render_params(params)
     check_canvas(canvas, rp.scale, limits)
     specs = _specs(_as_numpy(inputs["geometry"], np.int64), canvas, limits)
-    crops: list[torch.Tensor] | None = None
-    if "lr" in inputs:
-        lr = inputs["lr"]
-        if lr.datatype == "BYTES":
-            data = lr.data if lr.data is not None else list(lr.as_numpy().ravel())
-            values = [v for row in data for v in (row if isinstance(row, list) else [row])]
-            if len(values) != len(specs):
-                raise BadRequest(f"'lr' holds {len(values)} tiles, 'geometry' {len(specs)}")
-            dtype = lr_dtype(params)
-            crops = [
-                _decode_b64_crop(v, s, i, dtype) for i, (v, s) in enumerate(zip(values, specs, strict=True))
-            ]
-        else:
-            arr = _as_numpy(lr, np.float32)
-            if arr.ndim != 4 or arr.shape[0] != len(specs) or arr.shape[1] != 3:
-                raise BadRequest(
-                    f"'lr' must have shape [B, 3, rows, cols] with B = {len(specs)}, got {list(arr.shape)}"
-                )
-            crops = [torch.from_numpy(np.ascontiguousarray(a)) for a in arr]
-        up = _bicubic(crops, specs, canvas)
+    lr = inputs["lr"]
+    if lr.datatype == "BYTES":
+        data = lr.data if lr.data is not None else list(lr.as_numpy().ravel())
+        values = [v for row in data for v in (row if isinstance(row, list) else [row])]
+        if len(values) != len(specs):
+            raise BadRequest(f"'lr' holds {len(values)} tiles, 'geometry' {len(specs)}")
+        dtype = lr_dtype(params)
+        crops = [_decode_b64_crop(v, s, i, dtype) for i, (v, s) in enumerate(zip(values, specs, strict=True))]
     else:
-        up_arr = _as_numpy(inputs["up"], np.float32)
-        t = specs[0].tile
-        if list(up_arr.shape) != [len(specs), 3, t.height, t.width]:
+        arr = _as_numpy(lr, np.float32)
+        if arr.ndim != 4 or arr.shape[0] != len(specs) or arr.shape[1] != 3:
             raise BadRequest(
-                f"'up' must have shape {[len(specs), 3, t.height, t.width]}, got {list(up_arr.shape)}"
+                f"'lr' must have shape [B, 3, rows, cols] with B = {len(specs)}, got {list(arr.shape)}"
             )
-        up = torch.from_numpy(np.ascontiguousarray(up_arr))
-        check_values(up, "up", BICUBIC_TOLERANCE)
+        crops = [torch.from_numpy(np.ascontiguousarray(a)) for a in arr]
+    _check_crops(crops, specs, canvas)
     binary = bool(params.get("binary_data_output", False))
     for out in request.request_outputs or []:
         if out.name != "sr":
@@ -489,7 +468,7 @@ def decode_v2_request(request: Any, limits: BatchLimits) -> DecodedBatch:
         if "binary_data" in p:
             binary = bool(p["binary_data"])
     request_id = str(request.id or uuid.uuid4().hex)
-    return DecodedBatch(canvas, specs, up, rp, request_id, binary, tile_bits(params), crops)
+    return DecodedBatch(canvas, specs, crops, rp, request_id, binary, tile_bits(params))
 
 
 def _as_numpy(inp: Any, dtype: type) -> np.ndarray:
@@ -530,9 +509,9 @@ def decode_v1_request(payload: Any, limits: BatchLimits) -> DecodedBatch:
     specs = _specs(rows, canvas, limits)
     dtype = lr_dtype(params)
     crops = [_decode_b64_crop(v, s, i, dtype) for i, (v, s) in enumerate(zip(values, specs, strict=True))]
-    up = _bicubic(crops, specs, canvas)
+    _check_crops(crops, specs, canvas)
     request_id = str(payload.get("id") or uuid.uuid4().hex)
-    return DecodedBatch(canvas, specs, up, rp, request_id, False, tile_bits(params), crops)
+    return DecodedBatch(canvas, specs, crops, rp, request_id, False, tile_bits(params))
 
 
 def quantise_tiles(sr: np.ndarray, bits: int = 16) -> np.ndarray:

@@ -51,7 +51,6 @@ from serving.codec import (
 )
 from serving.compute import ComputeExecutor
 from serving.errors import (
-    BadRequest,
     InferenceFailed,
     NotReady,
     OutputCheckFailed,
@@ -60,7 +59,7 @@ from serving.errors import (
 )
 from serving.metrics import ServingMetrics
 from serving.storage import resolve_storage_uri
-from serving.tile_crops import lr_input
+from serving.tile_crops import bicubic_tiles, lr_input
 
 logger = logging.getLogger(__name__)
 
@@ -244,8 +243,8 @@ class HNDSRPredictor(Model):
 
     def get_input_types(self) -> list[dict[str, Any]]:
         """The tensors of a tile batch (serving.codec): ``lr`` LR crops — FP32 ``[B, 3, rows, cols]``
-        or BYTES ``[B]`` (base64 little-endian float32/uint8, see ``lr_dtype``) — or ``up``, the bicubic
-        tiles FP32 ``[B, 3, th, tw]``; ``geometry`` INT64 ``[B, 8]``; canvas and render settings
+        or BYTES ``[B]`` (base64 little-endian float32/uint8, see ``lr_dtype``); ``geometry`` INT64
+        ``[B, 8]``; canvas and render settings
         travel as request parameters."""
         return [
             {"name": "lr", "datatype": "FP32", "shape": [-1, 3, -1, -1]},
@@ -380,15 +379,9 @@ class HNDSRPredictor(Model):
         model = self.model
         if model is None:  # unloaded while this request waited
             raise NotReady(f"model {self.name} is not loaded: {self.load_error}", retry_after=10.0)
-        # Checked before any work: an LR-grid model reads each tile's LR crop, and only 'lr' carries it.
-        crops = batch.crops if model.needs_lr else None
-        if model.needs_lr and crops is None:
-            raise BadRequest(
-                f"model {self.name} works on the LR pixels: send the tiles as input 'lr' (LR crops), not 'up'"
-            )
         started = time.perf_counter()
         p = batch.params
-        up = batch.up.to(self.device)
+        up = bicubic_tiles(batch.crops, batch.specs, batch.canvas).to(self.device)
         steps = model.default_steps if p.steps is None else p.steps
         noise = None
         if steps > 0:
@@ -406,9 +399,9 @@ class HNDSRPredictor(Model):
             initial_noise=noise,
             lr=[
                 lr_input(c, spec, batch.canvas).to(self.device)
-                for c, spec in zip(crops, batch.specs, strict=True)
+                for c, spec in zip(batch.crops, batch.specs, strict=True)
             ]
-            if crops is not None
+            if model.needs_lr
             else None,
             micro_batch=self.compute_batch,  # the batch that travelled, split as the device runs best
             dtype=self.autocast_dtype,

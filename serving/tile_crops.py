@@ -159,6 +159,11 @@ def bicubic_tile(lr_crop: torch.Tensor, spec: TileSpec, canvas: Canvas) -> torch
     return apply_taps(apply_taps(x, rows, -2), cols, -1)
 
 
+def bicubic_tiles(crops: list[torch.Tensor], specs: list[TileSpec], canvas: Canvas) -> torch.Tensor:
+    """The model's input for a batch of tiles, ``(B, C, tile_h, tile_w)``, from their LR crops."""
+    return torch.stack([bicubic_tile(c, s, canvas) for c, s in zip(crops, specs, strict=True)])
+
+
 def lr_input(lr_crop: torch.Tensor, spec: TileSpec, canvas: Canvas) -> LRInput:
     """One tile's LR pixels for an LR-grid model (the same crop and taps the engine gives it)."""
     x, rows, cols = crop_taps(lr_crop, spec, canvas)

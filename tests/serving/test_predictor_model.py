@@ -236,17 +236,20 @@ def test_canvas_limits_are_checked_before_allocating() -> None:
         check_canvas(Canvas(10, 10, 400, 400, 400, 400), 4.0, limits)  # not what x4 gives
 
 
-def test_lr_grid_model_refuses_bicubic_only_tiles_as_the_clients_mistake(tmp_path: Path) -> None:
-    """A model that works on the LR pixels cannot serve a batch sent as bicubic 'up' tiles: a 400 that
-    says to send 'lr', and the breaker stays closed."""
+def test_bicubic_only_tiles_are_the_clients_mistake(tmp_path: Path) -> None:
+    """A batch of bicubic 'up' tiles without their LR crops: a 400 that says to send 'lr', and the
+    breaker stays closed (the predictor makes each tile's bicubic input from its crop)."""
+    from kserve.protocol.infer_type import InferInput, InferRequest
+
     from serving.errors import BadRequest
 
     p = make(write_checkpoint(tmp_path / "ckpt", "lr"))
     assert p.load()
-    batch, _, _ = batch_for(torch.rand(3, 40, 44), 4.0)
-    up_only = DecodedBatch(batch.canvas, batch.specs, batch.up, batch.params, "up-only", False)
+    up = InferInput(name="up", shape=[1, 3, 16, 16], datatype="FP32", data=[0.5] * 768)
+    geometry = InferInput(name="geometry", shape=[1, 8], datatype="INT64", data=[0, 0, 16, 16, 0, 0, 8, 8])
+    request = InferRequest(model_name="hndsr", infer_inputs=[up, geometry], parameters={"scale": 2.0})
     for _ in range(p.settings.breaker_threshold + 1):
         with pytest.raises(BadRequest, match="input 'lr'") as err:
-            run(p, up_only)
+            asyncio.run(p.preprocess(request))
         assert err.value.status == 400
     assert p.breaker.state == BreakerState.CLOSED

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -38,7 +39,7 @@ from serving.errors import (
     from_exception,
 )
 from serving.middleware import ClientIdentity, read_api_keys
-from serving.tile_crops import Canvas, bicubic_tile, choose_tile, crop, plan
+from serving.tile_crops import Canvas, bicubic_tile, bicubic_tiles, choose_tile, crop, plan
 from serving.validation import Limits, parse_v1, probe_image
 
 
@@ -51,6 +52,11 @@ class FakeClock:
 
 
 # ------------------------------------------------------------------------------------ admission
+
+
+def bicubic_of(decoded: Any) -> torch.Tensor:
+    """The model input the predictor makes of a decoded batch."""
+    return bicubic_tiles(decoded.crops, decoded.specs, decoded.canvas)
 
 
 def test_token_bucket_per_client_with_retry_after() -> None:
@@ -520,17 +526,17 @@ def test_wire_format_round_trip() -> None:
     specs = plan(canvas, tile=128, overlap=32, halo=32, align=4)[:3]
     batch = TileBatch(canvas, specs, [crop(lr, s).numpy() for s in specs], RenderParams(scale=4.0, seed=3))
     expected = torch.stack([bicubic_tile(crop(lr, s), s, canvas) for s in specs])
-    for encoding in ("b64", "fp32_json", "up_json"):
+    for encoding in ("b64", "fp32_json"):
         body, _ = encode_v2(batch, encoding)
         request = InferRequest.from_inference_request(InferenceRequest.model_validate_json(body), "hndsr")
         decoded = decode_v2_request(request, BatchLimits())
-        assert torch.allclose(decoded.up, expected, atol=1e-6), encoding
+        assert torch.allclose(bicubic_of(decoded), expected, atol=1e-6), encoding
         assert decoded.params == RenderParams(scale=4.0, seed=3) and decoded.binary_output == (
             encoding == "b64"
         )
     body, _ = encode_v1(batch)
     decoded = decode_v1_request(orjson.loads(body), BatchLimits())
-    assert torch.allclose(decoded.up, expected, atol=1e-6)
+    assert torch.allclose(bicubic_of(decoded), expected, atol=1e-6)
     bad = orjson.loads(body)
     bad["instances"][0]["geometry"][4] = 59  # the crop no longer covers the tile
     with pytest.raises(BadRequest):
@@ -543,12 +549,14 @@ def test_wire_format_round_trip() -> None:
     as_float = TileBatch(canvas, specs, crops8, RenderParams(scale=4.0))
     as_uint8 = TileBatch(canvas, specs, crops8, RenderParams(scale=4.0), lr_dtype="uint8")
     assert len(encode_v1(as_uint8)[0]) < len(encode_v1(as_float)[0]) / 3
-    want8 = decode_v1_request(orjson.loads(encode_v1(as_float)[0]), BatchLimits()).up
-    got8 = decode_v1_request(orjson.loads(encode_v1(as_uint8)[0]), BatchLimits()).up
-    assert torch.equal(got8, want8)
+    want8 = decode_v1_request(orjson.loads(encode_v1(as_float)[0]), BatchLimits()).crops
+    got8 = decode_v1_request(orjson.loads(encode_v1(as_uint8)[0]), BatchLimits()).crops
+    assert all(torch.equal(a, b) for a, b in zip(got8, want8, strict=True))
     body, _ = encode_v2(as_uint8, "b64")
     request = InferRequest.from_inference_request(InferenceRequest.model_validate_json(body), "hndsr")
-    assert torch.equal(decode_v2_request(request, BatchLimits()).up, want8)
+    assert all(
+        torch.equal(a, b) for a, b in zip(decode_v2_request(request, BatchLimits()).crops, want8, strict=True)
+    )
     wrong = orjson.loads(encode_v1(as_uint8)[0])
     wrong["parameters"]["lr_dtype"] = "float16"
     with pytest.raises(BadRequest, match="lr_dtype"):
@@ -570,7 +578,7 @@ def test_wire_format_round_trip() -> None:
     with pytest.raises(Unprocessable, match=r"outside \[0, 1\]") as info:  # 8-bit values stored as float
         decode_v1_request(orjson.loads(encode_v1(scaled)[0]), BatchLimits())
     assert info.value.status == 422 and info.value.kind == "invalid_values"
-    np.testing.assert_array_equal(decoded.up.numpy(), expected.numpy())
+    np.testing.assert_array_equal(bicubic_of(decoded).numpy(), expected.numpy())
 
 
 def test_compute_executor_runs_everything_on_one_thread_and_propagates_errors() -> None:
