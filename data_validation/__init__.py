@@ -1,9 +1,5 @@
 """Great Expectations suites over the image catalog written by ``hndsr prepare``.
 
-Kept out of the core package: ``hndsr`` never imports great_expectations; ``hndsr validate-data``
-imports this package lazily.
+Kept out of the core package: ``hndsr`` never imports great_expectations. Nothing is imported here,
+so that the ``hndsr`` entry point (``data_validation.cli``) stays light: import ``data_validation.runner``.
 """
-
-from data_validation.runner import Failure, ValidationReport, validate_catalog
-
-__all__ = ["Failure", "ValidationReport", "validate_catalog"]

@@ -8,8 +8,6 @@ with a TTL; ``GET /jobs/{id}`` reports its state.
 - :mod:`serving.jobs.blobs` — inputs and results: Redis below a size threshold, S3 above it.
 - :mod:`serving.jobs.metrics` — ``hndsr_jobs_*`` Prometheus metrics.
 - :mod:`serving.jobs.api` — the transformer's side: submitting and the ``/jobs`` routes.
+
+Nothing is imported here, so that the ``hndsr`` entry point (``serving.jobs.cli``) stays light.
 """
-
-from serving.jobs.store import JobConfig, JobStore
-
-__all__ = ["JobConfig", "JobStore"]
