@@ -31,7 +31,8 @@ import pandas as pd
 import torch
 from _results import Measurement
 
-from hndsr.imageio import Raster, read_image
+from hndsr.image_read import read_image
+from hndsr.raster import Raster
 from hndsr.resample import degrade
 from monitoring.drift import DriftSettings, detect_drift, features_table
 from monitoring.features import raster_features

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 from _results import Measurement
 
-from hndsr.imageio import Raster, read_image
+from hndsr.image_read import read_image
+from hndsr.raster import Raster
 from monitoring.drift import DriftSettings, detect_drift, features_table, reference_from_catalog
 from monitoring.features import raster_features
 from monitoring.shifts import SHIFTS

@@ -253,7 +253,7 @@ def bench_overhead(url: str, checkpoint: str, size: int, repeats: int, compute_b
     """Deterministic path, 1 client: end-to-end through the service vs the in-process engine
     (``upscale_raster``, same tile plan and batch) on the same image, interleaved."""
     from hndsr.checkpoint import load_checkpoint, load_release_checkpoint
-    from hndsr.imageio import read_image_bytes
+    from hndsr.image_read import read_image_bytes
     from hndsr.inference import Upscaler, upscale_raster
 
     data = aerial(size, seed=size)

@@ -6,7 +6,7 @@ producing a x``--scale`` GeoTIFF on the deterministic path with the release chec
 process so that its peak resident memory (VmHWM) is its own:
 
 - ``stream``: :func:`hndsr.streaming.upscale_raster_to_geotiff` (what ``hndsr sr`` does for .tif);
-- ``memory``: :func:`hndsr.inference.upscale_raster` + :func:`hndsr.imageio.write_image` (the
+- ``memory``: :func:`hndsr.inference.upscale_raster` + :func:`hndsr.image_write.write_image` (the
   in-memory path: the whole float32 canvas).
 
 It prints seconds, output MP/min, VmHWM and VmHWM after loading the model and the input (the part
@@ -48,7 +48,8 @@ def write_input(path: Path, size: int) -> None:
     from async_throughput import input_png
     from PIL import Image
 
-    from hndsr.imageio import GeoInfo, Raster, write_image
+    from hndsr.image_write import write_image
+    from hndsr.raster import GeoInfo, Raster
 
     rgb = np.asarray(Image.open(io.BytesIO(input_png(size))).convert("RGB"))
     data = np.moveaxis(rgb, -1, 0).astype(np.float32) / 255.0
@@ -60,7 +61,8 @@ def child(mode: str, src: Path, dst: Path, scale: float, tile: int, threads: int
     import torch
 
     from hndsr.checkpoint import load_release_checkpoint
-    from hndsr.imageio import read_image, write_image
+    from hndsr.image_read import read_image
+    from hndsr.image_write import write_image
     from hndsr.inference import Upscaler, upscale_raster
     from hndsr.streaming import upscale_raster_to_geotiff
 

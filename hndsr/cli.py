@@ -119,7 +119,8 @@ def sr(
 
     GeoTIFF outputs (.tif/.tiff) are streamed to disk row band by row band (the same pixels as in
     memory, without the output canvas in memory: scene-size outputs fit); PNG/JPEG are rendered whole."""
-    from hndsr.imageio import read_image, write_image
+    from hndsr.image_read import read_image
+    from hndsr.image_write import write_image
     from hndsr.inference import Upscaler, upscale_raster
     from hndsr.resample import check_scale
     from hndsr.streaming import upscale_raster_to_geotiff

@@ -11,8 +11,9 @@ import torch
 
 from hndsr.errors import InputError
 from hndsr.files import sha256_file
-from hndsr.imageio import SUPPORTED_SUFFIXES, read_image
+from hndsr.image_read import read_image
 from hndsr.models.operator import LRInput
+from hndsr.raster import SUPPORTED_SUFFIXES
 from hndsr.resample import lr_size, resize
 
 logger = logging.getLogger(__name__)

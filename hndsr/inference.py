@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from hndsr.errors import ImageTooSmallError, InputError, OutputValidationError
-from hndsr.imageio import Raster
 from hndsr.models.hndsr_model import HNDSR
 from hndsr.models.operator import LRInput
+from hndsr.raster import Raster
 from hndsr.resample import check_scale, resize, sr_size, window_taps
 from hndsr.runtime import native_bf16
 from hndsr.tiling import BandStitcher, Stitcher, Tile, plan_tiles, round_up

@@ -50,7 +50,9 @@ from hndsr.config import Params
 from hndsr.data import SPLITS, split_of
 from hndsr.errors import ConfigError, InputError, UnsupportedFormatError
 from hndsr.files import sha256_file
-from hndsr.imageio import SUPPORTED_SUFFIXES, GeoInfo, Raster, encode_image, read_image
+from hndsr.image_read import read_image
+from hndsr.image_write import encode_image
+from hndsr.raster import SUPPORTED_SUFFIXES, GeoInfo, Raster
 from hndsr.resample import lr_size, resize
 
 logger = logging.getLogger(__name__)

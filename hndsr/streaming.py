@@ -1,9 +1,9 @@
 """Scene-size GeoTIFF outputs without the output canvas in memory.
 
-:func:`upscale_raster_to_geotiff` is :func:`hndsr.inference.upscale_raster` + :func:`hndsr.imageio.
+:func:`upscale_raster_to_geotiff` is :func:`hndsr.inference.upscale_raster` + :func:`hndsr.image_write.
 write_image` for a GeoTIFF, streamed: the engine renders its tiles in plan order (rows of tiles top to
 bottom, :meth:`hndsr.inference.Upscaler.upscale_rows`), keeps only the accumulation band later tiles
-can still touch, and hands each finished run of output rows to :class:`hndsr.imageio.GeoTIFFRowWriter`
+can still touch, and hands each finished run of output rows to :class:`hndsr.geotiff_stream.GeoTIFFRowWriter`
 together with the same rows of the extra bands (e.g. NIR, bicubic: the resampler is exact on windows).
 The file holds the same pixels, georeferencing and band names as the in-memory path (tested).
 
@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hndsr.imageio import GeoTIFFRowWriter, Raster
+from hndsr.geotiff_stream import GeoTIFFRowWriter
 from hndsr.inference import Upscaler
+from hndsr.raster import Raster
 from hndsr.resample import check_scale, resize, sr_size
 from hndsr.tiling import BandStitcher
 

@@ -38,7 +38,7 @@ import orjson
 import pandas as pd
 
 from hndsr.errors import ConfigError, InputError
-from hndsr.imageio import read_image
+from hndsr.image_read import read_image
 from monitoring.features import CONTEXT_FIELDS, DRIFT_FEATURES, raster_features
 
 logger = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from hndsr.imageio import Raster
 from hndsr.prepare import laplacian, laplacian_variance, luma, nodata_mask, tile_stats
+from hndsr.raster import Raster
 
 #: Features the drift job tests, in report order.
 DRIFT_FEATURES: tuple[str, ...] = (

@@ -44,7 +44,7 @@ import orjson
 import torch
 
 from hndsr.errors import ValueRangeError
-from hndsr.imageio import PIXEL_RANGE_TOLERANCE, check_pixel_range, to_unit_float
+from hndsr.raster import PIXEL_RANGE_TOLERANCE, check_pixel_range, to_unit_float
 from hndsr.resample import check_scale
 from serving.errors import BadRequest, PayloadTooLarge, PredictorFailed, Unprocessable
 from serving.tile_crops import GEOMETRY_FIELDS, Canvas, TileSpec, crop_taps
@@ -377,7 +377,7 @@ def _specs(rows: np.ndarray, canvas: Canvas, limits: BatchLimits) -> list[TileSp
 
 
 def check_values(values: torch.Tensor, name: str, tolerance: float = PIXEL_RANGE_TOLERANCE) -> None:
-    """LR values must be finite and in [0, 1] (the transformer's rule for images, :func:`hndsr.imageio.
+    """LR values must be finite and in [0, 1] (the transformer's rule for images, :func:`hndsr.raster.
     check_pixel_range`): anything else is the client's mistake (422), never a model failure."""
     try:
         check_pixel_range(values.numpy(), name, tolerance)

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from hndsr.imageio import Raster
+from hndsr.raster import Raster
 from monitoring.features import raster_features
 
 logger = logging.getLogger(__name__)

@@ -28,15 +28,10 @@ import orjson
 import torch
 from kserve import InferOutput, InferRequest, InferResponse, Model
 
-from hndsr.imageio import (
-    Raster,
-    check_pixel_range,
-    encode_image,
-    png_bytes,
-    read_image_bytes,
-    to_unit_float,
-)
+from hndsr.image_read import read_image_bytes
+from hndsr.image_write import encode_image, png_bytes
 from hndsr.inference import sr_raster
+from hndsr.raster import Raster, check_pixel_range, to_unit_float
 from hndsr.resample import resize
 from hndsr.tiling import Stitcher
 from serving.admission import (

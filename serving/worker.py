@@ -36,8 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from hndsr.errors import HNDSRError, InputError, OutputValidationError
-from hndsr.imageio import check_pixel_range, encode_image, read_image_bytes
+from hndsr.image_read import read_image_bytes
+from hndsr.image_write import encode_image
 from hndsr.inference import Upscaler, upscale_raster
+from hndsr.raster import check_pixel_range
 from hndsr.resample import sr_size
 from hndsr.streaming import upscale_raster_to_geotiff
 from serving.jobs.metrics import JobMetrics

@@ -19,7 +19,7 @@ from podmanstack import ROOT, Container
 from servingstack import b64, png_bytes
 
 from hndsr.checkpoint import load_checkpoint
-from hndsr.imageio import read_image_bytes
+from hndsr.image_read import read_image_bytes
 from hndsr.inference import Upscaler, upscale_raster
 
 # The first test may build the images (`make images`: minutes when the layer cache is cold).

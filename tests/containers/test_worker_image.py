@@ -16,7 +16,8 @@ from podmanstack import Container
 from servingstack import png_bytes, tiny_model, write_checkpoint
 from tooling import require_tool
 
-from hndsr.imageio import encode_image, read_image_bytes
+from hndsr.image_read import read_image_bytes
+from hndsr.image_write import encode_image
 from hndsr.inference import Upscaler, upscale_raster
 from serving.jobs.redisserver import EmbeddedRedis
 from serving.jobs.store import DONE, JobConfig, JobStore

@@ -1,4 +1,4 @@
-"""Unit tests of hndsr.imageio: every image is made in tmp_path, no external data."""
+"""Unit tests of image reading and writing (hndsr.raster, image_read, image_write), in tmp_path."""
 
 from __future__ import annotations
 
@@ -18,16 +18,9 @@ from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning
 
 from hndsr.errors import InputError, OutputValidationError, ScaleError, UnsupportedFormatError
-from hndsr.imageio import (
-    SUPPORTED_SUFFIXES,
-    GeoInfo,
-    Raster,
-    encode_image,
-    is_image_file,
-    read_image,
-    read_image_bytes,
-    write_image,
-)
+from hndsr.image_read import read_image, read_image_bytes
+from hndsr.image_write import encode_image, write_image
+from hndsr.raster import SUPPORTED_SUFFIXES, GeoInfo, Raster, is_image_file
 
 UTM18N = CRS.from_epsg(32618)
 ONE_METRE = Affine(1.0, 0.0, 500_000.0, 0.0, -1.0, 4_200_000.0)
@@ -449,7 +442,7 @@ def test_is_image_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize("level", [0, 1, 3, 6])  # stored, ISA-L (1-3), zlib
 @pytest.mark.parametrize(("bands", "dtype"), [(1, np.uint8), (3, np.uint8), (1, np.uint16), (3, np.uint16)])
 def test_png_writer_round_trips_exactly(bands: int, dtype: type, level: int) -> None:
-    from hndsr.imageio import png_bytes
+    from hndsr.image_write import png_bytes
 
     rng = np.random.default_rng(bands)
     top = np.iinfo(dtype).max
@@ -464,7 +457,7 @@ def test_png_writer_round_trips_exactly(bands: int, dtype: type, level: int) -> 
 def test_deflate_levels_give_standard_zlib_streams() -> None:
     import zlib
 
-    from hndsr.imageio import deflate
+    from hndsr.image_write import deflate
 
     data = np.random.default_rng(0).integers(0, 8, 100_000, dtype=np.uint8).tobytes()
     for level in range(10):
@@ -472,7 +465,7 @@ def test_deflate_levels_give_standard_zlib_streams() -> None:
 
 
 def test_png_writer_refuses_what_png_cannot_hold() -> None:
-    from hndsr.imageio import png_bytes
+    from hndsr.image_write import png_bytes
 
     with pytest.raises(ValueError, match="1 or 3 bands"):
         png_bytes(np.zeros((2, 4, 4), np.uint8))

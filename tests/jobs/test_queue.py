@@ -12,7 +12,8 @@ from jobstack import fresh_config
 from PIL import Image
 from servingstack import png_bytes, tiny_model
 
-from hndsr.imageio import encode_image, read_image_bytes
+from hndsr.image_read import read_image_bytes
+from hndsr.image_write import encode_image
 from hndsr.inference import Upscaler, upscale_raster
 from lake.server import EmbeddedS3
 from serving.jobs.api import NotFound, _record, job_view

@@ -12,7 +12,8 @@ import pytest
 from jobstack import fresh_config, worker
 from servingstack import b64, free_port, png_bytes, tiny_model, transformer, write_checkpoint
 
-from hndsr.imageio import encode_image, read_image_bytes
+from hndsr.image_read import read_image_bytes
+from hndsr.image_write import encode_image
 from hndsr.inference import Upscaler, upscale_raster
 from serving.errors import PayloadTooLarge
 from serving.transformer import HNDSRTransformer, TransformerSettings

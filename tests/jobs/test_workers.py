@@ -19,7 +19,8 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from servingstack import ROOT, png_bytes, tiny_model, write_checkpoint
 
-from hndsr.imageio import encode_image, read_image_bytes
+from hndsr.image_read import read_image_bytes
+from hndsr.image_write import encode_image
 from hndsr.inference import Upscaler, upscale_raster
 from serving.jobs.store import DONE, RUNNING, JobStore
 

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from hndsr.errors import ImageTooSmallError, InputError, OutputValidationError
-from hndsr.imageio import GeoInfo, Raster
 from hndsr.inference import Upscaler, upscale_raster, validate_output
 from hndsr.models.hndsr_model import HNDSR
+from hndsr.raster import GeoInfo, Raster
 
 
 def test_untrained_model_is_exactly_bicubic(tiny_model_config) -> None:

@@ -9,9 +9,12 @@ import rasterio
 import torch
 
 from hndsr.errors import OutputValidationError, UnsupportedFormatError
-from hndsr.imageio import GeoInfo, GeoTIFFRowWriter, Raster, read_image, write_image
+from hndsr.geotiff_stream import GeoTIFFRowWriter
+from hndsr.image_read import read_image
+from hndsr.image_write import write_image
 from hndsr.inference import Upscaler, upscale_raster
 from hndsr.models.hndsr_model import HNDSR
+from hndsr.raster import GeoInfo, Raster
 from hndsr.streaming import upscale_raster_to_geotiff
 from hndsr.tiling import BandStitcher, Stitcher, plan_tiles
 

@@ -13,7 +13,7 @@ from rasterio.transform import from_origin
 from synthetic import TINY_MODEL, synthetic_aerial
 from typer.testing import CliRunner
 
-from hndsr.imageio import read_image
+from hndsr.image_read import read_image
 from hndsr_cli import app
 
 runner = CliRunner()

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from synthetic import synthetic_aerial
 
-from hndsr.imageio import Raster
+from hndsr.raster import Raster
 from hndsr.resample import lr_size, resize
 from monitoring.shifts import SHIFTS
 from serving.request_stats import JsonlDirSink, RequestStatsRecorder

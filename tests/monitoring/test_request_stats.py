@@ -14,7 +14,8 @@ import pytest
 from driftdata import request_rasters
 from prometheus_client import CollectorRegistry
 
-from hndsr.imageio import Raster, read_image
+from hndsr.image_read import read_image
+from hndsr.raster import Raster
 from lake.server import EmbeddedS3
 from monitoring.drift import load_requests
 from monitoring.features import CONTEXT_FIELDS, DRIFT_FEATURES, raster_features

@@ -29,8 +29,9 @@ from servingstack import (
 
 pytest.importorskip("kserve")
 
-from hndsr.imageio import Raster, read_image_bytes
+from hndsr.image_read import read_image_bytes
 from hndsr.inference import Upscaler, upscale_raster
+from hndsr.raster import Raster
 from serving.metrics import sample_value
 
 V1 = "/v1/models/hndsr:predict"
