@@ -192,8 +192,8 @@ def decide_promotion(
     if not (gain > 0 and gain >= min_gain_db):
         return decision(
             CHALLENGER,
-            f"Y-PSNR x4 {candidate.psnr_y:.3f} dB does not beat the champion's {champion.psnr_y:.3f} dB "
-            f"by the gate's margin of {min_gain_db:g} dB ({gain:+.3f} dB)",
+            f"Y-PSNR x4 {candidate.psnr_y:.4f} dB does not beat the champion's {champion.psnr_y:.4f} dB "
+            f"by the gate's margin of {min_gain_db:g} dB ({gain:+.4f} dB)",
         )
     if math.isfinite(champion.lpips):
         if not math.isfinite(candidate.lpips):
@@ -206,8 +206,8 @@ def decide_promotion(
             )
     return decision(
         CHAMPION,
-        f"Y-PSNR x4 {candidate.psnr_y:.3f} dB beats the champion's {champion.psnr_y:.3f} dB by "
-        f"{gain:+.3f} dB (margin {min_gain_db:g}) and LPIPS {candidate.lpips:.4f} is within "
+        f"Y-PSNR x4 {candidate.psnr_y:.4f} dB beats the champion's {champion.psnr_y:.4f} dB by "
+        f"{gain:+.4f} dB (margin {min_gain_db:g}) and LPIPS {candidate.lpips:.4f} is within "
         f"{lpips_tolerance:g} of {champion.lpips:.4f}",
     )
 

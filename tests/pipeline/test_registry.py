@@ -149,9 +149,9 @@ def test_champion_scored_on_other_images_is_rescored(store: str, tmp_path: Path)
 
 def test_gate_margin() -> None:
     d = decide_promotion(Figures(25.04, 0.30), Figures(25.0, 0.30), lpips_tolerance=TOL, min_gain_db=0.05)
-    assert d.alias == CHALLENGER and "margin of 0.05 dB (+0.040 dB)" in d.reason
+    assert d.alias == CHALLENGER and "margin of 0.05 dB (+0.0400 dB)" in d.reason
     d = decide_promotion(Figures(25.06, 0.30), Figures(25.0, 0.30), lpips_tolerance=TOL, min_gain_db=0.05)
-    assert d.alias == CHAMPION and "+0.060 dB" in d.reason
+    assert d.alias == CHAMPION and "+0.0600 dB" in d.reason
 
 
 def test_incumbent_scored_beside_the_candidate_is_used_while_it_is_the_champion(
