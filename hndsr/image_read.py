@@ -26,11 +26,6 @@ from PIL import Image, ImageFile, JpegImagePlugin, PngImagePlugin
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import DatasetReader, MemoryFile
 
-try:  # ISA-L deflate: ~6x faster than zlib at levels 1-3, standard zlib streams (any PNG reader)
-    from isal import isal_zlib
-except ImportError:  # pragma: no cover - isal is a dependency; zlib keeps the writer working without it
-    isal_zlib = None  # type: ignore[assignment]
-
 from hndsr.errors import (
     HNDSRError,
     InputError,

@@ -10,11 +10,6 @@ from pathlib import Path
 
 import numpy as np
 
-try:  # ISA-L deflate: ~6x faster than zlib at levels 1-3, standard zlib streams (any PNG reader)
-    from isal import isal_zlib
-except ImportError:  # pragma: no cover - isal is a dependency; zlib keeps the writer working without it
-    isal_zlib = None  # type: ignore[assignment]
-
 from hndsr.errors import (
     InputError,
     ScaleError,
