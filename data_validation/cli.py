@@ -38,7 +38,7 @@ def register(app: typer.Typer, *, friendly_errors: Decorator, parse_sets: SetPar
         set_: SetOpt = None,
     ) -> None:
         """Run the Great Expectations suites over the catalog; exit 1 naming each failed expectation."""
-        for module in ("data_validation", "great_expectations", "pandas", "pyarrow"):
+        for module in ("great_expectations", "pandas", "pyarrow"):
             if importlib.util.find_spec(module) is None:
                 raise typer.Exit(_missing_extra(module))
         from data_validation.runner import thresholds_from_params, validate_catalog

@@ -3,7 +3,6 @@ source dtype, georeferencing and band names; the suffixes and pixel-range rules 
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +15,6 @@ from hndsr.errors import (
     UnsupportedFormatError,
     ValueRangeError,
 )
-
-logger = logging.getLogger(__name__)
-
 
 SUPPORTED_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff"})
 

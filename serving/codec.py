@@ -254,7 +254,7 @@ def decode_v1_response(content: bytes) -> BatchResult:
 @dataclass
 class DecodedBatch:
     """A validated batch on the predictor: each tile's LR crop ``(3, rows, cols)``, checked to cover its
-    tile (:func:`serving.tile_crops.bicubic_tiles` makes the model's input from them)."""
+    tile (:func:`serving.tile_crops.model_inputs` makes the model's input from them)."""
 
     canvas: Canvas
     specs: list[TileSpec]

@@ -59,7 +59,7 @@ from serving.errors import (
 )
 from serving.metrics import ServingMetrics
 from serving.storage import resolve_storage_uri
-from serving.tile_crops import bicubic_tiles, lr_input
+from serving.tile_crops import model_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -381,7 +381,8 @@ class HNDSRPredictor(Model):
             raise NotReady(f"model {self.name} is not loaded: {self.load_error}", retry_after=10.0)
         started = time.perf_counter()
         p = batch.params
-        up = bicubic_tiles(batch.crops, batch.specs, batch.canvas).to(self.device)
+        up, lows = model_inputs(batch.crops, batch.specs, batch.canvas)
+        up = up.to(self.device)
         steps = model.default_steps if p.steps is None else p.steps
         noise = None
         if steps > 0:
@@ -397,12 +398,7 @@ class HNDSRPredictor(Model):
             steps=steps,
             strength=model.default_strength if p.strength is None else p.strength,
             initial_noise=noise,
-            lr=[
-                lr_input(c, spec, batch.canvas).to(self.device)
-                for c, spec in zip(batch.crops, batch.specs, strict=True)
-            ]
-            if model.needs_lr
-            else None,
+            lr=[low.to(self.device) for low in lows] if model.needs_lr else None,
             micro_batch=self.compute_batch,  # the batch that travelled, split as the device runs best
             dtype=self.autocast_dtype,
         )

@@ -155,16 +155,21 @@ def crop_taps(lr_crop: torch.Tensor, spec: TileSpec, canvas: Canvas) -> tuple[to
 def bicubic_tile(lr_crop: torch.Tensor, spec: TileSpec, canvas: Canvas) -> torch.Tensor:
     """The bicubic upsample of one tile ``(C, tile_h, tile_w)`` from its LR crop — equal to the same
     window of the whole-image bicubic (and to what :class:`hndsr.inference.Upscaler` feeds the model)."""
-    x, rows, cols = crop_taps(lr_crop, spec, canvas)
+    return _bicubic(*crop_taps(lr_crop, spec, canvas))
+
+
+def model_inputs(
+    crops: list[torch.Tensor], specs: list[TileSpec], canvas: Canvas
+) -> tuple[torch.Tensor, list[LRInput]]:
+    """A batch's model input from its LR crops, each tile's taps computed once: the bicubic tiles
+    ``(B, C, tile_h, tile_w)`` and, for LR-grid models, each tile's crop with those taps."""
+    ups, lows = [], []
+    for c, s in zip(crops, specs, strict=True):
+        x, rows, cols = crop_taps(c, s, canvas)
+        ups.append(_bicubic(x, rows, cols))
+        lows.append(LRInput(x[None], rows, cols))
+    return torch.stack(ups), lows
+
+
+def _bicubic(x: torch.Tensor, rows: Taps, cols: Taps) -> torch.Tensor:
     return apply_taps(apply_taps(x, rows, -2), cols, -1)
-
-
-def bicubic_tiles(crops: list[torch.Tensor], specs: list[TileSpec], canvas: Canvas) -> torch.Tensor:
-    """The model's input for a batch of tiles, ``(B, C, tile_h, tile_w)``, from their LR crops."""
-    return torch.stack([bicubic_tile(c, s, canvas) for c, s in zip(crops, specs, strict=True)])
-
-
-def lr_input(lr_crop: torch.Tensor, spec: TileSpec, canvas: Canvas) -> LRInput:
-    """One tile's LR pixels for an LR-grid model (the same crop and taps the engine gives it)."""
-    x, rows, cols = crop_taps(lr_crop, spec, canvas)
-    return LRInput(x[None], rows, cols)

@@ -39,7 +39,7 @@ from serving.errors import (
     from_exception,
 )
 from serving.middleware import ClientIdentity, read_api_keys
-from serving.tile_crops import Canvas, bicubic_tile, bicubic_tiles, choose_tile, crop, plan
+from serving.tile_crops import Canvas, bicubic_tile, choose_tile, crop, model_inputs, plan
 from serving.validation import Limits, parse_v1, probe_image
 
 
@@ -56,7 +56,7 @@ class FakeClock:
 
 def bicubic_of(decoded: Any) -> torch.Tensor:
     """The model input the predictor makes of a decoded batch."""
-    return bicubic_tiles(decoded.crops, decoded.specs, decoded.canvas)
+    return model_inputs(decoded.crops, decoded.specs, decoded.canvas)[0]
 
 
 def test_token_bucket_per_client_with_retry_after() -> None:
