@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypedDict, Unpack
 
 import numpy as np
 import torch
@@ -133,6 +134,23 @@ def render_batch(
     return (torch.cat(parts) if len(parts) > 1 else parts[0]).float()
 
 
+class UpscaleOptions(TypedDict, total=False):
+    """Keyword options of :meth:`Upscaler.upscale` and :meth:`Upscaler.upscale_rows`; absent ones
+    take the model's defaults (steps, strength) or the upscaler's (tile, overlap, halo)."""
+
+    scale: float | None
+    out_size: tuple[int, int] | None
+    steps: int | None
+    strength: float | None
+    eta: float  # 0.0
+    seed: int  # 0
+    tile: int | None
+    overlap: int | None
+    halo: int | None
+    progress: Callable[[int, int], None] | None  # (tiles_done, tiles_total) after each batch
+    stats: InferenceStats | None
+
+
 @dataclass
 class _Job:
     """One image planned for rendering: its tiles, sizes and noise."""
@@ -180,36 +198,21 @@ class Upscaler:
         self.autocast_dtype = autocast_dtype(self.device, half=half)
 
     @torch.no_grad()
-    def upscale(
-        self,
-        lr: torch.Tensor,
-        *,
-        scale: float | None = None,
-        out_size: tuple[int, int] | None = None,
-        steps: int | None = None,
-        strength: float | None = None,
-        eta: float = 0.0,
-        seed: int = 0,
-        tile: int | None = None,
-        overlap: int | None = None,
-        halo: int | None = None,
-        progress: Callable[[int, int], None] | None = None,
-        stats: InferenceStats | None = None,
-    ) -> torch.Tensor:
+    def upscale(self, lr: torch.Tensor, **options: Unpack[UpscaleOptions]) -> torch.Tensor:
         """``lr`` ``(3, h, w)`` in [0, 1] -> SR ``(3, H, W)`` in [0, 1].
 
         ``out_size`` (H, W) overrides the size implied by ``scale``; the scale the model is
         conditioned on is then the actual ratio.
         """
         started = time.perf_counter()
-        job = self._plan(lr, scale, out_size, steps, strength, eta, seed, tile, overlap, halo)
+        job = self._plan(lr, options)
         stitcher = Stitcher(
             3, job.canvas_h, job.canvas_w, overlap=job.overlap, halo=job.halo, device=str(self.device)
         )
-        for t, values in self._render(job, progress, stats):
+        for t, values in self._render(job, options):
             stitcher.add(t, values)
         out = stitcher.result()[:, : job.out_h, : job.out_w].clamp(0.0, 1.0)
-        if stats is not None:
+        if (stats := options.get("stats")) is not None:
             stats.seconds += time.perf_counter() - started
         return out
 
@@ -218,18 +221,8 @@ class Upscaler:
         self,
         lr: torch.Tensor,
         *,
-        scale: float | None = None,
-        out_size: tuple[int, int] | None = None,
-        steps: int | None = None,
-        strength: float | None = None,
-        eta: float = 0.0,
-        seed: int = 0,
-        tile: int | None = None,
-        overlap: int | None = None,
-        halo: int | None = None,
-        progress: Callable[[int, int], None] | None = None,
-        stats: InferenceStats | None = None,
         band: Callable[[BandStitcher], None] | None = None,
+        **options: Unpack[UpscaleOptions],
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """:meth:`upscale` as a stream of finished output rows ``(y0, (3, n, W))``, top to bottom.
 
@@ -240,7 +233,7 @@ class Upscaler:
         so that it stays identical. ``band`` receives the :class:`BandStitcher` (instrumentation).
         """
         started = time.perf_counter()
-        job = self._plan(lr, scale, out_size, steps, strength, eta, seed, tile, overlap, halo)
+        job = self._plan(lr, options)
         tallest = max(t.height for t in job.tiles)
         stitcher = BandStitcher(
             3,
@@ -261,26 +254,21 @@ class Upscaler:
                 if rows.shape[1]:
                     yield y0, rows.clamp(0.0, 1.0)
 
-        for t, values in self._render(job, progress, stats):
+        for t, values in self._render(job, options):
             yield from finished(t.y0)
             stitcher.add(t, values)
         yield from finished(job.canvas_h)
-        if stats is not None:
+        if (stats := options.get("stats")) is not None:
             stats.seconds += time.perf_counter() - started
 
-    def _plan(
-        self,
-        lr: torch.Tensor,
-        scale: float | None,
-        out_size: tuple[int, int] | None,
-        steps: int | None,
-        strength: float | None,
-        eta: float,
-        seed: int,
-        tile: int | None,
-        overlap: int | None,
-        halo: int | None,
-    ) -> _Job:
+    def _plan(self, lr: torch.Tensor, options: UpscaleOptions) -> _Job:
+        unknown = options.keys() - UpscaleOptions.__optional_keys__
+        if unknown:  # a misspelt option is an error, as it was with explicit keyword parameters
+            raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+        scale, out_size = options.get("scale"), options.get("out_size")
+        steps, strength = options.get("steps"), options.get("strength")
+        eta, seed = options.get("eta", 0.0), options.get("seed", 0)
+        tile, overlap, halo = options.get("tile"), options.get("overlap"), options.get("halo")
         if lr.ndim != 3 or lr.shape[0] != 3:
             raise InputError(f"expected an RGB image (3, h, w), got shape {tuple(lr.shape)}")
         h, w = int(lr.shape[1]), int(lr.shape[2])
@@ -323,13 +311,9 @@ class Upscaler:
             noise=self._noise(canvas_h // factor, canvas_w // factor, steps, eta, seed),
         )
 
-    def _render(
-        self,
-        job: _Job,
-        progress: Callable[[int, int], None] | None,
-        stats: InferenceStats | None,
-    ) -> Iterator[tuple[Tile, torch.Tensor]]:
+    def _render(self, job: _Job, options: UpscaleOptions) -> Iterator[tuple[Tile, torch.Tensor]]:
         """Each tile's validated model output, in plan order, batch by batch."""
+        progress, stats = options.get("progress"), options.get("stats")
         tiles, noise, f = job.tiles, job.noise, self.model.factor
         model_seconds = 0.0
         for start in range(0, len(tiles), self.batch_size):
