@@ -100,8 +100,8 @@ class Upscaler:
     ) -> None:
         self.device = pick_device(str(device) if device is not None else None)
         self.model = model.to(self.device).eval()
-        # On CPU one large tile at a time is ~2x faster than a batch of four (measured: the batch's
-        # activations fall out of cache); GPUs want batches.
+        # On CPU one large tile at a time beats a batch of four (the batch's activations fall out of
+        # cache; measured: benchmarks/NOTES.md); GPUs want batches.
         default_batch = 4 if self.device.type == "cuda" else 1
         self.batch_size = max(1, batch_size if batch_size is not None else default_batch)
         self.tile = tile

@@ -30,8 +30,8 @@ def autocast_dtype(device: torch.device, *, half: bool = False) -> torch.dtype |
     """The reduced precision a model pass runs in on ``device``, or None for fp32.
 
     CUDA: fp16 when asked (``half``). CPU: bfloat16 where the CPU computes it natively (AVX-512
-    BF16 / AMX; the release model is trained in bf16 autocast): about 2x faster than fp32 for a
-    residual of ~1e-4 (the image itself is the fp32 bicubic plus that residual). ``HNDSR_CPU_BF16=0``
+    BF16 / AMX; the release model is trained in bf16 autocast): faster than fp32 for a tiny error in
+    the residual added to the fp32 bicubic (measured: benchmarks/NOTES.md). ``HNDSR_CPU_BF16=0``
     keeps fp32.
     """
     if device.type == "cuda":
