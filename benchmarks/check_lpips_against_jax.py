@@ -61,7 +61,7 @@ def run_jax(pairs_file: Path) -> list[float]:
 def run_torch(pairs_file: Path, cache_dir: str | None) -> list[float]:
     import torch
 
-    from hndsr.lpips import load_lpips
+    from hndsr.lpips_weights import load_lpips
 
     torch.set_num_threads(1)
     pairs = torch.from_numpy(np.load(pairs_file)).permute(0, 1, 4, 2, 3)  # -> (N, 2, 3, H, W)

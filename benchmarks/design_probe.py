@@ -32,8 +32,9 @@ from hndsr.config import load_params  # noqa: E402
 from hndsr.data import Batch, PatchSampler, images_in_split, validation_batches  # noqa: E402
 from hndsr.evaluation import evaluate_images  # noqa: E402
 from hndsr.inference import Upscaler  # noqa: E402
+from hndsr.losses import stage_loss  # noqa: E402
 from hndsr.models.hndsr_model import HNDSR  # noqa: E402
-from hndsr.training import stage_loss, validate  # noqa: E402
+from hndsr.training import validate  # noqa: E402
 
 RESULTS = _ALL / "design_probes"
 

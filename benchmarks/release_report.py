@@ -23,7 +23,7 @@ from hndsr.config import Params, load_params
 from hndsr.data import images_in_split
 from hndsr.evaluation import evaluate_images
 from hndsr.inference import Upscaler
-from hndsr.lpips import load_lpips
+from hndsr.lpips_weights import load_lpips
 from hndsr.model_card import render_model_card
 
 DATA_TEXT = """Trained on RSSCN7 (Zou et al., IEEE GRSL 2015; 2,800 Google Earth RGB scenes of 400x400 px in

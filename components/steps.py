@@ -356,7 +356,7 @@ def score_checkpoint(
     model, _ = load_checkpoint(checkpoint_dir)
     lpips_model = None
     if lpips:
-        from hndsr.lpips import load_lpips
+        from hndsr.lpips_weights import load_lpips
 
         lpips_model = load_lpips()
     upscaler = Upscaler(model)

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hndsr.catalog import CATALOG_FILE, REJECT_COLUMNS, REJECTS_FILE
 from hndsr.data import SPLITS, split_of
 from hndsr.errors import InputError
-from hndsr.prepare import CATALOG_FILE, REJECT_COLUMNS, REJECTS_FILE
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from types import ModuleType
 from typing import Any
 
 from data_validation.frames import Thresholds
+from hndsr.catalog import CATALOG_COLUMNS, lr_column
 from hndsr.data import SPLITS
-from hndsr.prepare import CATALOG_COLUMNS, lr_column
 
 SHA256_REGEX = r"^[0-9a-f]{64}$"
 STRING_COLUMNS = ("filename", "source", "source_sha256", "split", "dtype", "sha256", "sensor", "crs")

@@ -210,7 +210,7 @@ def evaluate(
     model, cfg = _load_model(checkpoint)
     lpips_model = None
     if lpips:
-        from hndsr.lpips import load_lpips
+        from hndsr.lpips_weights import load_lpips
 
         lpips_model = load_lpips()
     upscaler = Upscaler(model, device=device, tile=tile)

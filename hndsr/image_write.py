@@ -177,8 +177,7 @@ def output_dtype(source: str, requested: str | None, fmt: str, name: str) -> str
 
 def quantise(data: np.ndarray, dtype: str) -> np.ndarray:
     """``[0, 1]`` floats -> ``dtype`` (clipped, rounded half to even like ``np.rint``). Through torch:
-    numpy's clip on a multi-megapixel float32 array took 1-30 ms depending on the values (measured),
-    torch's clamp/round a steady ~2 ms on 2 threads."""
+    its clamp/round takes steady time where numpy's clip varies with the values (benchmarks/NOTES.md)."""
     import torch
 
     values = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)).clamp(0.0, 1.0)
@@ -240,8 +239,8 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def deflate(data: Any, level: int) -> bytes:
-    """A zlib stream of ``data``: ISA-L for levels 1-3 (measured on a 1024^2 RGB aerial PNG: 8 ms and
-    1.99 MB against zlib level 1's 48 ms and 2.17 MB), zlib for level 0 (stored) and 4-9."""
+    """A zlib stream of ``data``: ISA-L for levels 1-3 (faster and smaller than zlib level 1, measured:
+    benchmarks/NOTES.md), zlib for level 0 (stored) and 4-9."""
     if isal_zlib is not None and 1 <= level <= 3:
         return bytes(isal_zlib.compress(data, level))
     return zlib.compress(data, level)

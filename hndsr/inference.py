@@ -8,21 +8,27 @@ the tile size plus the output canvas.
 from __future__ import annotations
 
 import logging
-import math
-import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypedDict, Unpack
 
 import numpy as np
 import torch
 
-from hndsr.errors import ImageTooSmallError, InputError, OutputValidationError
+from hndsr.errors import ImageTooSmallError, InputError
+from hndsr.model_pass import (
+    autocast_dtype,
+    noise_fields,
+    pick_device,
+    render_batch,
+    slice_noise,
+    validate_output,
+)
 from hndsr.models.hndsr_model import HNDSR
 from hndsr.models.operator import LRInput
 from hndsr.raster import Raster
 from hndsr.resample import check_scale, resize, sr_size, window_taps
-from hndsr.runtime import native_bf16
 from hndsr.tiling import BandStitcher, Stitcher, Tile, plan_tiles, round_up
 
 logger = logging.getLogger(__name__)
@@ -42,95 +48,21 @@ class InferenceStats:
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
-def pick_device(device: str | None = None) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+class UpscaleOptions(TypedDict, total=False):
+    """Keyword options of :meth:`Upscaler.upscale` and :meth:`Upscaler.upscale_rows`; absent ones
+    take the model's defaults (steps, strength) or the upscaler's (tile, overlap, halo)."""
 
-
-def autocast_dtype(device: torch.device, *, half: bool = False) -> torch.dtype | None:
-    """The reduced precision a model pass runs in on ``device``, or None for fp32.
-
-    CUDA: fp16 when asked (``half``). CPU: bfloat16 where the CPU computes it natively (AVX-512
-    BF16 / AMX; the release model is trained in bf16 autocast): about 2x faster than fp32 for a
-    residual of ~1e-4 (the image itself is the fp32 bicubic plus that residual). ``HNDSR_CPU_BF16=0``
-    keeps fp32.
-    """
-    if device.type == "cuda":
-        return torch.float16 if half else None
-    if device.type == "cpu" and os.environ.get("HNDSR_CPU_BF16", "1") != "0":
-        return torch.bfloat16 if native_bf16("cpu") else None
-    return None
-
-
-def validate_output(sr: torch.Tensor, *, tolerance: float = 0.05) -> torch.Tensor:
-    """Refuse non-finite or wildly out-of-range outputs; clamp the small overshoot of a residual model."""
-    # One pass: a NaN makes both extremes NaN, an infinity makes one of them infinite.
-    lo_t, hi_t = torch.aminmax(sr)
-    lo, hi = float(lo_t), float(hi_t)
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise OutputValidationError(
-            "model produced non-finite values: the checkpoint is broken or the device failed; "
-            "re-run on CPU or with a verified checkpoint"
-        )
-    if lo < -tolerance - 1.0 or hi > 2.0 + tolerance:
-        raise OutputValidationError(f"model output range [{lo:.3f}, {hi:.3f}] is far outside [0, 1]")
-    return sr.clamp(0.0, 1.0)
-
-
-def noise_fields(seed: int, channels: int, lh: int, lw: int, count: int = 1) -> list[torch.Tensor]:
-    """The DDIM noise of a whole canvas in latent space: the initial field, then one per step when
-    eta > 0, drawn from one CPU generator (the same numbers on every device and in every server)."""
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    return [torch.randn(channels, lh, lw, generator=generator) for _ in range(count)]
-
-
-def slice_noise(field_: torch.Tensor, tiles: Sequence[Tile], factor: int) -> torch.Tensor:
-    """Each tile's window of a canvas noise field, ``(B, C, th / factor, tw / factor)``."""
-    return torch.stack(
-        [field_[:, t.y0 // factor : t.y1 // factor, t.x0 // factor : t.x1 // factor] for t in tiles]
-    )
-
-
-def render_batch(
-    model: HNDSR,
-    up: torch.Tensor,
-    scale: float,
-    *,
-    steps: int,
-    strength: float,
-    eta: float = 0.0,
-    initial_noise: torch.Tensor | None = None,
-    step_noise: Sequence[torch.Tensor] = (),
-    lr: Sequence[LRInput] | None = None,
-    micro_batch: int = 1,
-    dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    """A batch of bicubic tiles ``(B, 3, th, tw)`` through the model -> ``(B, 3, th, tw)`` float32, not
-    yet validated: the one model pass of the CLI, evaluation and the predictor. ``lr`` holds each
-    tile's LR crop for LR-grid models (crops differ in size at the borders: one tile per call then);
-    ``step_noise`` the batch's per-step noise when eta > 0; ``dtype`` the autocast precision."""
-    n = 1 if lr is not None else max(1, micro_batch)
-    parts = []
-    with (
-        torch.no_grad(),
-        torch.autocast(up.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None),
-    ):
-        for i in range(0, up.shape[0], n):
-            chunk = up[i : i + n]
-            parts.append(
-                model.render(
-                    chunk,
-                    torch.full((chunk.shape[0],), float(scale), device=up.device),
-                    steps=steps,
-                    strength=strength,
-                    eta=eta,
-                    initial_noise=initial_noise[i : i + n] if initial_noise is not None else None,
-                    step_noise=(lambda k, i=i: step_noise[k][i : i + n]) if step_noise else None,
-                    lr=lr[i] if lr is not None else None,
-                )
-            )
-    return (torch.cat(parts) if len(parts) > 1 else parts[0]).float()
+    scale: float | None
+    out_size: tuple[int, int] | None
+    steps: int | None
+    strength: float | None
+    eta: float  # 0.0
+    seed: int  # 0
+    tile: int | None
+    overlap: int | None
+    halo: int | None
+    progress: Callable[[int, int], None] | None  # (tiles_done, tiles_total) after each batch
+    stats: InferenceStats | None
 
 
 @dataclass
@@ -168,8 +100,8 @@ class Upscaler:
     ) -> None:
         self.device = pick_device(str(device) if device is not None else None)
         self.model = model.to(self.device).eval()
-        # On CPU one large tile at a time is ~2x faster than a batch of four (measured: the batch's
-        # activations fall out of cache); GPUs want batches.
+        # On CPU one large tile at a time beats a batch of four (the batch's activations fall out of
+        # cache; measured: benchmarks/NOTES.md); GPUs want batches.
         default_batch = 4 if self.device.type == "cuda" else 1
         self.batch_size = max(1, batch_size if batch_size is not None else default_batch)
         self.tile = tile
@@ -180,36 +112,21 @@ class Upscaler:
         self.autocast_dtype = autocast_dtype(self.device, half=half)
 
     @torch.no_grad()
-    def upscale(
-        self,
-        lr: torch.Tensor,
-        *,
-        scale: float | None = None,
-        out_size: tuple[int, int] | None = None,
-        steps: int | None = None,
-        strength: float | None = None,
-        eta: float = 0.0,
-        seed: int = 0,
-        tile: int | None = None,
-        overlap: int | None = None,
-        halo: int | None = None,
-        progress: Callable[[int, int], None] | None = None,
-        stats: InferenceStats | None = None,
-    ) -> torch.Tensor:
+    def upscale(self, lr: torch.Tensor, **options: Unpack[UpscaleOptions]) -> torch.Tensor:
         """``lr`` ``(3, h, w)`` in [0, 1] -> SR ``(3, H, W)`` in [0, 1].
 
         ``out_size`` (H, W) overrides the size implied by ``scale``; the scale the model is
         conditioned on is then the actual ratio.
         """
         started = time.perf_counter()
-        job = self._plan(lr, scale, out_size, steps, strength, eta, seed, tile, overlap, halo)
+        job = self._plan(lr, options)
         stitcher = Stitcher(
             3, job.canvas_h, job.canvas_w, overlap=job.overlap, halo=job.halo, device=str(self.device)
         )
-        for t, values in self._render(job, progress, stats):
+        for t, values in self._render(job, options):
             stitcher.add(t, values)
         out = stitcher.result()[:, : job.out_h, : job.out_w].clamp(0.0, 1.0)
-        if stats is not None:
+        if (stats := options.get("stats")) is not None:
             stats.seconds += time.perf_counter() - started
         return out
 
@@ -218,18 +135,8 @@ class Upscaler:
         self,
         lr: torch.Tensor,
         *,
-        scale: float | None = None,
-        out_size: tuple[int, int] | None = None,
-        steps: int | None = None,
-        strength: float | None = None,
-        eta: float = 0.0,
-        seed: int = 0,
-        tile: int | None = None,
-        overlap: int | None = None,
-        halo: int | None = None,
-        progress: Callable[[int, int], None] | None = None,
-        stats: InferenceStats | None = None,
         band: Callable[[BandStitcher], None] | None = None,
+        **options: Unpack[UpscaleOptions],
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """:meth:`upscale` as a stream of finished output rows ``(y0, (3, n, W))``, top to bottom.
 
@@ -240,7 +147,7 @@ class Upscaler:
         so that it stays identical. ``band`` receives the :class:`BandStitcher` (instrumentation).
         """
         started = time.perf_counter()
-        job = self._plan(lr, scale, out_size, steps, strength, eta, seed, tile, overlap, halo)
+        job = self._plan(lr, options)
         tallest = max(t.height for t in job.tiles)
         stitcher = BandStitcher(
             3,
@@ -261,26 +168,21 @@ class Upscaler:
                 if rows.shape[1]:
                     yield y0, rows.clamp(0.0, 1.0)
 
-        for t, values in self._render(job, progress, stats):
+        for t, values in self._render(job, options):
             yield from finished(t.y0)
             stitcher.add(t, values)
         yield from finished(job.canvas_h)
-        if stats is not None:
+        if (stats := options.get("stats")) is not None:
             stats.seconds += time.perf_counter() - started
 
-    def _plan(
-        self,
-        lr: torch.Tensor,
-        scale: float | None,
-        out_size: tuple[int, int] | None,
-        steps: int | None,
-        strength: float | None,
-        eta: float,
-        seed: int,
-        tile: int | None,
-        overlap: int | None,
-        halo: int | None,
-    ) -> _Job:
+    def _plan(self, lr: torch.Tensor, options: UpscaleOptions) -> _Job:
+        unknown = options.keys() - UpscaleOptions.__optional_keys__
+        if unknown:  # a misspelt option is an error, as it was with explicit keyword parameters
+            raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+        scale, out_size = options.get("scale"), options.get("out_size")
+        steps, strength = options.get("steps"), options.get("strength")
+        eta, seed = options.get("eta", 0.0), options.get("seed", 0)
+        tile, overlap, halo = options.get("tile"), options.get("overlap"), options.get("halo")
         if lr.ndim != 3 or lr.shape[0] != 3:
             raise InputError(f"expected an RGB image (3, h, w), got shape {tuple(lr.shape)}")
         h, w = int(lr.shape[1]), int(lr.shape[2])
@@ -323,13 +225,9 @@ class Upscaler:
             noise=self._noise(canvas_h // factor, canvas_w // factor, steps, eta, seed),
         )
 
-    def _render(
-        self,
-        job: _Job,
-        progress: Callable[[int, int], None] | None,
-        stats: InferenceStats | None,
-    ) -> Iterator[tuple[Tile, torch.Tensor]]:
+    def _render(self, job: _Job, options: UpscaleOptions) -> Iterator[tuple[Tile, torch.Tensor]]:
         """Each tile's validated model output, in plan order, batch by batch."""
+        progress, stats = options.get("progress"), options.get("stats")
         tiles, noise, f = job.tiles, job.noise, self.model.factor
         model_seconds = 0.0
         for start in range(0, len(tiles), self.batch_size):

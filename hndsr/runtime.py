@@ -3,11 +3,8 @@
 glibc's allocator serves blocks above its mmap threshold (a few MB, adjusted at run time) with fresh
 ``mmap`` calls and returns them on free, and threads other than the main one get arenas whose large
 blocks always take that route. A model pass allocates activation tensors of tens to hundreds of MB,
-so every pass page-faults (and the kernel zeroes) that memory again. Measured on this 2-core CPU
-(quiet machine): one 1024x1024 deterministic model pass 290 ms with the settings below against
-452-474 ms with glibc's defaults; `benchmarks/speed_memory.py` 0.30 vs 0.34 s per output MP at
-1 MP, 0.37 vs 0.48 at 4 MP (tiled), diffusion 1.43 vs 1.76. The cost: freed memory stays with the
-process for reuse (peak RSS of a 512 -> 2048 upscale 837 MiB against 785 MiB).
+so every pass page-faults (and the kernel zeroes) that memory again. Keeping them in one heap makes
+a pass markedly faster; the cost is freed memory kept for reuse (measured: benchmarks/NOTES.md).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 One function, :func:`raster_features`, computes them for the training reference (the tiles listed in
 ``catalog.parquet``) and for every served request, so that the drift job compares like with like.
-Mean, standard deviation, sharpness and nodata reuse the definitions of :mod:`hndsr.prepare` (the
+Mean, standard deviation, sharpness and nodata reuse the definitions of :mod:`hndsr.image_stats` (the
 catalog's own statistics).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hndsr.prepare import laplacian, laplacian_variance, luma, nodata_mask, tile_stats
+from hndsr.image_stats import laplacian, laplacian_variance, luma, nodata_mask, tile_stats
 from hndsr.raster import Raster
 
 #: Features the drift job tests, in report order.

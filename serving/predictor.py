@@ -29,7 +29,7 @@ from kserve import InferOutput, InferRequest, InferResponse, Model
 
 from hndsr.checkpoint import load_checkpoint
 from hndsr.errors import CheckpointError, HNDSRError, OutputValidationError
-from hndsr.inference import (
+from hndsr.model_pass import (
     autocast_dtype,
     noise_fields,
     pick_device,
@@ -96,7 +96,7 @@ def mean_gradient(x: torch.Tensor) -> torch.Tensor:
 
 
 def check_output(sr: torch.Tensor, up: torch.Tensor, *, floor: float = 0.25) -> torch.Tensor:
-    """Finite and in range (:func:`hndsr.inference.validate_output`, which also clamps), and not
+    """Finite and in range (:func:`hndsr.model_pass.validate_output`, which also clamps), and not
     degenerate: a tile whose bicubic input has structure must keep at least ``floor`` of its
     sharpness (a flat or grey output from a textured input means the model lost the image)."""
     sr = validate_output(sr.float())

@@ -8,8 +8,8 @@ spectral convolution is parameterised by the lowest ``modes`` Fourier coefficien
 zero-padded convolution. Unlike a global truncated-mode kernel, it sees the same neighbourhood on a
 training patch, a tile and a whole scene, so tiled inference equals whole-image inference and a
 model trained on patches is not shifted out of distribution on a full scene. At 9x9 the direct
-depthwise convolution is faster on CPU than the FFT route (measured: ~40 ms vs ~120 ms for 64
-channels at 256x256); ``fft_conv`` keeps the FFT route for reference and tests.
+depthwise convolution is faster on CPU than the FFT route (measured: benchmarks/NOTES.md);
+``fft_conv`` keeps the FFT route for reference and tests.
 """
 
 from __future__ import annotations

@@ -13,10 +13,12 @@ from imagesets import TILE, data_params, write_broken_set, write_clean_set, writ
 from PIL import Image
 from typer.testing import CliRunner
 
+from hndsr.catalog import CATALOG_COLUMNS
 from hndsr.config import parse_params
 from hndsr.data import split_of
 from hndsr.errors import ConfigError
-from hndsr.prepare import CATALOG_COLUMNS, PrepareConfig, prepare, source_metadata
+from hndsr.prepare import PrepareConfig, prepare
+from hndsr.source_metadata import source_metadata
 from hndsr_cli import app
 
 

@@ -14,8 +14,9 @@ from hndsr.config import Params, StageParams, parse_params
 from hndsr.data import Batch, PatchSampler, list_images
 from hndsr.distributed import DistContext, Shard, context_from_env, is_peer_failure, shard_rows
 from hndsr.errors import ConfigError
+from hndsr.losses import stage_loss
 from hndsr.models.hndsr_model import HNDSR
-from hndsr.training import stage_loss, train
+from hndsr.training import train
 
 TORCHRUN_ENV = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}
 

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from hndsr.errors import ImageTooSmallError, InputError, OutputValidationError
-from hndsr.inference import Upscaler, upscale_raster, validate_output
+from hndsr.inference import Upscaler, upscale_raster
+from hndsr.model_pass import validate_output
 from hndsr.models.hndsr_model import HNDSR
 from hndsr.raster import GeoInfo, Raster
 

