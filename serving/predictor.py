@@ -40,7 +40,7 @@ from hndsr.inference import (
 from hndsr.models.hndsr_model import HNDSR
 from hndsr.models.operator import LRInput
 from hndsr.resample import resize
-from serving.admission import BreakerProbe, BreakerState, CircuitBreaker, ConcurrencyGate
+from serving.breaker import BreakerState, probed_breaker
 from serving.codec import (
     BatchLimits,
     DecodedBatch,
@@ -50,6 +50,7 @@ from serving.codec import (
     quantise_tiles,
 )
 from serving.compute import ComputeExecutor
+from serving.concurrency import ConcurrencyGate
 from serving.errors import (
     InferenceFailed,
     NotReady,
@@ -131,15 +132,14 @@ class HNDSRPredictor(Model):
         super().__init__(name)
         self.settings = settings
         self.metrics = metrics
-        self.breaker = CircuitBreaker(
+        # While open, the warm-up inference (with its output checks) decides when the device is back.
+        self.breaker, self.probe = probed_breaker(
             settings.breaker_threshold,
             settings.breaker_reset_s,
+            settings.breaker_probe_s,
             name="inference",
-            probe_hold_s=settings.breaker_probe_s,
+            check=self._self_test,
         )
-        # While open, the warm-up inference (with its output checks) decides when the device is back.
-        self.probe = BreakerProbe(self.breaker, self._self_test, interval_s=settings.breaker_probe_s)
-        self.breaker.on_open = self.probe.kick
         self.gate = ConcurrencyGate(settings.max_concurrency, settings.max_queue, what="inferences")
         self.model: HNDSR | None = None
         self.device = pick_device(settings.device)

@@ -34,14 +34,7 @@ from hndsr.inference import sr_raster
 from hndsr.raster import Raster, check_pixel_range, to_unit_float
 from hndsr.resample import resize
 from hndsr.tiling import Stitcher
-from serving.admission import (
-    BreakerProbe,
-    BreakerState,
-    CircuitBreaker,
-    ConcurrencyGate,
-    DrainMeter,
-    RateLimiter,
-)
+from serving.breaker import BreakerState, probed_breaker
 from serving.codec import (
     BatchResult,
     RenderParams,
@@ -53,6 +46,7 @@ from serving.codec import (
     tile_values,
 )
 from serving.compute import ComputeExecutor
+from serving.concurrency import ConcurrencyGate, DrainMeter
 from serving.errors import (
     OutputCheckFailed,
     PayloadTooLarge,
@@ -67,6 +61,7 @@ from serving.jobs.api import submit_request
 from serving.jobs.store import JobConfig, JobStore
 from serving.metrics import MODEL_VERSION_KEY, NO_MODEL, ServingMetrics
 from serving.middleware import CURRENT_CLIENT, CURRENT_TICKET, REQUEST_STATE
+from serving.rate_limit import RateLimiter
 from serving.request_stats import RequestStatsRecorder, open_sink
 from serving.tile_crops import Canvas, TileSpec, choose_tile, crop, plan
 from serving.validation import Limits, SRInput, parse_v1, parse_v2, probe_image
@@ -98,7 +93,7 @@ class TransformerSettings:
     max_concurrency: int = 4  # requests processed at once
     max_queue: int = 20  # requests waiting for a slot; more -> 503
     # Refuse (503 queue_full) a request whose expected latency at the measured drain rate, calibrated to
-    # the tail (serving.admission.ConcurrencyGate), would be over this many times its unloaded latency;
+    # the tail (serving.concurrency.ConcurrencyGate), would be over this many times its unloaded latency;
     # <= 0: only max_queue bounds admission.
     max_latency_factor: float = 2.5
     breaker_threshold: int = 3
@@ -264,12 +259,6 @@ class HNDSRTransformer(Model):
         super().__init__(name)
         self.settings = settings
         self.metrics = metrics
-        self.breaker = CircuitBreaker(
-            settings.breaker_threshold,
-            settings.breaker_reset_s,
-            name="predictor",
-            probe_hold_s=settings.breaker_probe_s,
-        )
         self.meter = DrainMeter()
         self.gate = ConcurrencyGate(
             settings.max_concurrency,
@@ -288,8 +277,13 @@ class HNDSRTransformer(Model):
             timeout_s=settings.timeout_s,
         )
         # While the breaker is open, the predictor's readiness decides when it closes (not a timer).
-        self.probe = BreakerProbe(self.breaker, self.client.ready, interval_s=settings.breaker_probe_s)
-        self.breaker.on_open = self.probe.kick
+        self.breaker, self.probe = probed_breaker(
+            settings.breaker_threshold,
+            settings.breaker_reset_s,
+            settings.breaker_probe_s,
+            name="predictor",
+            check=self.client.ready,
+        )
         self.model_version = ""
         self.unloaded = False
         # Stitching, cycle PSNR and encoding on one thread (serving.compute: one OpenMP team).

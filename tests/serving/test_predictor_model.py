@@ -18,7 +18,7 @@ pytest.importorskip("kserve")
 from hndsr.checkpoint import CONFIG_FILE, save_checkpoint
 from hndsr.inference import Upscaler
 from hndsr.tiling import Stitcher
-from serving.admission import BreakerState
+from serving.breaker import BreakerState
 from serving.codec import (
     BatchLimits,
     DecodedBatch,

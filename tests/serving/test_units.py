@@ -17,16 +17,8 @@ from servingstack import png_bytes
 
 from hndsr.errors import CheckpointError, ImageTooSmallError, OutputValidationError, ScaleError
 from hndsr.resample import resize
-from serving.admission import (
-    BreakerProbe,
-    BreakerState,
-    CircuitBreaker,
-    ConcurrencyGate,
-    DrainMeter,
-    RateLimiter,
-    Ticket,
-    Verdict,
-)
+from serving.breaker import BreakerProbe, BreakerState, CircuitBreaker
+from serving.concurrency import ConcurrencyGate, DrainMeter, Ticket, Verdict
 from serving.errors import (
     BadRequest,
     CircuitOpen,
@@ -39,6 +31,7 @@ from serving.errors import (
     from_exception,
 )
 from serving.middleware import ClientIdentity, read_api_keys
+from serving.rate_limit import RateLimiter
 from serving.tile_crops import Canvas, bicubic_tile, choose_tile, crop, model_inputs, plan
 from serving.validation import Limits, parse_v1, probe_image
 
