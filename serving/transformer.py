@@ -34,17 +34,16 @@ from hndsr.inference import sr_raster
 from hndsr.raster import Raster, check_pixel_range, to_unit_float
 from hndsr.resample import resize
 from hndsr.tiling import Stitcher
-from serving.breaker import BreakerState, probed_breaker
-from serving.codec import (
+from serving.batch_encode import (
     BatchResult,
-    RenderParams,
     TileBatch,
     decode_v1_response,
     decode_v2_response,
     encode_v1,
     encode_v2,
-    tile_values,
 )
+from serving.breaker import BreakerState, probed_breaker
+from serving.codec import RenderParams, tile_values
 from serving.compute import ComputeExecutor
 from serving.concurrency import ConcurrencyGate, DrainMeter
 from serving.errors import (

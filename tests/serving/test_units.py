@@ -483,7 +483,7 @@ def test_error_mapping_is_one_table() -> None:
 
 def test_output_checks_refuse_nan_range_and_degenerate() -> None:
     pytest.importorskip("kserve")
-    from serving.predictor import check_output
+    from serving.output_checks import check_output
 
     up = torch.rand(2, 3, 32, 32)
     assert torch.equal(check_output(up.clone(), up), up)
@@ -504,15 +504,9 @@ def test_wire_format_round_trip() -> None:
     from kserve import InferRequest
     from kserve.protocol.rest.v2_datamodels import InferenceRequest
 
-    from serving.codec import (
-        BatchLimits,
-        RenderParams,
-        TileBatch,
-        decode_v1_request,
-        decode_v2_request,
-        encode_v1,
-        encode_v2,
-    )
+    from serving.batch_decode import BatchLimits, decode_v1_request, decode_v2_request
+    from serving.batch_encode import TileBatch, encode_v1, encode_v2
+    from serving.codec import RenderParams
 
     lr = torch.rand(3, 60, 70)
     canvas = Canvas.for_scale(60, 70, 4.0, 4)
