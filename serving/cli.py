@@ -198,7 +198,7 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
         _isolate_kserve_argv()
         from serving.jobs.cli import job_config
         from serving.model_server import read_admin_token, run_transformer
-        from serving.transformer import TransformerSettings
+        from serving.transformer_settings import TransformerSettings
         from serving.validation import Limits
 
         if predictor_protocol not in ("v1", "v2"):
@@ -226,7 +226,7 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
             breaker_reset_s=breaker_reset_s,
             breaker_probe_s=breaker_probe_s,
             request_stats=request_stats,
-            jobs=job_config(redis_url, s3_prefix=jobs_s3_prefix, max_attempts=jobs_max_attempts)
+            job_queue=job_config(redis_url, s3_prefix=jobs_s3_prefix, max_attempts=jobs_max_attempts)
             if redis_url
             else None,
         )
