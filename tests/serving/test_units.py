@@ -593,7 +593,7 @@ def test_compute_executor_runs_everything_on_one_thread_and_propagates_errors() 
 def test_protocol_checks_of_bodies_and_headers() -> None:
     import orjson
 
-    from serving.protocol import (
+    from serving.request_bodies import (
         MAX_JSON_DEPTH,
         binary_request,
         header_length,
