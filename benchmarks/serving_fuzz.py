@@ -62,7 +62,8 @@ sys.path.insert(0, str(ROOT))
 
 from hndsr.resample import window_taps  # noqa: E402
 from hndsr.tiling import Tile  # noqa: E402
-from serving.codec import RenderParams, TileBatch, encode_v1, encode_v2  # noqa: E402
+from serving.batch_encode import TileBatch, encode_v1, encode_v2  # noqa: E402
+from serving.codec import RenderParams  # noqa: E402
 from serving.metrics import sample_value  # noqa: E402
 from serving.tile_crops import Canvas, TileSpec, crop, plan  # noqa: E402
 

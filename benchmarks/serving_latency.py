@@ -134,15 +134,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def bench_hop(url: str, repeats: int) -> list[dict[str, Any]]:
-    from serving.codec import (
-        ENCODINGS,
-        RenderParams,
-        TileBatch,
-        decode_v1_response,
-        decode_v2_response,
-        encode_v1,
-        encode_v2,
-    )
+    from serving.batch_encode import TileBatch, decode_v1_response, decode_v2_response, encode_v1, encode_v2
+    from serving.codec import ENCODINGS, RenderParams
     from serving.tile_crops import Canvas, choose_tile, crop, plan
 
     lr = torch.rand(3, 512, 512)

@@ -23,6 +23,18 @@ client_app = typer.Typer(help="Call a running HNDSR inference service.", no_args
 KSERVE_OPTION_SPELLING: dict[str, Any] = {"token_normalize_func": lambda token: token.replace("_", "-")}
 
 
+# The options both servers take, spelled once.
+HttpPort = Annotated[int, typer.Option(help="REST port.")]
+GrpcPort = Annotated[int | None, typer.Option(help="gRPC port (default: gRPC off).")]
+AdminTokenFile = Annotated[
+    Path | None,
+    typer.Option(
+        envvar="HNDSR_ADMIN_TOKEN_FILE",
+        help="File holding the admin token; enables /v2/repository/... (default: off).",
+    ),
+]
+
+
 def _isolate_kserve_argv() -> None:
     # kserve.model_server parses sys.argv when imported; our options are not its options.
     sys.argv = sys.argv[:1]
@@ -37,8 +49,8 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
     @serve_app.command("predictor", context_settings=KSERVE_OPTION_SPELLING)
     @friendly_errors
     def serve_predictor(
-        http_port: Annotated[int, typer.Option(help="REST port.")] = 8081,
-        grpc_port: Annotated[int | None, typer.Option(help="gRPC port (default: gRPC off).")] = None,
+        http_port: HttpPort = 8081,
+        grpc_port: GrpcPort = None,
         model_name: Annotated[str, typer.Option(help="Model name on the endpoint path.")] = "hndsr",
         storage_uri: Annotated[
             str,
@@ -73,13 +85,7 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
         noise_cache_mb: Annotated[
             float, typer.Option(help="Memory for cached diffusion noise fields, MB (LRU).")
         ] = 256.0,
-        admin_token_file: Annotated[
-            Path | None,
-            typer.Option(
-                envvar="HNDSR_ADMIN_TOKEN_FILE",
-                help="File holding the admin token; enables /v2/repository/... (default: off).",
-            ),
-        ] = None,
+        admin_token_file: AdminTokenFile = None,
     ) -> None:
         """The predictor: batches of tiles on the model (KServe ModelServer, REST v1 + v2)."""
         _isolate_kserve_argv()
@@ -114,8 +120,8 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
     @friendly_errors
     def serve_transformer(
         predictor_host: Annotated[str, typer.Option(help="host:port of the predictor's REST endpoint.")],
-        http_port: Annotated[int, typer.Option(help="REST port.")] = 8080,
-        grpc_port: Annotated[int | None, typer.Option(help="gRPC port (default: gRPC off).")] = None,
+        http_port: HttpPort = 8080,
+        grpc_port: GrpcPort = None,
         model_name: Annotated[str, typer.Option(help="Model name (the same on the predictor).")] = "hndsr",
         predictor_protocol: Annotated[str, typer.Option(help="v1 | v2 for the hop to the predictor.")] = "v2",
         encoding: Annotated[
@@ -186,19 +192,13 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
             typer.Option(envvar="HNDSR_JOBS_S3_PREFIX", help="s3://bucket/prefix for job inputs over 4 MB."),
         ] = None,
         jobs_max_attempts: Annotated[int, typer.Option(help="Attempts before the dead-letter queue.")] = 3,
-        admin_token_file: Annotated[
-            Path | None,
-            typer.Option(
-                envvar="HNDSR_ADMIN_TOKEN_FILE",
-                help="File holding the admin token; enables /v2/repository/... (default: off).",
-            ),
-        ] = None,
+        admin_token_file: AdminTokenFile = None,
     ) -> None:
         """The transformer: validation, admission, tiling, stitching, encoding; forwards to the predictor."""
         _isolate_kserve_argv()
         from serving.jobs.cli import job_config
         from serving.model_server import read_admin_token, run_transformer
-        from serving.transformer import TransformerSettings
+        from serving.transformer_settings import TransformerSettings
         from serving.validation import Limits
 
         if predictor_protocol not in ("v1", "v2"):
@@ -226,7 +226,7 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
             breaker_reset_s=breaker_reset_s,
             breaker_probe_s=breaker_probe_s,
             request_stats=request_stats,
-            jobs=job_config(redis_url, s3_prefix=jobs_s3_prefix, max_attempts=jobs_max_attempts)
+            job_queue=job_config(redis_url, s3_prefix=jobs_s3_prefix, max_attempts=jobs_max_attempts)
             if redis_url
             else None,
         )

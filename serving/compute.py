@@ -1,11 +1,10 @@
 """One thread for a server's tensor work.
 
 PyTorch's OpenMP runtime keeps a thread team per calling thread. When tensor work hops between
-``asyncio.to_thread`` pool threads, several teams take turns on the cores and every pass is slower,
-the main thread's too once a second team exists (measured on 2 cores, 256^2 -> 1024^2 deterministic
-pass: 380 ms when one thread does all the work, 490-530 ms once a second thread has run tensor ops).
-Servers therefore send all tensor work (decoding into tensors, inference, stitching, encoding) to
-this executor; ``workers`` > 1 only where a device does the arithmetic (CUDA).
+``asyncio.to_thread`` pool threads, several teams take turns on the cores and every pass is slower, the
+main thread's too once a second team exists (measured: benchmarks/NOTES.md). Servers therefore send all
+tensor work (decoding into tensors, inference, stitching, encoding) to this executor; ``workers`` > 1
+only where a device does the arithmetic (CUDA).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Renders ``ingress/nginx.conf.template`` with the serving configuration's own limits (body size from
 :class:`serving.validation.Limits`, per-client rate and upstream timeout from
-:class:`serving.transformer.TransformerSettings`), makes a self-signed certificate when none is given,
-and runs nginx in the foreground with every file it writes under one prefix directory. The cluster
+:class:`serving.transformer_settings.TransformerSettings`), makes a self-signed certificate when none is
+given, and runs nginx in the foreground with every file it writes under one prefix directory. The cluster
 equivalent (Istio Gateway, cert-manager, Envoy local rate limit and buffer filters) is in
 ``manifests/ingress/``.
 """
@@ -31,7 +31,7 @@ NGINX = "/usr/sbin/nginx"
 
 def _serving_defaults() -> tuple[int, float, float, int]:
     """Body limit (bytes), per-client rate (/s), burst and upstream timeout (s) of the transformer."""
-    from serving.transformer import TransformerSettings
+    from serving.transformer_settings import TransformerSettings
 
     s = TransformerSettings()
     return s.limits.max_body_bytes, s.rate_limit_rps, s.timeout_s, s.rate_limit_burst

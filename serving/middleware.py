@@ -11,7 +11,7 @@ For ``POST /v1/models/{name}:predict`` and ``POST /v2/models/{name}/infer``, in 
 3. ``Content-Length`` over the body limit -> 413 (nothing read);
 4. a processing slot, or a place in the wait queue; refused (503 ``queue_full`` + Retry-After) when
    the queue is full or when the expected wait at the measured drain rate is too long
-   (:class:`serving.admission.ConcurrencyGate`);
+   (:class:`serving.concurrency.ConcurrencyGate`);
 5. the body, read with a hard cap (chunked uploads too) -> 413 past it; on the transformer, a body
    that is not JSON -> 400 with an example of a valid one;
 
@@ -33,7 +33,8 @@ from typing import Any
 
 import orjson
 
-from serving.admission import BreakerProbe, BreakerState, CircuitBreaker, ConcurrencyGate, RateLimiter, Ticket
+from serving.breaker import BreakerProbe, BreakerState, CircuitBreaker
+from serving.concurrency import ConcurrencyGate, Ticket
 from serving.errors import (
     ERROR_KIND_KEY,
     BadRequest,
@@ -44,6 +45,7 @@ from serving.errors import (
     Unauthorized,
 )
 from serving.metrics import MODEL_VERSION_KEY, ServingMetrics
+from serving.rate_limit import RateLimiter
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 INFER_PATH = re.compile(r"^/v1/models/[^/]+:predict$|^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
 
 
-# The admission ticket of the request being handled (serving.admission.Ticket): the model sets its
+# The admission ticket of the request being handled (serving.concurrency.Ticket): the model sets its
 # size and progress, the gate learns the drain rate from it.
 CURRENT_TICKET: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar("hndsr_ticket", default=None)
 # Who the request being handled is (ClientIdentity): the rate-limit bucket, the admission gate's turns

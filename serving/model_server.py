@@ -29,7 +29,7 @@ from typing import Any
 
 from serving.metrics import ServingMetrics
 from serving.predictor import PredictorSettings
-from serving.transformer import TransformerSettings
+from serving.transformer_settings import TransformerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -256,9 +256,9 @@ def run_transformer(
         # The body's format is checked after admission by serving.protocol (JSON or the v2 binary extension).
     )
     _install(app, model, model.status, policy, admin_token)
-    if model.jobs is not None:  # the 202 of the asynchronous path and GET /jobs/{id} (serving.jobs)
+    if model.job_store is not None:  # the 202 of the asynchronous path and GET /jobs/{id} (serving.jobs)
         from serving.jobs.api import install_job_routes
 
-        install_job_routes(app, model.jobs)
+        install_job_routes(app, model.job_store)
     server.register_model(model)
     server.start([])

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,27 +28,21 @@ from kserve import InferOutput, InferRequest, InferResponse, Model
 
 from hndsr.checkpoint import load_checkpoint
 from hndsr.errors import CheckpointError, HNDSRError, OutputValidationError
-from hndsr.model_pass import (
-    autocast_dtype,
-    noise_fields,
-    pick_device,
-    render_batch,
-    slice_noise,
-    validate_output,
-)
+from hndsr.model_pass import autocast_dtype, pick_device, render_batch, slice_noise
 from hndsr.models.hndsr_model import HNDSR
 from hndsr.models.operator import LRInput
 from hndsr.resample import resize
-from serving.admission import BreakerProbe, BreakerState, CircuitBreaker, ConcurrencyGate
-from serving.codec import (
+from serving.batch_decode import (
     BatchLimits,
     DecodedBatch,
     decode_v1_request,
     decode_v2_request,
     encode_v1_response,
-    quantise_tiles,
 )
+from serving.breaker import BreakerState, probed_breaker
+from serving.codec import quantise_tiles
 from serving.compute import ComputeExecutor
+from serving.concurrency import ConcurrencyGate
 from serving.errors import (
     InferenceFailed,
     NotReady,
@@ -58,6 +51,8 @@ from serving.errors import (
     Unprocessable,
 )
 from serving.metrics import ServingMetrics
+from serving.noise_cache import NoiseCache
+from serving.output_checks import check_output, warmup_lr
 from serving.storage import resolve_storage_uri
 from serving.tile_crops import model_inputs
 
@@ -81,47 +76,8 @@ class PredictorSettings:
     expected_sha256: str | None = None
     cache_dir: str | None = None
     max_body_bytes: int = 64 * 2**20  # the transformer sends ~3 MB per batch of 4 tiles (b64 crops)
-    max_canvas_pixels: int = 72_000_000  # 2048 x 2048 px at x4 is 67 MP (serving.codec.BatchLimits)
+    max_canvas_pixels: int = 72_000_000  # 2048 x 2048 px at x4 is 67 MP (serving.batch_decode.BatchLimits)
     noise_cache_bytes: int = 256 * 2**20  # diffusion noise fields kept between batches of one image
-
-
-def mean_gradient(x: torch.Tensor) -> torch.Tensor:
-    """Mean absolute finite difference of the band mean, per image of ``(B, C, H, W)`` -> ``(B,)``,
-    on every other row and column (a quarter of the work; output and input are measured alike, and a
-    flat or grey output stays flat on any grid)."""
-    g = x[:, :, ::2, ::2].mean(dim=1)
-    gy = (g[:, 1:, :] - g[:, :-1, :]).abs().mean(dim=(1, 2))
-    gx = (g[:, :, 1:] - g[:, :, :-1]).abs().mean(dim=(1, 2))
-    return gx + gy
-
-
-def check_output(sr: torch.Tensor, up: torch.Tensor, *, floor: float = 0.25) -> torch.Tensor:
-    """Finite and in range (:func:`hndsr.model_pass.validate_output`, which also clamps), and not
-    degenerate: a tile whose bicubic input has structure must keep at least ``floor`` of its
-    sharpness (a flat or grey output from a textured input means the model lost the image)."""
-    sr = validate_output(sr.float())
-    s_up, s_sr = mean_gradient(up.float()), mean_gradient(sr)
-    bad = (s_up > 1e-3) & (s_sr < floor * s_up)
-    if bool(bad.any()):
-        i = int(torch.nonzero(bad)[0])
-        raise OutputValidationError(
-            f"degenerate output: tile {i} has sharpness {float(s_sr[i]):.5f}, below {floor:g} x that of its "
-            f"bicubic input ({float(s_up[i]):.5f}); the model lost the image — check checkpoint and device"
-        )
-    return sr
-
-
-def _warmup_lr() -> torch.Tensor:
-    """A deterministic textured LR tile (3, 32, 32), upscaled x4 by the warm-up."""
-    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
-    lr = torch.stack(
-        [
-            0.5 + 0.25 * torch.sin(0.4 * xx + 0.3 * yy),
-            0.5 + 0.25 * torch.cos(0.25 * xx),
-            0.5 + 0.2 * torch.sin(0.5 * yy),
-        ]
-    )
-    return lr
 
 
 class HNDSRPredictor(Model):
@@ -131,15 +87,14 @@ class HNDSRPredictor(Model):
         super().__init__(name)
         self.settings = settings
         self.metrics = metrics
-        self.breaker = CircuitBreaker(
+        # While open, the warm-up inference (with its output checks) decides when the device is back.
+        self.breaker, self.probe = probed_breaker(
             settings.breaker_threshold,
             settings.breaker_reset_s,
+            settings.breaker_probe_s,
             name="inference",
-            probe_hold_s=settings.breaker_probe_s,
+            check=self._self_test,
         )
-        # While open, the warm-up inference (with its output checks) decides when the device is back.
-        self.probe = BreakerProbe(self.breaker, self._self_test, interval_s=settings.breaker_probe_s)
-        self.breaker.on_open = self.probe.kick
         self.gate = ConcurrencyGate(settings.max_concurrency, settings.max_queue, what="inferences")
         self.model: HNDSR | None = None
         self.device = pick_device(settings.device)
@@ -159,8 +114,7 @@ class HNDSRPredictor(Model):
         )
         default_batch = 4 if self.device.type == "cuda" else 1
         self.compute_batch = max(1, settings.compute_batch or default_batch)
-        self._noise: OrderedDict[tuple[int, int, int, int], torch.Tensor] = OrderedDict()
-        self._noise_bytes = 0
+        self.noise = NoiseCache(settings.noise_cache_bytes)
         self.unloaded = False  # set by the model-repository "unload": the server is no longer live
         # All tensor work on one thread on CPU (serving.compute); a GPU takes the concurrent inferences.
         self.compute = ComputeExecutor(settings.max_concurrency if self.device.type == "cuda" else 1)
@@ -233,8 +187,7 @@ class HNDSRPredictor(Model):
         self.unloaded = True
         self.model = None
         self.load_error = "the model was unloaded through the model-repository API; load it again"
-        self._noise.clear()
-        self._noise_bytes = 0
+        self.noise.clear()
         logger.warning("model %s unloaded", self.name)
 
     def live(self) -> bool:
@@ -255,7 +208,7 @@ class HNDSRPredictor(Model):
         return [{"name": "sr", "datatype": "UINT16", "shape": [-1, 3, -1, -1]}]
 
     def _warmup(self, model: HNDSR) -> None:
-        lr = _warmup_lr().to(self.device)
+        lr = warmup_lr().to(self.device)
         up = resize(lr, (128, 128)).unsqueeze(0)
         low = [LRInput.whole(lr[None], (128, 128))] if model.needs_lr else None
         sr = render_batch(model, up, 4.0, steps=0, strength=1.0, lr=low, dtype=self.autocast_dtype)
@@ -387,7 +340,7 @@ class HNDSRPredictor(Model):
         noise = None
         if steps > 0:
             f = model.factor
-            field = self._noise_field(
+            field = self.noise.get(
                 p.seed, model.latent_channels, batch.canvas.canvas_h // f, batch.canvas.canvas_w // f
             )
             noise = slice_noise(field, [spec.tile for spec in batch.specs], f).to(self.device)
@@ -405,26 +358,6 @@ class HNDSRPredictor(Model):
         sr = check_output(sr, up, floor=self.settings.sharpness_floor)
         out = quantise_tiles(sr.cpu().numpy().astype(np.float32, copy=False), batch.tile_bits)
         return out, (time.perf_counter() - started) * 1000.0, steps
-
-    def _noise_field(self, seed: int, channels: int, lh: int, lw: int) -> torch.Tensor:
-        """The noise of a whole canvas (the batches of one image share it), kept in an LRU cache bounded
-        in bytes (``noise_cache_bytes``): the canvas was bounded before (serving.codec.check_canvas), and
-        a field larger than the whole budget is made for this batch and not kept."""
-        key = (seed, channels, lh, lw)
-        field = self._noise.get(key)
-        if field is not None:
-            self._noise.move_to_end(key)
-            return field
-        field = noise_fields(seed, channels, lh, lw)[0]
-        size = field.numel() * field.element_size()
-        budget = self.settings.noise_cache_bytes
-        if size <= budget:
-            while self._noise and self._noise_bytes + size > budget:
-                _, old = self._noise.popitem(last=False)
-                self._noise_bytes -= old.numel() * old.element_size()
-            self._noise[key] = field
-            self._noise_bytes += size
-        return field
 
     async def postprocess(
         self, result: Any, headers: dict[str, str] | None = None, response_headers: Any = None

@@ -54,8 +54,8 @@ class WorkerSettings:
     device: str | None = None
     tile: int = 1024  # output px per tile (the engine's default)
     max_input_pixels: int = 20_000 * 20_000  # decompression-bomb guard; scenes are large here
-    # PNG results: the engine holds the whole output canvas (~50 bytes per output pixel at peak,
-    # measured): refuse what cannot fit rather than be OOM-killed max_attempts times.
+    # PNG results: the engine holds the whole output canvas (peak bytes per output pixel measured:
+    # benchmarks/NOTES.md): refuse what cannot fit rather than be OOM-killed max_attempts times.
     max_output_pixels: int = 400_000_000
     # GeoTIFF results are streamed: memory is the decoded input (~1-2 bytes per output pixel at x4), the
     # diffusion path's latent noise (4 bytes per output pixel for the release model; none when steps=0)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from tooling import require_tool
 
-from serving.transformer import TransformerSettings
+from serving.transformer_settings import TransformerSettings
 from serving.validation import Limits
 
 ROOT = Path(__file__).resolve().parents[2]

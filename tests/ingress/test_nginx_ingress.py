@@ -24,7 +24,7 @@ pytest.importorskip("kserve")
 
 from serving.ingress import IngressConfig, NginxIngress
 from serving.metrics import sample_value
-from serving.transformer import TransformerSettings
+from serving.transformer_settings import TransformerSettings
 from serving.validation import Limits
 
 pytestmark = needs_tool("nginx")

@@ -16,7 +16,8 @@ from hndsr.image_read import read_image_bytes
 from hndsr.image_write import encode_image
 from hndsr.inference import Upscaler, upscale_raster
 from serving.errors import PayloadTooLarge
-from serving.transformer import HNDSRTransformer, TransformerSettings
+from serving.transformer import HNDSRTransformer
+from serving.transformer_settings import TransformerSettings
 
 
 def test_over_the_tile_limit_without_redis_is_a_413_that_says_what_to_do() -> None:

@@ -18,16 +18,10 @@ pytest.importorskip("kserve")
 from hndsr.checkpoint import CONFIG_FILE, save_checkpoint
 from hndsr.inference import Upscaler
 from hndsr.tiling import Stitcher
-from serving.admission import BreakerState
-from serving.codec import (
-    BatchLimits,
-    DecodedBatch,
-    RenderParams,
-    TileBatch,
-    decode_v1_request,
-    encode_v1,
-    tile_values,
-)
+from serving.batch_decode import BatchLimits, DecodedBatch, decode_v1_request
+from serving.batch_encode import TileBatch, encode_v1
+from serving.breaker import BreakerState
+from serving.codec import RenderParams, tile_values
 from serving.errors import CircuitOpen, InferenceFailed, NotReady
 from serving.metrics import ServingMetrics
 from serving.predictor import HNDSRPredictor, PredictorSettings
@@ -213,16 +207,16 @@ def test_output_check_failure_is_the_clients_while_the_self_check_passes(tmp_pat
 def test_noise_cache_is_bounded_in_bytes(tmp_path: Path) -> None:
     p = make(write_checkpoint(tmp_path / "ckpt"), noise_cache_bytes=3 * 4 * 64 * 64 * 4)
     for seed in range(10):
-        p._noise_field(seed, 4, 64, 64)  # 64 KiB each: three fit
-        assert p._noise_bytes <= p.settings.noise_cache_bytes
-    assert len(p._noise) == 3 and list(k[0] for k in p._noise) == [7, 8, 9]
-    big = p._noise_field(99, 4, 256, 256)  # larger than the whole budget: made, not kept
-    assert big.shape == (4, 256, 256) and (99, 4, 256, 256) not in p._noise
-    assert p._noise_bytes == sum(f.numel() * 4 for f in p._noise.values())
+        p.noise.get(seed, 4, 64, 64)  # 64 KiB each: three fit
+        assert p.noise.bytes <= p.settings.noise_cache_bytes
+    assert len(p.noise.fields) == 3 and list(k[0] for k in p.noise.fields) == [7, 8, 9]
+    big = p.noise.get(99, 4, 256, 256)  # larger than the whole budget: made, not kept
+    assert big.shape == (4, 256, 256) and (99, 4, 256, 256) not in p.noise.fields
+    assert p.noise.bytes == sum(f.numel() * 4 for f in p.noise.fields.values())
 
 
 def test_canvas_limits_are_checked_before_allocating() -> None:
-    from serving.codec import check_canvas
+    from serving.batch_decode import check_canvas
     from serving.errors import BadRequest, PayloadTooLarge
 
     limits = BatchLimits()

@@ -27,7 +27,8 @@ from tooling import require_tool
 
 pytest.importorskip("kserve")
 
-from serving.codec import RenderParams, TileBatch, _pad_stack, decode_v2_response, encode_v1, encode_v2
+from serving.batch_encode import TileBatch, _pad_stack, decode_v2_response, encode_v1, encode_v2
+from serving.codec import RenderParams
 from serving.metrics import sample_value
 from serving.tile_crops import Canvas, crop, plan
 

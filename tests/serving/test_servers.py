@@ -143,15 +143,8 @@ def test_v2_geotiff_keeps_georeferencing_bands_and_depth(
 def test_predictor_speaks_v1_and_v2_encodings_alike(stack: tuple[Server, Server], http: httpx.Client) -> None:
     import torch
 
-    from serving.codec import (
-        ENCODINGS,
-        RenderParams,
-        TileBatch,
-        decode_v1_response,
-        decode_v2_response,
-        encode_v1,
-        encode_v2,
-    )
+    from serving.batch_encode import TileBatch, decode_v1_response, decode_v2_response, encode_v1, encode_v2
+    from serving.codec import ENCODINGS, RenderParams
     from serving.tile_crops import Canvas, crop, plan
 
     pred, _ = stack

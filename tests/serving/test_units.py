@@ -17,16 +17,8 @@ from servingstack import png_bytes
 
 from hndsr.errors import CheckpointError, ImageTooSmallError, OutputValidationError, ScaleError
 from hndsr.resample import resize
-from serving.admission import (
-    BreakerProbe,
-    BreakerState,
-    CircuitBreaker,
-    ConcurrencyGate,
-    DrainMeter,
-    RateLimiter,
-    Ticket,
-    Verdict,
-)
+from serving.breaker import BreakerProbe, BreakerState, CircuitBreaker
+from serving.concurrency import ConcurrencyGate, DrainMeter, Ticket, Verdict
 from serving.errors import (
     BadRequest,
     CircuitOpen,
@@ -39,6 +31,7 @@ from serving.errors import (
     from_exception,
 )
 from serving.middleware import ClientIdentity, read_api_keys
+from serving.rate_limit import RateLimiter
 from serving.tile_crops import Canvas, bicubic_tile, choose_tile, crop, model_inputs, plan
 from serving.validation import Limits, parse_v1, probe_image
 
@@ -490,7 +483,7 @@ def test_error_mapping_is_one_table() -> None:
 
 def test_output_checks_refuse_nan_range_and_degenerate() -> None:
     pytest.importorskip("kserve")
-    from serving.predictor import check_output
+    from serving.output_checks import check_output
 
     up = torch.rand(2, 3, 32, 32)
     assert torch.equal(check_output(up.clone(), up), up)
@@ -511,15 +504,9 @@ def test_wire_format_round_trip() -> None:
     from kserve import InferRequest
     from kserve.protocol.rest.v2_datamodels import InferenceRequest
 
-    from serving.codec import (
-        BatchLimits,
-        RenderParams,
-        TileBatch,
-        decode_v1_request,
-        decode_v2_request,
-        encode_v1,
-        encode_v2,
-    )
+    from serving.batch_decode import BatchLimits, decode_v1_request, decode_v2_request
+    from serving.batch_encode import TileBatch, encode_v1, encode_v2
+    from serving.codec import RenderParams
 
     lr = torch.rand(3, 60, 70)
     canvas = Canvas.for_scale(60, 70, 4.0, 4)
@@ -606,7 +593,7 @@ def test_compute_executor_runs_everything_on_one_thread_and_propagates_errors() 
 def test_protocol_checks_of_bodies_and_headers() -> None:
     import orjson
 
-    from serving.protocol import (
+    from serving.request_bodies import (
         MAX_JSON_DEPTH,
         binary_request,
         header_length,
