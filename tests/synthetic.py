@@ -18,6 +18,18 @@ TINY_MODEL = {
 PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
 
 
+def write_tiny_params(path: Path, train_dir: Path, **stage: Any) -> Path:
+    """A params file training the tiny model from ``train_dir`` on the CPU, every stage with
+    ``stage`` (steps, batch_size, lr, warmup_steps, steps_per_epoch)."""
+    params = {
+        "data": {"train_dir": str(train_dir), "patch_size": 48, "val_images": 2, "val_crop": 48},
+        "model": TINY_MODEL,
+        "train": {"seed": 0, "device": "cpu", "autoencoder": stage, "operator": stage, "diffusion": stage},
+    }
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
 def tiny_pipeline_params(evaluate_limit: int) -> dict[str, Any]:
     """params.yaml with the tiny model on 48 px tiles and a ``ci`` profile that trains each stage 2
     steps on the CPU and scores ``evaluate_limit`` held-out tiles: the pipeline tests' recipe."""
