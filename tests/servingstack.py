@@ -5,6 +5,7 @@ by the fixture that started them."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import signal
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -169,6 +171,21 @@ class Server(ReadyProcess):
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def serving_pair(
+    pred: ReadyProcess, start_transformer: Callable[[ReadyProcess], ReadyProcess]
+) -> Iterator[tuple[Any, Any]]:
+    """A started predictor and the transformer started in front of it; both stopped on exit."""
+    try:
+        trans = start_transformer(pred)
+        try:
+            yield pred, trans
+        finally:
+            trans.stop()
+    finally:
+        pred.stop()
 
 
 def predictor(tmp: Path, storage_uri: str | Path, *extra: str, env: dict[str, str] | None = None) -> Server:
