@@ -98,6 +98,12 @@ class Proc:
                 self.proc.kill()
 
 
+def transformer_args(pred: Proc, *extra: str) -> list[str]:
+    """``hndsr serve transformer`` in front of ``pred``, with no rate limit (the benchmark's clients
+    are not abusive)."""
+    return ["transformer", "--predictor-host", f"127.0.0.1:{pred.port}", "--rate-limit-rps", "0", *extra]
+
+
 def aerial(size: int, seed: int) -> bytes:
     """A deterministic textured RGB PNG of ``size`` x ``size``."""
     rng = np.random.default_rng(seed)
@@ -338,18 +344,7 @@ def main() -> None:
     results["checkpoint"] = label
     print(f"checkpoint: {label}", flush=True)
     pred = Proc(["predictor", "--storage-uri", ckpt], tmp / "predictor.log")
-    trans = Proc(
-        [
-            "transformer",
-            "--predictor-host",
-            f"127.0.0.1:{pred.port}",
-            "--rate-limit-rps",
-            "0",
-            "--max-sync-tiles",
-            "256",
-        ],
-        tmp / "transformer.log",
-    )
+    trans = Proc(transformer_args(pred, "--max-sync-tiles", "256"), tmp / "transformer.log")
     try:
         health = httpx.get(pred.url + "/health").json()
         results["device"] = health["device"]
@@ -393,15 +388,7 @@ def main() -> None:
             compute_batch = int(httpx.get(pred.url + "/health").json()["compute_batch"])
             for inflight in (int(v) for v in args.overhead_inflight.split(",")):
                 trans = Proc(
-                    [
-                        "transformer",
-                        "--predictor-host",
-                        f"127.0.0.1:{pred.port}",
-                        "--rate-limit-rps",
-                        "0",
-                        "--inflight-batches",
-                        str(inflight),
-                    ],
+                    transformer_args(pred, "--inflight-batches", str(inflight)),
                     tmp / f"transformer-overhead-{inflight}.log",
                 )
                 try:

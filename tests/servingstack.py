@@ -5,6 +5,7 @@ by the fixture that started them."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import signal
@@ -12,8 +13,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 import httpx
 import numpy as np
@@ -22,6 +25,9 @@ from PIL import Image
 from synthetic import TINY_MODEL, synthetic_aerial
 
 from hndsr.checkpoint import save_checkpoint
+from hndsr.image_read import read_image_bytes
+from hndsr.image_write import encode_image
+from hndsr.inference import Upscaler, upscale_raster
 from hndsr.models.hndsr_model import HNDSR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,12 +84,62 @@ def png_bytes(h: int, w: int, seed: int = 0, mode: str = "RGB") -> bytes:
     return buf.getvalue()
 
 
+def engine_png(data: bytes, tile: int) -> bytes:
+    """The in-process engine's x4 PNG on one thread, as a worker (OMP_NUM_THREADS=1) renders it: the
+    reference a served job's result must equal (two threads on a busy 2-core machine spin for many
+    seconds over hundreds of small tiles)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        upscaler = Upscaler(tiny_model(), device="cpu", tile=tile)
+        raster = upscale_raster(upscaler, read_image_bytes(data), scale=4.0, steps=0)
+    finally:
+        torch.set_num_threads(threads)
+    return encode_image(raster, "png", png_level=1)
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+class ReadyProcess:
+    """A server subprocess logging to ``log`` and answering on 127.0.0.1:``port``; subclasses say how
+    to stop it."""
+
+    log: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None
+    startup_timeout_s: ClassVar[float] = STARTUP_TIMEOUT_S
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def launch(
+        self, cmd: list[str], what: str, ready_path: str, accept: tuple[int, ...], poll_s: float, **popen: Any
+    ) -> None:
+        """Start ``cmd`` and wait until ``ready_path`` answers; else stop it and raise with its log."""
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, **popen)
+        failure = wait_ready(self.proc, self.url + ready_path, accept, self.startup_timeout_s, poll_s=poll_s)
+        if failure is None:
+            return
+        if self.proc.poll() is None:
+            self.stop()
+        raise RuntimeError(f"{what} {failure}: {self.log_tail()}")
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def log_tail(self, n: int = 3000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-n:]
+        except OSError:
+            return "(no log)"
+
+
 @dataclass(eq=False)  # hashable: tests key dicts by server
-class Server:
+class Server(ReadyProcess):
     """A ``hndsr serve`` subprocess."""
 
     args: list[str]
@@ -92,23 +148,11 @@ class Server:
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
     def start(self, ready_path: str = "/health", accept: tuple[int, ...] = (200,)) -> Server:
         cmd = [sys.executable, "-m", "hndsr_cli", "serve", *self.args, "--http-port", str(self.port)]
         env = os.environ | {"OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"} | self.env
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        failure = wait_ready(self.proc, self.url + ready_path, accept, STARTUP_TIMEOUT_S, poll_s=0.25)
-        if failure is None:
-            return self
-        if self.proc.poll() is None:
-            self.stop()
-        raise RuntimeError(f"{self.args[0]} {failure}: {self.log_tail()}")
+        self.launch(cmd, self.args[0], ready_path, accept, 0.25, cwd=ROOT, env=env, start_new_session=True)
+        return self
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
@@ -128,11 +172,20 @@ class Server:
             proc.kill()
             proc.wait()
 
-    def log_tail(self, n: int = 3000) -> str:
+
+@contextlib.contextmanager
+def serving_pair(
+    pred: ReadyProcess, start_transformer: Callable[[ReadyProcess], ReadyProcess]
+) -> Iterator[tuple[Any, Any]]:
+    """A started predictor and the transformer started in front of it; both stopped on exit."""
+    try:
+        trans = start_transformer(pred)
         try:
-            return self.log.read_text(errors="replace")[-n:]
-        except OSError:
-            return "(no log)"
+            yield pred, trans
+        finally:
+            trans.stop()
+    finally:
+        pred.stop()
 
 
 def predictor(tmp: Path, storage_uri: str | Path, *extra: str, env: dict[str, str] | None = None) -> Server:

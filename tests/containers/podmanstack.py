@@ -13,8 +13,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
-from servingstack import free_port, wait_ready
+from servingstack import ReadyProcess, free_port
 from tooling import CONTAINER_TOOLS, missing, require_tool
 
 from deploy.image_tags import IMAGE_KINDS, image_ref
@@ -84,7 +85,7 @@ def _existing(refs: dict[str, str]) -> dict[str, str]:
 
 
 @dataclass
-class Container:
+class Container(ReadyProcess):
     """A long-running container (a server), stopped and removed by ``stop``."""
 
     image: str
@@ -95,24 +96,14 @@ class Container:
     port: int = field(default_factory=free_port)
     name: str = field(default_factory=lambda: f"hndsr-test-{uuid.uuid4().hex[:10]}")
     proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    startup_timeout_s: ClassVar[float] = STARTUP_TIMEOUT_S
 
     def start(self, ready_path: str = "/v2/health/live", accept: tuple[int, ...] = (200,)) -> Container:
         env_args = [a for k, v in self.env.items() for a in ("-e", f"{k}={v}")]
-        cmd = [*podman_base(), *run_args(name=self.name, mounts=self.mounts), *env_args, self.image]
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [*cmd, *self.command], env=podman_env(), stdout=log, stderr=subprocess.STDOUT
-            )
-        failure = wait_ready(self.proc, self.url + ready_path, accept, STARTUP_TIMEOUT_S, poll_s=0.5)
-        if failure is None:
-            return self
-        if self.proc.poll() is None:
-            self.stop()
-        raise RuntimeError(f"container {self.command[:2]} {failure}: {self.log_tail()}")
+        run = run_args(name=self.name, mounts=self.mounts)
+        cmd = [*podman_base(), *run, *env_args, self.image, *self.command]
+        self.launch(cmd, f"container {self.command[:2]}", ready_path, accept, 0.5, env=podman_env())
+        return self
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
@@ -124,9 +115,3 @@ class Container:
         except subprocess.TimeoutExpired:
             podman("rm", "--force", self.name, check=False, timeout=60)
             proc.wait()
-
-    def log_tail(self, n: int = 3000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-n:]
-        except OSError:
-            return "(no log)"

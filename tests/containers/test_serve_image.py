@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 from podmanstack import ROOT, Container
-from servingstack import b64, png_bytes
+from servingstack import b64, png_bytes, serving_pair
 
 from hndsr.checkpoint import load_checkpoint
 from hndsr.image_read import read_image_bytes
@@ -68,14 +68,9 @@ def stack(
 ) -> Iterator[tuple[Container, Container]]:
     tmp = tmp_path_factory.mktemp("serve-image")
     pred = predictor_container(tmp, images["serve"], RELEASE).start("/v2/models/hndsr/ready")
-    try:
-        trans = transformer_container(tmp, images["serve"], pred).start("/v2/health/ready")
-        try:
-            yield pred, trans
-        finally:
-            trans.stop()
-    finally:
-        pred.stop()
+    in_front = lambda p: transformer_container(tmp, images["serve"], p).start("/v2/health/ready")  # noqa: E731
+    with serving_pair(pred, in_front) as pair:
+        yield pair
 
 
 def test_x4_request_from_the_host_equals_the_local_engine(stack: tuple[Container, Container]) -> None:

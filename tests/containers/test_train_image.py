@@ -20,10 +20,10 @@ from imagesets import write_clean_set
 from kfp import dsl
 from kfp.local import executor_input_utils, placeholder_utils
 from kfp.pipeline_spec import pipeline_spec_pb2
-from podmanstack import ROOT, podman, run_args
+from podmanstack import podman, run_args
 from safetensors.numpy import load_file
 from servingstack import write_checkpoint
-from synthetic import TINY_MODEL
+from synthetic import tiny_pipeline_params
 
 from components.steps import prepare_data
 from deploy.image_tags import image_ref
@@ -37,19 +37,9 @@ ENV = {"OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
 def tiny_params() -> str:
-    """tests/pipeline's tiny recipe (the quick profile's stages at 2 steps on 48 px tiles), as one line
-    of JSON, as ``pipelines.runner.read_params`` passes params to the pipeline."""
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["data"].update(patch_size=48, val_crop=48, val_images=2, val_fraction=0.2, test_fraction=0.3)
-    raw["model"] = TINY_MODEL
-    raw["prepare"]["tile_size"] = 48
-    tiny = {"steps": 2, "batch_size": 2, "warmup_steps": 1, "steps_per_epoch": 1}
-    raw["profiles"]["ci"] = {"train.device": "cpu", "train.threads": 1, "evaluate.limit": 3} | {
-        f"train.{stage}.{key}": value
-        for stage in ("autoencoder", "operator", "diffusion")
-        for key, value in tiny.items()
-    }
-    return json.dumps(raw, sort_keys=True)
+    """tests/pipeline's tiny recipe (3 held-out tiles) as one line of JSON, as
+    ``pipelines.runner.read_params`` passes params to the pipeline."""
+    return json.dumps(tiny_pipeline_params(evaluate_limit=3), sort_keys=True)
 
 
 @pytest.fixture(scope="module")

@@ -10,15 +10,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from podmanstack import Container
-from servingstack import png_bytes, tiny_model, write_checkpoint
+from servingstack import engine_png, png_bytes, write_checkpoint
 from tooling import require_tool
 
-from hndsr.image_read import read_image_bytes
-from hndsr.image_write import encode_image
-from hndsr.inference import Upscaler, upscale_raster
 from serving.jobs.redisserver import EmbeddedRedis
 from serving.jobs.store import DONE, JobConfig, JobStore
 
@@ -26,18 +22,6 @@ from serving.jobs.store import DONE, JobConfig, JobStore
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 PARAMS = {"scale": 4.0, "seed": 0, "steps": 0, "output_format": "png"}
-
-
-def engine_png(data: bytes, tile: int) -> bytes:
-    """The in-process engine on one thread, as the worker runs (OMP_NUM_THREADS=1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        upscaler = Upscaler(tiny_model(), device="cpu", tile=tile)
-        raster = upscale_raster(upscaler, read_image_bytes(data), scale=4.0, steps=0)
-    finally:
-        torch.set_num_threads(threads)
-    return encode_image(raster, "png", png_level=1)
 
 
 def test_one_job_from_the_host_redis_runs_to_done(images: dict[str, str], tmp_path: Path) -> None:

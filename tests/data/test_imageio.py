@@ -59,6 +59,17 @@ def _not_georeferenced_ok() -> Iterator[None]:
         yield
 
 
+def _write_plain(path: Path, pixels: np.ndarray, driver: str) -> Path:
+    """``pixels`` (bands, H, W) written by rasterio with no georeferencing."""
+    bands, h, w = pixels.shape
+    with (
+        _not_georeferenced_ok(),
+        rasterio.open(path, "w", driver=driver, width=w, height=h, count=bands, dtype=pixels.dtype) as dst,
+    ):
+        dst.write(pixels)
+    return path
+
+
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
@@ -147,12 +158,7 @@ def test_png16_rgb_round_trip_is_exact(tmp_path: Path) -> None:
 
 def test_png16_rgba_drops_alpha(tmp_path: Path) -> None:
     pixels = _rng().integers(0, 65536, (4, 6, 5), dtype=np.uint16)
-    src = tmp_path / "rgba16.png"
-    with (
-        _not_georeferenced_ok(),
-        rasterio.open(src, "w", driver="PNG", width=5, height=6, count=4, dtype="uint16") as dst,
-    ):
-        dst.write(pixels)
+    src = _write_plain(tmp_path / "rgba16.png", pixels, "PNG")
     assert src.read_bytes()[25] == 6  # colour type RGBA
     raster = read_image(src)
     assert raster.bands == 3
@@ -161,12 +167,7 @@ def test_png16_rgba_drops_alpha(tmp_path: Path) -> None:
 
 def test_tiff16_three_band_round_trip_is_exact(tmp_path: Path) -> None:
     pixels = _rng().integers(0, 65536, (3, 17, 23), dtype=np.uint16)
-    src = tmp_path / "plain.tif"
-    with (
-        _not_georeferenced_ok(),
-        rasterio.open(src, "w", driver="GTiff", width=23, height=17, count=3, dtype="uint16") as dst,
-    ):
-        dst.write(pixels)
+    src = _write_plain(tmp_path / "plain.tif", pixels, "GTiff")
 
     raster = read_image(src)
     assert raster.dtype == "uint16"

@@ -17,9 +17,8 @@ from typing import Any
 
 import pytest
 import torch
-import yaml
 from PIL import Image
-from synthetic import TINY_MODEL, synthetic_aerial
+from synthetic import synthetic_aerial, write_tiny_params
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
@@ -39,15 +38,7 @@ def _write_params(tmp: Path, **stage_overrides: Any) -> Path:
     for i in range(6):
         Image.fromarray(synthetic_aerial((96, 104), seed=i)).save(data / f"img_{i}.png")
     stage = {"steps": 4, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1, "steps_per_epoch": 2}
-    stage |= stage_overrides
-    params = {
-        "data": {"train_dir": str(data), "patch_size": 48, "val_images": 2, "val_crop": 48},
-        "model": TINY_MODEL,
-        "train": {"seed": 0, "device": "cpu", "autoencoder": stage, "operator": stage, "diffusion": stage},
-    }
-    path = tmp / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    return path
+    return write_tiny_params(tmp / "params.yaml", data, **(stage | stage_overrides))
 
 
 def _records(folder: Path, rank: int) -> list[dict[str, Any]]:

@@ -13,15 +13,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import torch
 from jobstack import fresh_config, metric_value, metrics_of, name_of, start_all, worker
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from servingstack import ROOT, png_bytes, tiny_model, write_checkpoint
+from servingstack import ROOT, engine_png, png_bytes, write_checkpoint
 
 from hndsr.image_read import read_image_bytes
-from hndsr.image_write import encode_image
-from hndsr.inference import Upscaler, upscale_raster
 from serving.jobs.store import DONE, RUNNING, JobStore
 
 PARAMS = {"scale": 4.0, "seed": 0, "steps": 0, "output_format": "png"}
@@ -30,19 +27,6 @@ PARAMS = {"scale": 4.0, "seed": 0, "steps": 0, "output_format": "png"}
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
-
-
-def engine_png(data: bytes, tile: int) -> bytes:
-    """The in-process engine, on one thread as the workers here (two threads on a busy 2-core
-    machine spin for many seconds over 625 small tiles)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        upscaler = Upscaler(tiny_model(), device="cpu", tile=tile)
-        raster = upscale_raster(upscaler, read_image_bytes(data), scale=4.0, steps=0)
-    finally:
-        torch.set_num_threads(threads)
-    return encode_image(raster, "png", png_level=1)
 
 
 def assert_same_image(a: bytes, b: bytes) -> None:

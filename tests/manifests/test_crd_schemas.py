@@ -20,18 +20,23 @@ def _release(root: Path, repo: str, version: str, asset: str, files: list[str]) 
     out.write_text(OTHER + "".join(schema_file(f).read_text() for f in files) + OTHER)
 
 
+def _fetch_env(tmp_path: Path, *, kserve: str, operator: str) -> dict[str, str]:
+    """The fetch script's environment: releases from ``tmp_path/gh``, schemas into ``tmp_path/out``."""
+    return os.environ | {
+        "CRD_RELEASE_BASE": f"file://{tmp_path / 'gh'}",
+        "HNDSR_CRD_SCHEMAS": str(tmp_path / "out"),
+        "KSERVE_VERSION": kserve,
+        "PROMETHEUS_OPERATOR_VERSION": operator,
+    }
+
+
 def test_fetch_splits_the_release_artifacts_into_the_tests_layout(tmp_path: Path) -> None:
     files = sorted(CRD_FILES.values())
     kserve = [f for f in files if f.startswith("kserve/")]
     _release(tmp_path / "gh", "kserve/kserve", "v9.9.9", "kserve.yaml", kserve)
     operator = [f for f in files if f.startswith("prometheus-operator/")]
     _release(tmp_path / "gh", "prometheus-operator/prometheus-operator", "v8.8.8", "bundle.yaml", operator)
-    env = os.environ | {
-        "CRD_RELEASE_BASE": f"file://{tmp_path / 'gh'}",
-        "HNDSR_CRD_SCHEMAS": str(tmp_path / "out"),
-        "KSERVE_VERSION": "v9.9.9",
-        "PROMETHEUS_OPERATOR_VERSION": "v8.8.8",
-    }
+    env = _fetch_env(tmp_path, kserve="v9.9.9", operator="v8.8.8")
     run = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     for f in files:
@@ -43,12 +48,7 @@ def test_fetch_splits_the_release_artifacts_into_the_tests_layout(tmp_path: Path
 def test_fetch_fails_when_a_release_lacks_a_crd(tmp_path: Path) -> None:
     _release(tmp_path / "gh", "kserve/kserve", "v1", "kserve.yaml", [])
     _release(tmp_path / "gh", "prometheus-operator/prometheus-operator", "v1", "bundle.yaml", [])
-    env = os.environ | {
-        "CRD_RELEASE_BASE": f"file://{tmp_path / 'gh'}",
-        "HNDSR_CRD_SCHEMAS": str(tmp_path / "out"),
-        "KSERVE_VERSION": "v1",
-        "PROMETHEUS_OPERATOR_VERSION": "v1",
-    }
+    env = _fetch_env(tmp_path, kserve="v1", operator="v1")
     run = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode != 0 and "do not hold" in run.stderr
 

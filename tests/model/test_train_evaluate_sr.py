@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import yaml
 from rasterio.transform import from_origin
-from synthetic import TINY_MODEL, synthetic_aerial
+from synthetic import synthetic_aerial, write_tiny_params
 from typer.testing import CliRunner
 
 from hndsr.image_read import read_image
@@ -21,14 +20,7 @@ runner = CliRunner()
 
 def _params(tmp_path: Path, data: Path) -> Path:
     stage = {"steps": 6, "batch_size": 2, "lr": 1e-3, "warmup_steps": 1, "steps_per_epoch": 3}
-    params = {
-        "data": {"train_dir": str(data), "patch_size": 48, "val_images": 2, "val_crop": 48},
-        "model": TINY_MODEL,
-        "train": {"seed": 0, "device": "cpu", "autoencoder": stage, "operator": stage, "diffusion": stage},
-    }
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    return path
+    return write_tiny_params(tmp_path / "params.yaml", data, **stage)
 
 
 @pytest.fixture(scope="module")

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import torch
 from synthetic import TINY_MODEL
 
 from components import tracking
+from components.tracking import Figures, Registration, register_checkpoint
 from hndsr.checkpoint import save_checkpoint
 from hndsr.models.hndsr_model import HNDSR
+
+LPIPS_TOLERANCE = 0.01
 
 
 def log_tiny_checkpoint(tracking_uri: str, directory: Path, seed: int) -> tuple[str, str]:
@@ -23,3 +27,15 @@ def log_tiny_checkpoint(tracking_uri: str, directory: Path, seed: int) -> tuple[
     with tracking.step_run(tracking_uri, "train_diffusion") as run:
         mlflow.log_artifacts(str(directory), artifact_path=tracking.CHECKPOINT_ARTIFACT)
     return run.info.run_id, json.loads(config)["sha256"]
+
+
+def register_logged(
+    tracking_uri: str, logged: tuple[str, str], figures: Figures, eval_data: str = "d", **gate: Any
+) -> Registration:
+    """Register a checkpoint logged by ``log_tiny_checkpoint`` with its held-out figures (LPIPS
+    tolerance 0.01 unless ``gate`` says otherwise)."""
+    run_id, sha256 = logged
+    gate.setdefault("lpips_tolerance", LPIPS_TOLERANCE)
+    return register_checkpoint(
+        tracking_uri=tracking_uri, run_id=run_id, sha256=sha256, figures=figures, eval_data=eval_data, **gate
+    )

@@ -19,14 +19,13 @@ import pytest
 import yaml
 from imagesets import write_broken_set, write_clean_set
 from mlflow import MlflowClient
-from synthetic import TINY_MODEL
+from synthetic import tiny_pipeline_params
 
 from hndsr.checkpoint import load_checkpoint, release_checkpoint_dir
 from serving.storage import resolve_storage_uri
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # whole pipelines in a module fixture
 
-ROOT = Path(__file__).resolve().parents[2]
 HNDSR = Path(sys.executable).parent / "hndsr"
 TASKS = (
     "initial-model",
@@ -43,19 +42,9 @@ UNCACHED = {"initial-model", "incumbent-model", "register"}  # they read the reg
 
 
 def tiny_params() -> str:
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["data"].update(patch_size=48, val_crop=48, val_images=2, val_fraction=0.2, test_fraction=0.3)
-    raw["model"] = TINY_MODEL
-    raw["prepare"]["tile_size"] = 48
-    tiny = {"steps": 2, "batch_size": 2, "warmup_steps": 1, "steps_per_epoch": 1}
     # 8 held-out tiles: the first 3 are one smooth synthetic field, too few for "the release beats
     # bicubic" (the LR-grid release: -0.07 dB on those 3, +1.40 on these 8).
-    raw["profiles"]["ci"] = {"train.device": "cpu", "train.threads": 1, "evaluate.limit": 8} | {
-        f"train.{stage}.{key}": value
-        for stage in ("autoencoder", "operator", "diffusion")
-        for key, value in tiny.items()
-    }
-    return yaml.safe_dump(raw)
+    return yaml.safe_dump(tiny_pipeline_params(evaluate_limit=8))
 
 
 class Workdir:

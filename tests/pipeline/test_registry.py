@@ -10,10 +10,10 @@ from pathlib import Path
 import mlflow
 import pytest
 from mlflow import MlflowClient
-from registry_helpers import log_tiny_checkpoint
+from registry_helpers import log_tiny_checkpoint, register_logged
 
 from components import tracking
-from components.tracking import CHALLENGER, CHAMPION, Figures, decide_promotion, register_checkpoint
+from components.tracking import CHALLENGER, CHAMPION, Figures, decide_promotion
 from hndsr.checkpoint import load_checkpoint
 from serving.storage import resolve_storage_uri
 
@@ -56,50 +56,20 @@ def _aliases(uri: str) -> dict[str, str]:
 
 
 def test_registry_first_better_worse_and_reuse(store: str, tmp_path: Path) -> None:
-    run1, sha1 = log_tiny_checkpoint(store, tmp_path / "c1", seed=1)
-    first = register_checkpoint(
-        tracking_uri=store,
-        run_id=run1,
-        sha256=sha1,
-        figures=Figures(25.0, 0.30),
-        eval_data="d",
-        lpips_tolerance=TOL,
-    )
+    first = register_logged(store, log_tiny_checkpoint(store, tmp_path / "c1", seed=1), Figures(25.0, 0.30))
     assert (first.version, first.alias) == ("1", CHAMPION)
 
-    run2, sha2 = log_tiny_checkpoint(store, tmp_path / "c2", seed=2)
-    worse = register_checkpoint(
-        tracking_uri=store,
-        run_id=run2,
-        sha256=sha2,
-        figures=Figures(24.0, 0.25),
-        eval_data="d",
-        lpips_tolerance=TOL,
-    )
+    worse = register_logged(store, log_tiny_checkpoint(store, tmp_path / "c2", seed=2), Figures(24.0, 0.25))
     assert (worse.version, worse.alias) == ("2", CHALLENGER)
     assert worse.decision.champion == Figures(25.0, 0.30) and worse.decision.champion_version == "1"
     assert _aliases(store) == {CHAMPION: "1", CHALLENGER: "2"}
 
-    run3, sha3 = log_tiny_checkpoint(store, tmp_path / "c3", seed=3)
-    better = register_checkpoint(
-        tracking_uri=store,
-        run_id=run3,
-        sha256=sha3,
-        figures=Figures(26.0, 0.305),
-        eval_data="d",
-        lpips_tolerance=TOL,
-    )
+    third = log_tiny_checkpoint(store, tmp_path / "c3", seed=3)
+    better = register_logged(store, third, Figures(26.0, 0.305))
     assert (better.version, better.alias) == ("3", CHAMPION)
     assert _aliases(store) == {CHAMPION: "3", CHALLENGER: "2"}
 
-    again = register_checkpoint(  # an unchanged pipeline re-run: no new version, no new decision
-        tracking_uri=store,
-        run_id=run3,
-        sha256=sha3,
-        figures=Figures(26.0, 0.305),
-        eval_data="d",
-        lpips_tolerance=TOL,
-    )
+    again = register_logged(store, third, Figures(26.0, 0.305))  # an unchanged re-run: no new version
     assert again.reused and (again.version, again.alias) == ("3", CHAMPION)
     assert len(MlflowClient(store).search_model_versions(f"name='{tracking.MODEL_NAME}'")) == 3
 
@@ -114,18 +84,15 @@ def test_registry_first_better_worse_and_reuse(store: str, tmp_path: Path) -> No
     mlflow.set_tracking_uri(store)
     local = resolve_storage_uri("models:/hndsr@champion", cache_dir=tmp_path / "cache")
     _, config = load_checkpoint(local)
-    assert config["sha256"] == sha3
+    assert config["sha256"] == third[1]
 
 
 def test_champion_scored_on_other_images_is_rescored(store: str, tmp_path: Path) -> None:
-    run1, sha1 = log_tiny_checkpoint(store, tmp_path / "c1", seed=1)
-    register_checkpoint(
-        tracking_uri=store,
-        run_id=run1,
-        sha256=sha1,
-        figures=Figures(30.0, 0.2),
-        eval_data="old-test-set",
-        lpips_tolerance=TOL,
+    register_logged(
+        store,
+        log_tiny_checkpoint(store, tmp_path / "c1", seed=1),
+        Figures(30.0, 0.2),
+        "old-test-set",
     )
     seen: list[str] = []
 
@@ -133,14 +100,11 @@ def test_champion_scored_on_other_images_is_rescored(store: str, tmp_path: Path)
         seen.append(uri)
         return Figures(20.0, 0.4)  # on the new images the old champion is much weaker
 
-    run2, sha2 = log_tiny_checkpoint(store, tmp_path / "c2", seed=2)
-    result = register_checkpoint(
-        tracking_uri=store,
-        run_id=run2,
-        sha256=sha2,
-        figures=Figures(22.0, 0.4),
-        eval_data="new-test-set",
-        lpips_tolerance=TOL,
+    result = register_logged(
+        store,
+        log_tiny_checkpoint(store, tmp_path / "c2", seed=2),
+        Figures(22.0, 0.4),
+        "new-test-set",
         rescore_champion=rescore,
     )
     assert seen == ["models:/hndsr/1"]
@@ -162,15 +126,12 @@ def test_incumbent_scored_beside_the_candidate_is_used_while_it_is_the_champion(
     release = tracking.register_release(store)
     assert (str(release.version), release.tags["source"]) == ("1", "release")
     assert str(tracking.register_release(store).version) == "1"  # idempotent
-    run, sha = log_tiny_checkpoint(store, tmp_path / "c", seed=1)
     seen: list[str] = []
-    result = register_checkpoint(
-        tracking_uri=store,
-        run_id=run,
-        sha256=sha,
-        figures=Figures(21.0, 0.40),
-        eval_data="user-tiles",
-        lpips_tolerance=TOL,
+    result = register_logged(
+        store,
+        log_tiny_checkpoint(store, tmp_path / "c", seed=1),
+        Figures(21.0, 0.40),
+        "user-tiles",
         rescore_champion=lambda uri: seen.append(uri) or Figures(0.0, 0.0),
         incumbent=Figures(20.9, 0.40),
         incumbent_version="1",
@@ -190,14 +151,11 @@ def test_incumbent_scored_beside_the_candidate_is_used_while_it_is_the_champion(
         "lpips_x4": 0.4,
     }
     # Figures of an incumbent that is no longer the champion are not used: the champion is rescored.
-    run3, sha3 = log_tiny_checkpoint(store, tmp_path / "c3", seed=3)
-    later = register_checkpoint(
-        tracking_uri=store,
-        run_id=run3,
-        sha256=sha3,
-        figures=Figures(21.0, 0.40),
-        eval_data="user-tiles",
-        lpips_tolerance=TOL,
+    later = register_logged(
+        store,
+        log_tiny_checkpoint(store, tmp_path / "c3", seed=3),
+        Figures(21.0, 0.40),
+        "user-tiles",
         incumbent=Figures(1.0, 0.40),
         incumbent_version="1",
     )

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from registry_helpers import log_tiny_checkpoint
+from registry_helpers import log_tiny_checkpoint, register_logged
 
-from components.tracking import CHAMPION, Figures, register_checkpoint
+from components.tracking import CHAMPION, Figures
 from hndsr.checkpoint import load_checkpoint
 from lake.server import EmbeddedS3, free_ports
 from serving.storage import resolve_storage_uri
@@ -81,15 +81,8 @@ def test_register_through_a_tracking_server_with_s3_artifacts(
     # The client holds no S3 keys: the server proxies the artifacts to the bucket.
     for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL"):
         monkeypatch.delenv(key, raising=False)
-    run_id, sha = log_tiny_checkpoint(tracking_server, tmp_path / "ckpt", seed=5)
-    registration = register_checkpoint(
-        tracking_uri=tracking_server,
-        run_id=run_id,
-        sha256=sha,
-        figures=Figures(25.0, 0.3),
-        eval_data="d",
-        lpips_tolerance=0.01,
-    )
+    run_id, sha = logged = log_tiny_checkpoint(tracking_server, tmp_path / "ckpt", seed=5)
+    registration = register_logged(tracking_server, logged, Figures(25.0, 0.3))
     assert registration.alias == CHAMPION
 
     objects = [

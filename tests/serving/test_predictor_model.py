@@ -105,16 +105,22 @@ def test_pinned_hash_and_missing_checkpoint(tmp_path: Path) -> None:
     assert json.loads((ckpt / CONFIG_FILE).read_text())["sha256"]
 
 
-def test_breaker_opens_after_three_failures_and_recovers(tmp_path: Path) -> None:
-    p = make(write_checkpoint(tmp_path / "ckpt"), breaker_reset_s=0.2)
+def broken(*args: Any, **kwargs: Any) -> torch.Tensor:
+    """A model whose device has failed."""
+    raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+def _loaded(p: HNDSRPredictor) -> tuple[Any, Any]:
+    """Load ``p``; its model's working render and a small batch to run."""
     assert p.load()
     assert p.model is not None
-    render = p.model.render
     batch, _, _ = batch_for(torch.rand(3, 16, 16), 2.0)
+    return p.model.render, batch
 
-    def broken(*args: Any, **kwargs: Any) -> torch.Tensor:
-        raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
+def test_breaker_opens_after_three_failures_and_recovers(tmp_path: Path) -> None:
+    p = make(write_checkpoint(tmp_path / "ckpt"), breaker_reset_s=0.2)
+    render, batch = _loaded(p)
     p.model.render = broken  # type: ignore[method-assign]
     for _ in range(3):
         with pytest.raises(InferenceFailed, match="illegal memory access"):
@@ -136,13 +142,7 @@ def test_breaker_self_test_closes_it_once_the_device_works_again(tmp_path: Path)
     """While OPEN, the warm-up inference is re-run every probe interval: no blind trial after
     breaker_reset_s (600 s here), no client request needed to find out that the device is back."""
     p = make(write_checkpoint(tmp_path / "ckpt"), breaker_reset_s=600.0, breaker_probe_s=0.05)
-    assert p.load()
-    assert p.model is not None
-    render = p.model.render
-    batch, _, _ = batch_for(torch.rand(3, 16, 16), 2.0)
-
-    def broken(*args: Any, **kwargs: Any) -> torch.Tensor:
-        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    render, batch = _loaded(p)
 
     async def scenario() -> tuple[BreakerState, BreakerState, int]:
         assert p.model is not None

@@ -22,6 +22,7 @@ from servingstack import (
     lr_image,
     png_bytes,
     predictor,
+    serving_pair,
     tiny_model,
     transformer,
     write_checkpoint,
@@ -42,17 +43,10 @@ V2 = "/v2/models/hndsr/infer"
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
     tmp = tmp_path_factory.mktemp("servers")
     ckpt = write_checkpoint(tmp / "ckpt")
-    pred = predictor(tmp, ckpt).start()
-    try:
-        # Small tiles: small test images still span many tiles.
-        args = ("--rate-limit-rps", "1000", "--rate-limit-burst", "1000", "--tile", "256")
-        trans = transformer(tmp, pred.url, *args).start()
-        try:
-            yield pred, trans
-        finally:
-            trans.stop()
-    finally:
-        pred.stop()
+    # Small tiles: small test images still span many tiles.
+    args = ("--rate-limit-rps", "1000", "--rate-limit-burst", "1000", "--tile", "256")
+    with serving_pair(predictor(tmp, ckpt).start(), lambda p: transformer(tmp, p.url, *args).start()) as pair:
+        yield pair
 
 
 def expected_uint8(raster: Raster, tile: int, scale: float, steps: int = 0, seed: int = 0) -> np.ndarray:

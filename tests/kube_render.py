@@ -16,7 +16,7 @@ import jsonschema
 import yaml
 from tooling import find_tool, needs_tool, require_path, require_tool
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
 FETCH_SCHEMAS = "bash scripts/fetch-crd-schemas.sh"
 
