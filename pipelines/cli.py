@@ -147,7 +147,7 @@ def register(app: typer.Typer, *, friendly_errors: Decorator) -> None:
         ] = None,
     ) -> None:
         """Run the whole DAG offline (kfp.local SubprocessRunner) and print where everything is."""
-        from components.steps import pin_initial_model
+        from components.training_steps import pin_initial_model
         from pipelines.runner import code_fingerprint, data_fingerprint, run_local
 
         if not local:
