@@ -5,6 +5,7 @@
 ``evaluation_steps`` and ``registry_steps``. Those take plain values and paths (no kfp types), so a
 component is a one-line call and a step runs the same from a test, a notebook or a container;
 ``params`` is params.yaml as text (``step_params``), ``profile`` picks one of its profiles.
-``tracking`` is the MLflow adapter (runs, per-epoch metrics, registry and the promotion gate) and
-``report`` the HTML report and the Markdown model card.
+``tracking`` holds the MLflow runs (per step, per-epoch metrics), ``promotion`` the promotion gate's
+rule, ``registry`` the model registry it decides on, ``initial`` the pinned initial and incumbent
+models, ``pytorchjob`` the PyTorchJob training backend and ``report`` the HTML report.
 """

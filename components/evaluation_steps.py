@@ -12,7 +12,7 @@ from typing import Any
 
 import mlflow
 
-from components import tracking
+from components import promotion, tracking
 from components.artifact_files import EVALUATION_FILE, REPORT_FILE, write_named
 from components.step_params import load
 from hndsr.checkpoint import load_checkpoint, read_checkpoint_config
@@ -212,17 +212,17 @@ def evaluation_verdict(
     incumbent scored on the same images): the report's decision and why."""
     from components.report import Verdict
 
-    candidate = tracking.Figures(
+    candidate = promotion.Figures(
         figures.get("model_psnr_y_x4", math.nan), figures.get("model_lpips_x4", math.nan)
     )
     champion = (
-        tracking.Figures(
+        promotion.Figures(
             figures.get("incumbent_psnr_y_x4", math.nan), figures.get("incumbent_lpips_x4", math.nan)
         )
         if incumbent
         else None
     )
-    decision = tracking.decide_promotion(
+    decision = promotion.decide_promotion(
         candidate,
         champion,
         lpips_tolerance=lpips_tolerance,

@@ -12,7 +12,7 @@ from typing import Any
 
 import mlflow
 
-from components import tracking
+from components import promotion, registry, tracking
 from components.artifact_files import (
     EVALUATION_FILE,
     MODEL_CARD_FILE,
@@ -106,32 +106,32 @@ def register_model(
 
     evaluation = json.loads(Path(evaluation_path).read_text())
     figures = evaluation["figures"]
-    candidate = tracking.Figures(
+    candidate = promotion.Figures(
         figures.get("model_psnr_y_x4", math.nan), figures.get("model_lpips_x4", math.nan)
     )
     x4 = next(ev for ev in evaluation["evaluations"] if float(ev["scale"]) == 4.0)
     lpips = math.isfinite(candidate.lpips)
     scored_incumbent = evaluation.get("incumbent") or None
     incumbent = (
-        tracking.Figures(
+        promotion.Figures(
             figures.get("incumbent_psnr_y_x4", math.nan), figures.get("incumbent_lpips_x4", math.nan)
         )
         if scored_incumbent
         else None
     )
 
-    def rescore(uri: str) -> tracking.Figures:
+    def rescore(uri: str) -> promotion.Figures:
         # The very images the candidate was scored on (by name: artifact paths differ between pods).
         names = {Path(row["path"]).name for row in x4["per_image"]}
         paths = [p for p in test_images(dataset_dir) if p.name in names]
         with tempfile.TemporaryDirectory(prefix="hndsr-champion-") as cache:
             checkpoint = resolve_storage_uri(uri, cache_dir=cache)
             ev = score_checkpoint(checkpoint, paths, scales=[4.0], steps=int(x4["steps"]), lpips=lpips)[0]
-        return tracking.Figures(ev["model"]["psnr_y"], ev["model"]["lpips"])
+        return promotion.Figures(ev["model"]["psnr_y"], ev["model"]["lpips"])
 
     config = read_checkpoint_config(checkpoint_dir)
     with tracking.step_run(tracking_uri, "register", params={"model_name": model_name}):
-        registration = tracking.register_checkpoint(
+        registration = registry.register_checkpoint(
             tracking_uri=tracking_uri,
             run_id=mlflow_run_id,
             sha256=config["sha256"],
@@ -144,9 +144,9 @@ def register_model(
             incumbent_version=scored_incumbent["version"] if scored_incumbent else None,
             min_gain_db=min_gain_db,
         )
-        tracking.record_decision(registration)
+        registry.record_decision(registration)
         client = mlflow.MlflowClient(tracking.resolve_tracking_uri(tracking_uri))
-        champion = tracking.champion_version(client, model_name)
+        champion = registry.champion_version(client, model_name)
         card = render_model_card(
             config,
             evaluation["evaluations"],

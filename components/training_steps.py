@@ -10,7 +10,7 @@ from typing import Any
 
 import mlflow
 
-from components import tracking
+from components import promotion, registry, tracking
 from components.step_params import load
 from hndsr.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_checkpoint_config
 from hndsr.errors import InputError
@@ -47,12 +47,12 @@ def resolve_incumbent(*, tracking_uri: str, model_name: str) -> str:
     from components.initial import PinnedModel
 
     client = MlflowClient(tracking.resolve_tracking_uri(tracking_uri))
-    current = tracking.champion_version(client, model_name)
+    current = registry.champion_version(client, model_name)
     if current is None:
-        current = tracking.register_release(tracking_uri, model_name)
+        current = registry.register_release(tracking_uri, model_name)
     tags = current.tags or {}
     pinned = PinnedModel(
-        init_from=f"models:/{model_name}@{tracking.CHAMPION}",
+        init_from=f"models:/{model_name}@{promotion.CHAMPION}",
         uri=f"models:/{model_name}/{current.version}",
         sha256=tags.get("sha256", ""),
         version=str(current.version),

@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from synthetic import TINY_MODEL
 from test_local_pipeline import Workdir, _artifact_metadata
 
-from components import tracking, training_steps
+from components import promotion, registry, tracking, training_steps
 from components.initial import PinnedModel
 from hndsr.checkpoint import load_checkpoint, save_checkpoint
 from hndsr.errors import CheckpointError
@@ -45,15 +45,15 @@ def register_as_champion(store: str, directory: Path) -> str:
     with tracking.step_run(store, "train_diffusion") as run:
         mlflow.log_artifacts(str(directory), artifact_path=tracking.CHECKPOINT_ARTIFACT)
     sha = json.loads((directory / "config.json").read_text())["sha256"]
-    registration = tracking.register_checkpoint(
+    registration = registry.register_checkpoint(
         tracking_uri=store,
         run_id=run.info.run_id,
         sha256=sha,
-        figures=tracking.Figures(10.0, float("nan")),
+        figures=promotion.Figures(10.0, float("nan")),
         eval_data="elsewhere",
         lpips_tolerance=0.01,
     )
-    assert registration.alias == tracking.CHAMPION
+    assert registration.alias == promotion.CHAMPION
     return registration.version
 
 

@@ -16,7 +16,8 @@ import mlflow
 import pytest
 from registry_helpers import log_tiny_checkpoint
 
-from components.tracking import CHAMPION, Figures, register_checkpoint
+from components.promotion import CHAMPION, Figures
+from components.registry import register_checkpoint
 from hndsr.checkpoint import load_checkpoint
 from lake.server import EmbeddedS3, free_ports
 from serving.storage import resolve_storage_uri
