@@ -2,7 +2,7 @@
 
 The drift job must not cry wolf on unchanged imagery and must still catch real shifts. This measures
 both as rates over ``--windows`` windows per condition, with the job's own verdict function
-(``monitoring.drift.detect_drift``, the shipped defaults: ``wasserstein_ks``, drift share 0.3, the
+(``monitoring.drift.detection.detect_drift``, the shipped defaults: ``wasserstein_ks``, drift share 0.3, the
 reference-calibrated thresholds) with and without the calibration.
 
 Data (``../shared/data``, read directly, nothing prepared): RSSCN7's 700 images split by a hash of
@@ -34,7 +34,9 @@ from _results import Measurement
 from hndsr.image_read import read_image
 from hndsr.raster import Raster
 from hndsr.resample import degrade
-from monitoring.drift import DriftSettings, detect_drift, features_table
+from monitoring.drift.detection import detect_drift
+from monitoring.drift.reference import features_table
+from monitoring.drift.settings import DriftSettings
 from monitoring.features import raster_features
 from monitoring.shifts import SHIFTS, STRENGTHS
 

@@ -31,7 +31,9 @@ from hndsr.image_read import read_image
 from hndsr.prepare import PrepareConfig, prepare
 from hndsr.raster import Raster
 from hndsr.resample import degrade
-from monitoring.drift import DriftSettings, detect_drift, features_table, load_reference
+from monitoring.drift.detection import detect_drift
+from monitoring.drift.reference import features_table, load_reference
+from monitoring.drift.settings import DriftSettings
 from monitoring.features import raster_features
 from monitoring.shifts import SHIFTS, STRENGTHS
 

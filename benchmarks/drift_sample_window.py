@@ -18,7 +18,9 @@ from _results import Measurement
 
 from hndsr.image_read import read_image
 from hndsr.raster import Raster
-from monitoring.drift import DriftSettings, detect_drift, features_table, reference_from_catalog
+from monitoring.drift.detection import detect_drift
+from monitoring.drift.reference import features_table, reference_from_catalog
+from monitoring.drift.settings import DriftSettings
 from monitoring.features import raster_features
 from monitoring.shifts import SHIFTS
 

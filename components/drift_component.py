@@ -1,4 +1,4 @@
-"""KFP v2 component of the drift job: a thin typed interface over :func:`monitoring.drift.run_drift`.
+"""KFP v2 component of the drift job: a thin typed interface over :func:`monitoring.drift.job.run_drift`.
 
 Runs in the project's training image (hndsr, kfp, evidently installed). The HTML report becomes a KFP
 HTML artifact (rendered in the run's UI); the verdict goes to the Pushgateway when one is given and
@@ -29,7 +29,8 @@ def drift_check(
 ) -> str:
     """Request statistics of the window vs the training reference; returns the state
     (ok | drift | insufficient_data). ``stattest_threshold`` 0: the method's default."""
-    from monitoring.drift import DriftSettings, run_drift
+    from monitoring.drift.job import run_drift
+    from monitoring.drift.settings import DriftSettings
 
     result = run_drift(
         reference=reference,

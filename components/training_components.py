@@ -1,4 +1,5 @@
-"""KFP v2 components of the training DAG: thin typed interfaces, each one call into ``components.steps``.
+"""KFP v2 components of the training DAG: thin typed interfaces, each one call into a step function
+(``components.data_steps``, ``training_steps``, ``evaluation_steps``, ``registry_steps``).
 
 They run in the project's training image (``deploy.image_tags.image_ref("train")``, tagged with the package
 version), which has hndsr and kfp installed, so no package is pip-installed at run time. The bodies
@@ -24,7 +25,7 @@ def prepare(
     dataset: Output[Dataset],
 ):
     """Raw HR images (folder or s3://) -> HR tiles, LR pairs per scale and catalog.parquet."""
-    from components.steps import prepare_data
+    from components.data_steps import prepare_data
 
     dataset.metadata.update(
         prepare_data(
@@ -50,7 +51,7 @@ def validate(
 ):
     """Great Expectations suites over the catalog; fails the pipeline naming each failed expectation.
     ``data_docs``: GX's data docs site (a folder: open its index.html; renders offline)."""
-    from components.steps import validate_data
+    from components.data_steps import validate_data
 
     report.metadata.update(
         validate_data(
@@ -69,7 +70,7 @@ def validate(
 def initial_model(init_from: str, params: str, profile: str, mlflow_uri: str) -> str:
     """``init_from`` (release, none, a directory, s3://, models:/) resolved and verified (sha256,
     architecture): the pinned identity the train steps start from, as JSON."""
-    from components.steps import pin_initial_model
+    from components.training_steps import pin_initial_model
 
     return pin_initial_model(init_from, params=params, profile=profile, tracking_uri=mlflow_uri)
 
@@ -77,7 +78,7 @@ def initial_model(init_from: str, params: str, profile: str, mlflow_uri: str) ->
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def incumbent_model(mlflow_uri: str, model_name: str) -> str:
     """The model to beat: ``@champion``, else the release checkpoint registered as the champion (JSON)."""
-    from components.steps import resolve_incumbent
+    from components.training_steps import resolve_incumbent
 
     return resolve_incumbent(tracking_uri=mlflow_uri, model_name=model_name)
 
@@ -95,7 +96,7 @@ def train_autoencoder(
 ):
     """Stage 1: the detail autoencoder, or ``initial_model``'s carried over. Metadata: stage, stages,
     version, sha256, mlflow_run_id, mode (from scratch / fine-tuned / carried over)."""
-    from components.steps import train_stage
+    from components.training_steps import train_stage
 
     model.metadata.update(
         train_stage(
@@ -125,7 +126,7 @@ def train_operator(
     model: Output[Model],
 ):
     """Stage 2: the neural operator, on top of ``init_model`` (fine-tuned when ``initial_model`` is set)."""
-    from components.steps import train_stage
+    from components.training_steps import train_stage
 
     model.metadata.update(
         train_stage(
@@ -156,7 +157,7 @@ def train_diffusion(
     model: Output[Model],
 ):
     """Stage 3: the latent diffusion UNet, on top of ``init_model`` (autoencoder + operator frozen)."""
-    from components.steps import train_stage
+    from components.training_steps import train_stage
 
     model.metadata.update(
         train_stage(
@@ -195,7 +196,7 @@ def evaluate(
     Metrics, the JSON and the HTML report (verdict, winners, per-image scores, best/worst examples).
     The report is this step's visualization in the Kubeflow UI; ``report.html`` and
     ``evaluation.json`` are written beside the artifacts for browsers."""
-    from components.steps import evaluate_model
+    from components.evaluation_steps import evaluate_model
 
     for name, value in evaluate_model(
         model.path,
@@ -234,7 +235,7 @@ def register(
     """Model version + promotion gate (champion or challenger); returns the run's summary as JSON."""
     import json
 
-    from components.steps import register_model
+    from components.registry_steps import register_model
 
     return json.dumps(
         register_model(

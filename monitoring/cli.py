@@ -61,7 +61,8 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
         ] = "",
     ) -> None:
         """Compare a window of request statistics with the reference; report and push the verdict."""
-        from monitoring.drift import DriftSettings, run_drift
+        from monitoring.drift.job import run_drift
+        from monitoring.drift.settings import DriftSettings
 
         settings = DriftSettings(
             drift_share=drift_share,
@@ -107,7 +108,8 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
         reference_sample: Annotated[int, typer.Option(help="Images used at most.")] = 5000,
     ) -> None:
         """Compute the reference features once (drift run computes and caches them otherwise)."""
-        from monitoring.drift import DriftSettings, load_reference
+        from monitoring.drift.reference import load_reference
+        from monitoring.drift.settings import DriftSettings
 
         settings = DriftSettings(split=split, images=reference_images, reference_sample=reference_sample)
         settings.check()

@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from pipelines.runner import PipelineArguments
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -55,48 +58,57 @@ BackendOpt = Annotated[
 ]
 
 
+# The commands' options that make the pipeline's arguments, with the defaults of an option a command lacks.
+ARGUMENT_OPTIONS: dict[str, Any] = {
+    "params": Path("params.yaml"),
+    "profile": None,
+    "data": "data/raw",
+    "epochs": (0, 0, 0),
+    "scale": None,
+    "diffusion_steps": 0,
+    "lpips": True,
+    "lpips_tolerance": None,
+    "min_gain_db": None,
+    "init_from": "release",
+    "mlflow_uri": "",
+    "training_backend": "in-process",
+}
+
+
+def pipeline_arguments(options: dict[str, Any]) -> PipelineArguments:
+    """The pipeline's arguments from a command's options (``locals()``: run and submit share them by
+    name); params.yaml's profile and gate fill what the options leave open."""
+    from hndsr.config import parse_params
+    from pipelines.runner import PipelineArguments, default_profile, read_params
+
+    o = ARGUMENT_OPTIONS | {k: v for k, v in options.items() if k in ARGUMENT_OPTIONS}
+    text = read_params(o["params"])
+    chosen = default_profile(text) if o["profile"] is None else o["profile"]
+    chosen = "" if chosen == "base" else chosen
+    params_text = read_params(o["params"], chosen)
+    gate = parse_params(json.loads(params_text), profile=chosen or None).gate
+    epochs = o["epochs"]
+    return PipelineArguments(
+        data_uri=o["data"],
+        params=params_text,
+        profile=chosen,
+        autoencoder_epochs=epochs[0],
+        operator_epochs=epochs[1],
+        diffusion_epochs=epochs[2],
+        scales=list(o["scale"] or [2.0, 3.0, 4.0]),
+        diffusion_steps=o["diffusion_steps"],
+        lpips=o["lpips"],
+        lpips_tolerance=gate.max_lpips_regression if o["lpips_tolerance"] is None else o["lpips_tolerance"],
+        min_gain_db=gate.min_psnr_gain_db if o["min_gain_db"] is None else o["min_gain_db"],
+        init_from=o["init_from"],
+        mlflow_uri=o["mlflow_uri"],
+        training_backend=o["training_backend"],
+    )
+
+
 def register(app: typer.Typer, *, friendly_errors: Decorator) -> None:
     pipeline_app = typer.Typer(help="The Kubeflow training pipeline: compile, run locally, submit.")
     app.add_typer(pipeline_app, name="pipeline", no_args_is_help=True)
-
-    def arguments(
-        params: Path,
-        profile: str | None,
-        data: str,
-        epochs: tuple[int, int, int],
-        scales: list[float] | None,
-        diffusion_steps: int,
-        lpips: bool,
-        lpips_tolerance: float | None,
-        mlflow_uri: str,
-        training_backend: str,
-        min_gain_db: float | None = None,
-        init_from: str = "release",
-    ) -> Any:
-        from hndsr.config import parse_params
-        from pipelines.runner import PipelineArguments, default_profile, read_params
-
-        text = read_params(params)
-        chosen = default_profile(text) if profile is None else profile
-        chosen = "" if chosen == "base" else chosen
-        params_text = read_params(params, chosen)
-        gate = parse_params(json.loads(params_text), profile=chosen or None).gate
-        return PipelineArguments(
-            data_uri=data,
-            params=params_text,
-            profile=chosen,
-            autoencoder_epochs=epochs[0],
-            operator_epochs=epochs[1],
-            diffusion_epochs=epochs[2],
-            scales=list(scales or [2.0, 3.0, 4.0]),
-            diffusion_steps=diffusion_steps,
-            lpips=lpips,
-            lpips_tolerance=gate.max_lpips_regression if lpips_tolerance is None else lpips_tolerance,
-            min_gain_db=gate.min_psnr_gain_db if min_gain_db is None else min_gain_db,
-            init_from=init_from,
-            mlflow_uri=mlflow_uri,
-            training_backend=training_backend,
-        )
 
     @pipeline_app.command("compile")
     @friendly_errors
@@ -113,7 +125,7 @@ def register(app: typer.Typer, *, friendly_errors: Decorator) -> None:
         --training-backend pytorchjob the train steps mount the training volume)."""
         from pipelines.runner import compile_pipeline
 
-        args = arguments(params, profile, data, (0, 0, 0), None, 0, True, None, "", training_backend)
+        args = pipeline_arguments(locals())
         typer.echo(f"wrote {compile_pipeline(out, args)}")
 
     @pipeline_app.command("run")
@@ -147,25 +159,12 @@ def register(app: typer.Typer, *, friendly_errors: Decorator) -> None:
         ] = None,
     ) -> None:
         """Run the whole DAG offline (kfp.local SubprocessRunner) and print where everything is."""
-        from components.steps import pin_initial_model
+        from components.training_steps import pin_initial_model
         from pipelines.runner import code_fingerprint, data_fingerprint, run_local
 
         if not local:
             raise typer.BadParameter("only --local runs exist here; use `hndsr pipeline submit --host URL`")
-        args = arguments(
-            params,
-            profile,
-            data,
-            epochs,
-            scale,
-            diffusion_steps,
-            lpips,
-            lpips_tolerance,
-            mlflow_uri,
-            training_backend,
-            min_gain_db,
-            init_from,
-        )
+        args = pipeline_arguments(locals())
         args.data_version = data_fingerprint(data) if data_version is None else data_version
         args.code_version = code_fingerprint() if code_version is None else code_version
         # Checked here too, so a bad init_from is one line before any task starts; the pipeline's
@@ -205,20 +204,7 @@ def register(app: typer.Typer, *, friendly_errors: Decorator) -> None:
         """Submit to a real Kubeflow Pipelines: one run, or a recurring run with --cron."""
         from pipelines.runner import submit
 
-        args = arguments(
-            params,
-            profile,
-            data,
-            epochs,
-            scale,
-            diffusion_steps,
-            lpips,
-            lpips_tolerance,
-            mlflow_uri,
-            training_backend,
-            min_gain_db,
-            init_from,
-        )
+        args = pipeline_arguments(locals())
         args.data_version = data_version
         run_id = submit(host, args, experiment=experiment, run_name=run_name, cron=cron)
         typer.echo(f"{'recurring run' if cron else 'run'} {run_id} submitted to {host}")

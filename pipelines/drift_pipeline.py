@@ -4,7 +4,6 @@
 SubprocessRunner in this environment) and ``schedule_drift`` creates the recurring run on a KFP API.
 """
 
-import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 from kfp import dsl
 
 from components.drift_component import drift_check
+from pipelines.kfp_runs import create_recurring_run, run_locally
 
 
 @dsl.pipeline(name="hndsr-drift", description="Request statistics vs the training reference (Evidently).")
@@ -52,22 +52,7 @@ def compile_drift_pipeline(out: str | Path) -> Path:
 
 def run_drift_local(arguments: dict[str, Any], *, pipeline_root: str | Path) -> str:
     """Run the pipeline here; returns the drift state."""
-    from kfp import local
-
-    from hndsr.errors import HNDSRError
-
-    local.init(
-        runner=local.SubprocessRunner(use_venv=False),
-        pipeline_root=str(Path(pipeline_root).resolve()),
-        enable_caching=False,
-        raise_on_error=True,
-    )
-    try:
-        task = drift_pipeline(**arguments)
-    except RuntimeError as exc:
-        raise HNDSRError(
-            re.sub(r"\x1b\[[0-9;]*m", "", str(exc)) + " The task's error is in its log above."
-        ) from None
+    task = run_locally(drift_pipeline, arguments, pipeline_root=Path(pipeline_root).resolve(), cache=False)
     return str(task.output)
 
 
@@ -84,13 +69,13 @@ def schedule_drift(
     from kfp import Client
 
     client = Client(host=host, namespace=namespace)
-    exp = client.create_experiment(experiment, namespace=namespace)
-    recurring = client.create_recurring_run(
-        experiment_id=exp.experiment_id,
+    return create_recurring_run(
+        client,
+        experiment=experiment,
         job_name="hndsr-drift",
-        cron_expression=cron,
-        pipeline_package_path=str(compile_drift_pipeline(Path(tempfile.mkdtemp()) / "drift.yaml")),
+        cron=cron,
+        package=compile_drift_pipeline(Path(tempfile.mkdtemp()) / "drift.yaml"),
         params=arguments,
         enable_caching=False,
+        namespace=namespace,
     )
-    return str(recurring.recurring_run_id)

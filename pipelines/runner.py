@@ -11,7 +11,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,17 +18,14 @@ from typing import Any
 import yaml
 
 from hndsr import __version__
-from hndsr.errors import HNDSRError, InputError
+from hndsr.errors import InputError
+from pipelines.kfp_runs import PipelineFailed, create_recurring_run, run_locally
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PIPELINE_ROOT = Path(".pipeline")  # local task outputs and the task cache
 # What the steps run; the CLI adapters (hndsr/cli*.py) do not change results.
 CODE_PACKAGES = ("hndsr", "components", "pipelines", "data_validation")
-
-
-class PipelineFailed(HNDSRError):
-    """A pipeline task failed; the message names it (its log went to stdout as it ran)."""
 
 
 @dataclass
@@ -140,8 +136,6 @@ def run_local(
     import os
     import time
 
-    from kfp import local
-
     from components import tracking
     from pipelines.training_pipeline import training_pipeline
 
@@ -158,19 +152,13 @@ def run_local(
         },
     )
     os.environ[tracking.PARENT_RUN_ENV] = parent
-    local.init(
-        runner=local.SubprocessRunner(use_venv=False),
-        pipeline_root=str(root),
-        enable_caching=cache,
-        cache_root=str(root / "cache"),
-        raise_on_error=True,
-    )
     try:
-        task = training_pipeline(**arguments.as_dict())
-    except RuntimeError as exc:  # kfp.local: "... Inner task failed: <task>."; the task's log is above
-        message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # kfp colours its messages
-        tracking.end_pipeline_run(arguments.mlflow_uri, parent, None, error=message)
-        raise PipelineFailed(f"{message} The task's error is in its log above.") from None
+        task = run_locally(
+            training_pipeline, arguments.as_dict(), pipeline_root=root, cache=cache, cache_root=root / "cache"
+        )
+    except PipelineFailed as exc:
+        tracking.end_pipeline_run(arguments.mlflow_uri, parent, None, error=exc.kfp_message)
+        raise
     finally:
         os.environ.pop(tracking.PARENT_RUN_ENV, None)
     summary: dict[str, Any] = json.loads(task.output) | {"mlflow_pipeline_run": parent}
@@ -204,13 +192,13 @@ def submit(
             experiment_name=experiment,
         )
         return str(run.run_id)
-    exp = client.create_experiment(experiment, namespace=namespace)
-    recurring = client.create_recurring_run(
-        experiment_id=exp.experiment_id,
+    return create_recurring_run(
+        client,
+        experiment=experiment,
         job_name=name,
-        cron_expression=cron,
-        pipeline_package_path=str(compile_pipeline(Path(tempfile.mkdtemp()) / "pipeline.yaml", arguments)),
+        cron=cron,
+        package=compile_pipeline(Path(tempfile.mkdtemp()) / "pipeline.yaml", arguments),
         params=args,
         enable_caching=True,
+        namespace=namespace,
     )
-    return str(recurring.recurring_run_id)

@@ -25,7 +25,7 @@ from safetensors.numpy import load_file
 from servingstack import write_checkpoint
 from synthetic import tiny_pipeline_params
 
-from components.steps import prepare_data
+from components.data_steps import prepare_data
 from deploy.image_tags import image_ref
 from pipelines.runner import PipelineArguments, compile_pipeline
 

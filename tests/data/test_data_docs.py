@@ -15,7 +15,7 @@ import pytest
 from imagesets import TILE, write_clean_set
 from mlflow.tracking import MlflowClient
 
-from components import steps
+from components import data_steps
 from data_validation.docs import OFFLINE_MARK, offline_page, remote_references
 from data_validation.suites import SUITES
 from hndsr.config import Params, parse_params
@@ -75,7 +75,7 @@ def validated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     write_clean_set(root / "raw", n=12)
     prepare(root / "raw", root / "dataset", PrepareConfig.from_params(_params()))
     store = f"sqlite:///{root / 'mlflow.db'}"
-    out = steps.validate_data(
+    out = data_steps.validate_data(
         str(root / "dataset"),
         str(root / "report"),
         params=json.dumps(PARAMS),

@@ -25,7 +25,8 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from promstack import Process, alerts, fast_rules, start_alertmanager, start_prometheus
 
-from monitoring.drift import DriftResult, push_registry
+from monitoring.drift.detection import DriftResult
+from monitoring.drift.pushgateway import push_registry
 from serving.metrics import ServingMetrics
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from promstack import Process, alerts, fast_rules, query, start_prometheus, start_pushgateway
 
-from monitoring.drift import run_drift
+from monitoring.drift.job import run_drift
 
 RULES = Path(__file__).resolve().parents[2] / "monitoring" / "rules" / "hndsr-alerts.yml"
 

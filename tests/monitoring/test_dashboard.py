@@ -22,7 +22,8 @@ from promstack import Process, query, start
 from servingstack import Server, b64, free_port, png_bytes, predictor, transformer, write_checkpoint
 from tooling import needs_tool
 
-from monitoring.drift import DEFAULT_STATTEST_THRESHOLDS, WASSERSTEIN_KS, DriftSettings
+from monitoring.drift.settings import DriftSettings
+from monitoring.drift.stattests import DEFAULT_STATTEST_THRESHOLDS, WASSERSTEIN_KS
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "monitoring" / "rules" / "hndsr-alerts.yml"

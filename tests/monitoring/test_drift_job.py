@@ -18,7 +18,10 @@ from typer.testing import CliRunner
 
 from hndsr.errors import InputError
 from hndsr_cli import app
-from monitoring.drift import DriftSettings, load_reference, parse_window, push_registry, run_drift
+from monitoring.drift.job import run_drift
+from monitoring.drift.pushgateway import push_registry
+from monitoring.drift.reference import load_reference
+from monitoring.drift.settings import DriftSettings, parse_window
 from monitoring.features import DRIFT_FEATURES
 
 
@@ -189,7 +192,7 @@ def _normal_features(n: int, seed: int, shift: float = 0.0) -> pd.DataFrame:
 def test_large_samples_with_irrelevant_differences_are_not_drift() -> None:
     """Thousands of rows: K-S flags a 0.15-std offset of every feature, wasserstein_ks does not; a
     0.5-std offset is drift for both. The K-S p-values and the method's scores are reported either way."""
-    from monitoring.drift import detect_drift
+    from monitoring.drift.detection import detect_drift
 
     reference, tiny = _normal_features(5000, 0), _normal_features(3000, 1, shift=0.15)
     ks = detect_drift(reference, tiny, DriftSettings(stattest="ks"))
@@ -211,7 +214,7 @@ def test_large_samples_with_irrelevant_differences_are_not_drift() -> None:
 def test_small_windows_need_significance() -> None:
     """50 requests drawn from the reference's own distribution: normed distances are noisy, the K-S
     condition keeps them from reading as drift."""
-    from monitoring.drift import detect_drift
+    from monitoring.drift.detection import detect_drift
 
     reference = _normal_features(5000, 0)
     for seed in range(3):
@@ -260,7 +263,7 @@ def test_a_reference_of_few_scenes_does_not_flag_new_scenes_of_the_same_kind() -
     """The false alarm of issue 19: 228 reference tiles of 19 scenes, held-out tiles of 3 other scenes.
     The fixed 0.25 distance reads scene variation as drift; the thresholds calibrated on the
     reference's own sources do not, and a real shift (2 scene-stds) is still drift."""
-    from monitoring.drift import detect_drift
+    from monitoring.drift.detection import detect_drift
 
     reference = _scene_features(19, 12, seed=0)
     fixed_alarms = calibrated_alarms = 0

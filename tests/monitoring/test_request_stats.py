@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from hndsr.image_read import read_image
 from hndsr.raster import Raster
 from lake.server import EmbeddedS3
-from monitoring.drift import load_requests
+from monitoring.drift.window import load_requests
 from monitoring.features import CONTEXT_FIELDS, DRIFT_FEATURES, raster_features
 from serving.metrics import ServingMetrics
 from serving.request_stats import JsonlDirSink, RequestStatsRecorder, S3Sink, SinkError

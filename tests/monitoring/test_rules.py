@@ -13,7 +13,8 @@ import yaml
 from prometheus_client import CollectorRegistry
 from tooling import needs_tool, require_tool
 
-from monitoring.drift import DriftResult, push_registry
+from monitoring.drift.detection import DriftResult
+from monitoring.drift.pushgateway import push_registry
 from serving.jobs.metrics import QueueCollector
 from serving.metrics import ServingMetrics
 

@@ -11,7 +11,8 @@ import torch
 from synthetic import TINY_MODEL
 
 from components import tracking
-from components.tracking import Figures, Registration, register_checkpoint
+from components.promotion import Figures
+from components.registry import Registration, register_checkpoint
 from hndsr.checkpoint import save_checkpoint
 from hndsr.models.hndsr_model import HNDSR
 

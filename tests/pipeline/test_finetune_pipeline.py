@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from synthetic import TINY_MODEL
 from test_local_pipeline import Workdir, _artifact_metadata
 
-from components import steps, tracking
+from components import promotion, registry, tracking, training_steps
 from components.initial import PinnedModel
 from hndsr.checkpoint import load_checkpoint, save_checkpoint
 from hndsr.errors import CheckpointError
@@ -45,15 +45,15 @@ def register_as_champion(store: str, directory: Path) -> str:
     with tracking.step_run(store, "train_diffusion") as run:
         mlflow.log_artifacts(str(directory), artifact_path=tracking.CHECKPOINT_ARTIFACT)
     sha = json.loads((directory / "config.json").read_text())["sha256"]
-    registration = tracking.register_checkpoint(
+    registration = registry.register_checkpoint(
         tracking_uri=store,
         run_id=run.info.run_id,
         sha256=sha,
-        figures=tracking.Figures(10.0, float("nan")),
+        figures=promotion.Figures(10.0, float("nan")),
         eval_data="elsewhere",
         lpips_tolerance=0.01,
     )
-    assert registration.alias == tracking.CHAMPION
+    assert registration.alias == promotion.CHAMPION
     return registration.version
 
 
@@ -145,7 +145,9 @@ def test_missing_init_from_fails_the_first_step_with_one_line(tmp_path: Path) ->
 def test_missing_init_from_fails_the_pipelines_first_step(tmp_path: Path, tiny_params_text: str) -> None:
     """Where the pipeline is submitted (Kubeflow) the initial-model step is the check: it runs first."""
     with pytest.raises(CheckpointError, match="no such checkpoint directory"):
-        steps.pin_initial_model(str(tmp_path / "nope"), params=tiny_params_text, profile="", tracking_uri="")
+        training_steps.pin_initial_model(
+            str(tmp_path / "nope"), params=tiny_params_text, profile="", tracking_uri=""
+        )
 
 
 @pytest.fixture
@@ -158,12 +160,14 @@ def test_tampered_init_from_is_refused(tmp_path: Path, tiny_params_text: str) ->
     weights = tmp_path / "ckpt" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
     with pytest.raises(CheckpointError, match=r"init_from .*sha256 mismatch"):
-        steps.pin_initial_model(str(tmp_path / "ckpt"), params=tiny_params_text, profile="", tracking_uri="")
+        training_steps.pin_initial_model(
+            str(tmp_path / "ckpt"), params=tiny_params_text, profile="", tracking_uri=""
+        )
 
 
 def test_other_architecture_is_refused(tiny_params_text: str) -> None:
     with pytest.raises(CheckpointError, match=r"different architecture .* init_from: none"):
-        steps.pin_initial_model("release", params=tiny_params_text, profile="", tracking_uri="")
+        training_steps.pin_initial_model("release", params=tiny_params_text, profile="", tracking_uri="")
 
 
 def test_unknown_registry_alias_is_refused(tmp_path: Path, tiny_params_text: str) -> None:
@@ -171,9 +175,11 @@ def test_unknown_registry_alias_is_refused(tmp_path: Path, tiny_params_text: str
     tiny_checkpoint(tmp_path / "ckpt", seed=4)
     register_as_champion(store, tmp_path / "ckpt")
     with pytest.raises(CheckpointError, match="has no hndsr@nope"):
-        steps.pin_initial_model("models:/hndsr@nope", params=tiny_params_text, profile="", tracking_uri=store)
+        training_steps.pin_initial_model(
+            "models:/hndsr@nope", params=tiny_params_text, profile="", tracking_uri=store
+        )
     pinned = PinnedModel.from_json(
-        steps.pin_initial_model(
+        training_steps.pin_initial_model(
             "models:/hndsr@champion", params=tiny_params_text, profile="", tracking_uri=store
         )
     )
@@ -185,7 +191,9 @@ def test_a_checkpoint_replaced_after_pinning_is_refused(tmp_path: Path, tiny_par
 
     tiny_checkpoint(tmp_path / "ckpt", seed=5)
     pinned = PinnedModel.from_json(
-        steps.pin_initial_model(str(tmp_path / "ckpt"), params=tiny_params_text, profile="", tracking_uri="")
+        training_steps.pin_initial_model(
+            str(tmp_path / "ckpt"), params=tiny_params_text, profile="", tracking_uri=""
+        )
     )
     shutil.rmtree(tmp_path / "ckpt")
     tiny_checkpoint(tmp_path / "ckpt", seed=6)

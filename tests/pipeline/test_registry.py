@@ -12,8 +12,8 @@ import pytest
 from mlflow import MlflowClient
 from registry_helpers import log_tiny_checkpoint, register_logged
 
-from components import tracking
-from components.tracking import CHALLENGER, CHAMPION, Figures, decide_promotion
+from components import registry, tracking
+from components.promotion import CHALLENGER, CHAMPION, Figures, decide_promotion
 from hndsr.checkpoint import load_checkpoint
 from serving.storage import resolve_storage_uri
 
@@ -51,7 +51,7 @@ def store(tmp_path: Path) -> str:
 
 
 def _aliases(uri: str) -> dict[str, str]:
-    model = MlflowClient(uri).get_registered_model(tracking.MODEL_NAME)
+    model = MlflowClient(uri).get_registered_model(registry.MODEL_NAME)
     return {alias: str(version) for alias, version in model.aliases.items()}
 
 
@@ -71,11 +71,11 @@ def test_registry_first_better_worse_and_reuse(store: str, tmp_path: Path) -> No
 
     again = register_logged(store, third, Figures(26.0, 0.305))  # an unchanged re-run: no new version
     assert again.reused and (again.version, again.alias) == ("3", CHAMPION)
-    assert len(MlflowClient(store).search_model_versions(f"name='{tracking.MODEL_NAME}'")) == 3
+    assert len(MlflowClient(store).search_model_versions(f"name='{registry.MODEL_NAME}'")) == 3
 
     # The decision and its figures are on the registering run.
     with tracking.step_run(store, "register") as run:
-        tracking.record_decision(better)
+        registry.record_decision(better)
     recorded = MlflowClient(store).get_run(run.info.run_id).data
     assert recorded.tags["promotion.alias"] == CHAMPION and recorded.tags["promotion.version"] == "3"
     assert recorded.metrics["candidate_psnr_y_x4"] == 26.0 and recorded.metrics["champion_psnr_y_x4"] == 25.0
@@ -123,9 +123,9 @@ def test_incumbent_scored_beside_the_candidate_is_used_while_it_is_the_champion(
 ) -> None:
     """The release becomes version 1 (champion) of an empty registry; the gate then uses the incumbent's
     figures from the candidate's own evaluation, and both versions record the challenge."""
-    release = tracking.register_release(store)
+    release = registry.register_release(store)
     assert (str(release.version), release.tags["source"]) == ("1", "release")
-    assert str(tracking.register_release(store).version) == "1"  # idempotent
+    assert str(registry.register_release(store).version) == "1"  # idempotent
     seen: list[str] = []
     result = register_logged(
         store,
@@ -140,11 +140,11 @@ def test_incumbent_scored_beside_the_candidate_is_used_while_it_is_the_champion(
     assert not seen  # scored beside it: no rescoring
     assert result.alias == CHAMPION and result.decision.champion == Figures(20.9, 0.40)
     client = MlflowClient(store)
-    challenger = client.get_model_version(tracking.MODEL_NAME, "2")
+    challenger = client.get_model_version(registry.MODEL_NAME, "2")
     assert (
         challenger.tags["incumbent_version"] == "1" and float(challenger.tags["incumbent_psnr_y_x4"]) == 20.9
     )
-    incumbent = client.get_model_version(tracking.MODEL_NAME, "1")
+    incumbent = client.get_model_version(registry.MODEL_NAME, "1")
     assert json.loads(incumbent.tags["challenged_by.v2"]) == {
         "alias": CHAMPION,
         "psnr_y_x4": 21.0,

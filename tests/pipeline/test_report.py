@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 import torch
 
+from components.artifact_files import file_uri, named_file, named_uri
+from components.evaluation_steps import evaluation_verdict
+from components.registry_steps import training_recipe
 from components.report import Verdict, render_report, winner
-from components.steps import evaluation_verdict, file_uri, named_file, named_uri, training_recipe
 from hndsr.evaluation import evaluate_images
 from hndsr.model_card import regressions, render_model_card
 from hndsr.resample import resize

@@ -16,7 +16,7 @@ import mlflow
 import pytest
 from registry_helpers import log_tiny_checkpoint, register_logged
 
-from components.tracking import CHAMPION, Figures
+from components.promotion import CHAMPION, Figures
 from hndsr.checkpoint import load_checkpoint
 from lake.server import EmbeddedS3, free_ports
 from serving.storage import resolve_storage_uri

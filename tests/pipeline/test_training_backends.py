@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from components import steps
+from components import training_steps
 from components.pytorchjob import MOUNT
 from hndsr.errors import InputError
 
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _train(tmp_path: Path, backend: str) -> None:
-    steps.train_stage(
+    training_steps.train_stage(
         "autoencoder",
         str(tmp_path / "dataset"),
         str(tmp_path / "out"),
