@@ -8,9 +8,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from drift_helpers import drift_last_hour
 from promstack import Process, alerts, fast_rules, query, start_prometheus, start_pushgateway
-
-from monitoring.drift.job import run_drift
 
 RULES = Path(__file__).resolve().parents[2] / "monitoring" / "rules" / "hndsr-alerts.yml"
 
@@ -54,13 +53,7 @@ def test_shifted_imagery_fires_the_drift_alert(
     gateway, prometheus = stack
     strength = {"darken": 0.35, "blur": 1.5, "haze": 0.35}[shift]
     stats = write_requests(60, shift, strength)
-    result = run_drift(
-        reference=str(drift_catalog),
-        stats=str(stats),
-        window="1h",
-        pushgateway=gateway.url,
-        cache_dir=tmp_path,
-    )
+    result = drift_last_hour(drift_catalog, stats, tmp_path, pushgateway=gateway.url)
     assert result.detected
     assert _wait(lambda: any(a["state"] in ("pending", "firing") for a in _drift_alert(prometheus))), alerts(
         prometheus
@@ -79,13 +72,7 @@ def test_unshifted_imagery_raises_no_alert(
 ) -> None:
     gateway, prometheus = stack
     stats = write_requests(60)
-    result = run_drift(
-        reference=str(drift_catalog),
-        stats=str(stats),
-        window="1h",
-        pushgateway=gateway.url,
-        cache_dir=tmp_path,
-    )
+    result = drift_last_hour(drift_catalog, stats, tmp_path, pushgateway=gateway.url)
     assert not result.detected
     # Prometheus has scraped the verdict (0) and evaluated the rules on it: still no alert.
     assert _wait(lambda: [float(r["value"][1]) for r in query(prometheus, "hndsr_drift_detected")] == [0.0])

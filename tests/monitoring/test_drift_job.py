@@ -13,6 +13,7 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
+from drift_helpers import drift_last_hour
 from driftdata import record, request_rasters
 from typer.testing import CliRunner
 
@@ -37,13 +38,7 @@ def test_unshifted_requests_are_not_drift(
     tmp_path: Path,
 ) -> None:
     stats = write_requests(60)
-    result = run_drift(
-        reference=str(drift_catalog),
-        stats=str(stats),
-        window="1h",
-        report=str(tmp_path / "r.html"),
-        cache_dir=cache,
-    )
+    result = drift_last_hour(drift_catalog, stats, cache, report=str(tmp_path / "r.html"))
     assert result.state == "ok" and not result.detected
     assert result.window_size == 60 and result.drift_share is not None
     assert result.drift_share < DriftSettings().drift_share
@@ -60,7 +55,7 @@ def test_shifted_requests_are_drift(
     strength: float,
 ) -> None:
     stats = write_requests(60, shift, strength)
-    result = run_drift(reference=str(drift_catalog), stats=str(stats), window="1h", cache_dir=cache)
+    result = drift_last_hour(drift_catalog, stats, cache)
     assert result.state == "drift" and result.detected and result.drift_share is not None
     assert result.drift_share >= DriftSettings().drift_share
     blur = ["sharpness", "edge_crispness", "detail_to_contrast"]
@@ -101,13 +96,7 @@ def test_too_few_samples_is_a_state_not_an_alarm(
     tmp_path: Path,
 ) -> None:
     stats = write_requests(10, "darken", 0.35)  # strongly shifted, but only 10 requests
-    result = run_drift(
-        reference=str(drift_catalog),
-        stats=str(stats),
-        window="1h",
-        report=str(tmp_path / "r.html"),
-        cache_dir=cache,
-    )
+    result = drift_last_hour(drift_catalog, stats, cache, report=str(tmp_path / "r.html"))
     assert result.state == "insufficient_data" and not result.detected and result.drift_share is None
     assert "insufficient data" in (tmp_path / "r.html").read_text()
     text = push_registry(result, schedule_s=3600).collect()
@@ -129,7 +118,7 @@ def test_window_selects_recent_records(
         f.write_bytes(b"".join(orjson.dumps(rec) + b"\n" for rec in lines))
         os.utime(f, (old, old))
     record(stats, request_rasters(60))
-    result = run_drift(reference=str(drift_catalog), stats=str(stats), window="1h", cache_dir=cache)
+    result = drift_last_hour(drift_catalog, stats, cache)
     assert result.window_size == 60 and not result.detected
     wide = run_drift(reference=str(drift_catalog), stats=str(stats), window="1d", cache_dir=cache)
     assert wide.window_size == 120
@@ -288,14 +277,8 @@ def test_the_report_states_window_reference_model_and_the_deciding_statistic(
 ) -> None:
     stats = write_requests(60, "haze", 0.35)
     report = tmp_path / "r.html"
-    result = run_drift(
-        reference=str(drift_catalog),
-        stats=str(stats),
-        window="1h",
-        report=str(report),
-        cache_dir=cache,
-        model="models:/hndsr@champion (version 3)",
-    )
+    model = "models:/hndsr@champion (version 3)"
+    result = drift_last_hour(drift_catalog, stats, cache, report=str(report), model=model)
     page = report.read_text()
     start = page.index("id='hndsr-drift-context'")
     context = page[start : page.index("</section>", start)]
