@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from hndsr.errors import OutputValidationError
+from hndsr.errors import InputError, OutputValidationError
 from hndsr.models.hndsr_model import HNDSR
 from hndsr.models.operator import LRInput
 from hndsr.runtime import native_bf16
@@ -109,3 +109,38 @@ def render_batch(
                 )
             )
     return (torch.cat(parts) if len(parts) > 1 else parts[0]).float()
+
+
+# Uncertainty: K seeded diffusion draws of the same tiles; their mean is the image and the spread
+# across draws says where the model invents detail.
+UNCERTAINTY_BAND = "uncertainty"
+MIN_SAMPLES, MAX_SAMPLES = 2, 16
+
+
+def check_samples(samples: int, steps: int) -> None:
+    """Refuse a sample count the uncertainty estimate cannot use (1 = no estimate, the plain path)."""
+    if samples == 1:
+        return
+    if not MIN_SAMPLES <= samples <= MAX_SAMPLES:
+        raise InputError(
+            f"samples must be 1 (no uncertainty) or in [{MIN_SAMPLES}, {MAX_SAMPLES}], got {samples}"
+        )
+    if steps == 0:
+        raise InputError(
+            "samples need the diffusion path: the deterministic path (steps 0) draws the same image every "
+            "time; give steps > 0 (or leave steps at the model's default)"
+        )
+
+
+def sample_seeds(seed: int, samples: int) -> list[int]:
+    """The seeds of ``samples`` draws: ``seed`` first, so draw 0 is the single-sample output."""
+    return [(seed + k) % 2**32 for k in range(samples)]
+
+
+def mean_and_spread(draws: torch.Tensor) -> torch.Tensor:
+    """K draws ``(K, B, 3, H, W)`` -> ``(B, 4, H, W)``: the per-pixel mean of the draws, and as a fourth
+    channel their sample standard deviation (ddof 1) averaged over R, G, B."""
+    if draws.shape[0] < MIN_SAMPLES:
+        raise ValueError(f"need at least {MIN_SAMPLES} draws, got {draws.shape[0]}")
+    spread = draws.std(dim=0, correction=1).mean(dim=1, keepdim=True)
+    return torch.cat([draws.mean(dim=0), spread], dim=1)
