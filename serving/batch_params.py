@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from hndsr.errors import InputError
+from hndsr.model_pass import check_samples
 from hndsr.resample import check_scale
 from serving.codec import LR_DTYPES, TILE_BITS, RenderParams
 from serving.errors import BadRequest, Unprocessable
@@ -48,7 +50,18 @@ def render_params(params: dict[str, Any]) -> RenderParams:
         raise Unprocessable(f"seed {seed} is outside [0, {MAX_SEED}]", kind="invalid_seed")
     if strength is not None and not (math.isfinite(strength) and 0.0 < strength <= 1.0):
         raise Unprocessable(f"strength {strength} is outside (0, 1]", kind="invalid_strength")
-    return RenderParams(scale=scale, steps=steps, seed=seed, strength=strength)
+    samples = _param(params, "samples", int, 1)
+    check_render_samples(samples, steps)
+    return RenderParams(scale=scale, steps=steps, seed=seed, strength=strength, samples=samples)
+
+
+def check_render_samples(samples: int, steps: int | None) -> None:
+    """The sample count against the steps (None: the model's default, checked once it is known): a
+    422 saying what to send instead."""
+    try:
+        check_samples(samples, 1 if steps is None else steps)
+    except InputError as exc:
+        raise Unprocessable(str(exc), kind="invalid_samples") from exc
 
 
 def tile_bits(params: dict[str, Any]) -> int:

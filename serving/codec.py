@@ -22,6 +22,12 @@ Request (Open Inference Protocol v2, ``POST /v2/models/{name}/infer``)::
   the bytes of FP32, and 256x finer than the 8-bit images it becomes) through the binary tensor
   extension when asked (raw bytes after the JSON header, ``Inference-Header-Content-Length``), JSON
   numbers otherwise, and ``parameters`` ``model_version``, ``model_ms``. Decoders also take FP32.
+* Uncertainty: with the parameter ``samples`` K in [2, 16] (absent or 1: one draw, the format above
+  unchanged) the predictor renders every tile K times, draw k with the canvas noise of seed
+  ``seed + k`` (:func:`hndsr.model_pass.sample_seeds`; draw 0 is the one-sample output), and ``sr`` is
+  ``[B, 4, th, tw]``: the mean of the draws as R, G, B, and as a fourth channel their per-pixel
+  standard deviation (ddof 1, averaged over R, G, B), quantised like the pixels (65535 = 1.0).
+  ``samples`` > 1 needs steps > 0 (the deterministic path draws the same image every time): a 422.
 
 The v1 form (``POST /v1/models/{name}:predict``) carries the same::
 
@@ -64,6 +70,7 @@ class RenderParams:
     steps: int | None = None  # None: the model's default
     seed: int = 0
     strength: float | None = None
+    samples: int = 1  # K >= 2: K seeded draws, mean + per-pixel std (hndsr.model_pass.mean_and_spread)
 
     def as_params(self) -> dict[str, Any]:
         out: dict[str, Any] = {"scale": float(self.scale), "seed": int(self.seed)}
@@ -71,7 +78,14 @@ class RenderParams:
             out["steps"] = int(self.steps)
         if self.strength is not None:
             out["strength"] = float(self.strength)
+        if self.samples != 1:  # absent for one sample: that wire format is unchanged
+            out["samples"] = int(self.samples)
         return out
+
+    @property
+    def channels(self) -> int:
+        """Channels of a returned tile: R, G, B, and the uncertainty when K >= 2 draws are made."""
+        return 4 if self.samples > 1 else 3
 
 
 def quantise_tiles(sr: np.ndarray, bits: int = 16) -> np.ndarray:

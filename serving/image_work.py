@@ -15,6 +15,7 @@ import torch
 
 from hndsr.image_write import encode_image, png_bytes
 from hndsr.inference import sr_raster
+from hndsr.model_pass import UNCERTAINTY_BAND
 from hndsr.raster import Raster
 from hndsr.resample import resize
 from serving.tile_crops import Canvas, TileSpec
@@ -71,14 +72,23 @@ def image_result(work: ImageWork, png_level: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     raster, p, c = work.raster, work.inp.params, work.canvas
     fmt = p.output_format
-    out_raster = sr_raster(raster, work.sr, (c.out_h, c.out_w), carry_extra=fmt == "geotiff")
+    sr, spread = (work.sr[:3], work.sr[3]) if work.sr.shape[0] > 3 else (work.sr, None)
+    out_raster = sr_raster(raster, sr, (c.out_h, c.out_w), carry_extra=fmt == "geotiff")
+    uncertainty: dict[str, Any] = {}
+    if spread is not None:
+        std = spread.clamp(0.0, 1.0).numpy()
+        uncertainty = {"samples": p.samples, "uncertainty_mean": round(float(std.mean(dtype=np.float64)), 6)}
+        if fmt == "geotiff":
+            out_raster = with_uncertainty_band(out_raster, std)
+        else:
+            uncertainty["uncertainty_png_b64"] = base64.b64encode(uncertainty_png(std, png_level)).decode()
     if work.pixels is not None and fmt == "png":
         # What encode_output would write (k/255 quantises back to k), minus two full-image passes.
         encoded = png_bytes(np.ascontiguousarray(work.pixels), level=png_level)
     else:
         encoded = encode_output(out_raster, fmt, png_level)
     work.timings_ms["encode"] = (time.perf_counter() - t0) * 1000.0
-    psnr = cycle_psnr(torch.from_numpy(raster.rgb()), work.sr)
+    psnr = cycle_psnr(torch.from_numpy(raster.rgb()), sr)
     return {
         "image_b64": base64.b64encode(encoded).decode("ascii"),
         "format": fmt,
@@ -92,4 +102,20 @@ def image_result(work: ImageWork, png_level: int) -> dict[str, Any]:
         "tile_size": work.tile,
         "cycle_psnr_db": round(psnr, 3),
         "timings_ms": {k: round(v, 2) for k, v in work.timings_ms.items()},
-    }
+    } | uncertainty
+
+
+def with_uncertainty_band(out: Raster, std: np.ndarray) -> Raster:
+    """``out`` with the per-pixel std ``(H, W)`` as its last band, named (the GeoTIFF band description)
+    ``uncertainty``: after R, G, B and any carried bands, in the raster's own dtype and scale."""
+    return Raster(
+        data=np.concatenate([out.data, std[None].astype(out.data.dtype, copy=False)]),
+        dtype=out.dtype,
+        profile=out.profile,
+        band_names=(*out.band_names, UNCERTAINTY_BAND),
+    )
+
+
+def uncertainty_png(std: np.ndarray, png_level: int) -> bytes:
+    """The per-pixel std ``(H, W)`` as a 16-bit grey PNG, 65535 = a std of 1.0 (pixel values in [0, 1])."""
+    return png_bytes(np.rint(np.clip(std, 0.0, 1.0) * 65535.0).astype(np.uint16)[None], level=png_level)

@@ -13,6 +13,7 @@ hndsr_psnr_rolling_mean         gauge     transformer: mean cycle-consistency PS
 hndsr_tiles_total               counter   tiles processed
 hndsr_gpu_vram_total_bytes      gauge     memory of the CUDA device in use (0 on CPU / before CUDA starts)
 hndsr_request_stats_dropped_total{reason} counter request statistics not recorded (drift monitoring)
+hndsr_uncertainty_mean          histogram transformer: mean per-pixel std of an image with samples >= 2
 =============================== ========= ==========================================================
 
 Every sample also carries ``revision`` (the server's revision: ``HNDSR_REVISION``, else Knative's
@@ -43,6 +44,8 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 # Seconds, the Prometheus base unit (``promtool check metrics`` refuses ``_ms``).
+# The mean per-pixel std of K draws (values in [0, 1]; at most 0.5): fine where outputs usually lie.
+UNCERTAINTY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5)
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 #: The labels every hndsr_* sample of a server carries.
@@ -200,6 +203,13 @@ class ServingMetrics:
             ["reason"],
             registry=None,
         )
+        self.uncertainty = Histogram(
+            "hndsr_uncertainty_mean",
+            "Mean per-pixel standard deviation of the K draws of an image rendered with samples >= 2.",
+            ["model_version"],
+            buckets=UNCERTAINTY_BUCKETS,
+            registry=None,
+        )
         collectors: list[Collector] = [
             self.latency_s,
             self.requests,
@@ -210,6 +220,7 @@ class ServingMetrics:
             self.breaker_state,
             self.vram_total,
             self.request_stats_dropped,
+            self.uncertainty,
         ]
         if quality_proxy:
             collectors.append(_QualityProxy(self.psnr))
@@ -254,6 +265,11 @@ class ServingMetrics:
     def add_psnr(self, value: float, model_version: str | None = None) -> None:
         if not math.isnan(value):  # an identical round trip is +inf: capped
             self.psnr.add(self._version(model_version), min(value, 100.0))
+
+    def add_uncertainty(self, value: float, model_version: str | None = None) -> None:
+        """One image's mean uncertainty (a drift in it, e.g. a new model or new imagery, can alert)."""
+        if math.isfinite(value):
+            self.uncertainty.labels(model_version=self._version(model_version)).observe(value)
 
 
 def _cuda_total_bytes() -> float:

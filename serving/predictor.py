@@ -28,7 +28,14 @@ from kserve import InferOutput, InferRequest, InferResponse, Model
 
 from hndsr.checkpoint import load_checkpoint
 from hndsr.errors import CheckpointError, HNDSRError, OutputValidationError
-from hndsr.model_pass import autocast_dtype, pick_device, render_batch, slice_noise
+from hndsr.model_pass import (
+    autocast_dtype,
+    mean_and_spread,
+    pick_device,
+    render_batch,
+    sample_seeds,
+    slice_noise,
+)
 from hndsr.models.hndsr_model import HNDSR
 from hndsr.models.operator import LRInput
 from hndsr.resample import resize
@@ -39,6 +46,7 @@ from serving.batch_decode import (
     decode_v2_request,
     encode_v1_response,
 )
+from serving.batch_params import check_render_samples
 from serving.breaker import BreakerState, probed_breaker
 from serving.codec import quantise_tiles
 from serving.compute import ComputeExecutor
@@ -205,7 +213,8 @@ class HNDSRPredictor(Model):
         ]
 
     def get_output_types(self) -> list[dict[str, Any]]:
-        return [{"name": "sr", "datatype": "UINT16", "shape": [-1, 3, -1, -1]}]
+        # 4 channels (R, G, B, uncertainty) when the batch asks for samples >= 2 (serving.codec).
+        return [{"name": "sr", "datatype": "UINT16", "shape": [-1, -1, -1, -1]}]
 
     def _warmup(self, model: HNDSR) -> None:
         lr = warmup_lr().to(self.device)
@@ -337,25 +346,36 @@ class HNDSRPredictor(Model):
         up, lows = model_inputs(batch.crops, batch.specs, batch.canvas)
         up = up.to(self.device)
         steps = model.default_steps if p.steps is None else p.steps
-        noise = None
-        if steps > 0:
-            f = model.factor
-            field = self.noise.get(
-                p.seed, model.latent_channels, batch.canvas.canvas_h // f, batch.canvas.canvas_w // f
+        check_render_samples(p.samples, steps)  # the model's default steps may be 0: a 422, not counted
+        strength = model.default_strength if p.strength is None else p.strength
+        tiles = [spec.tile for spec in batch.specs]
+        low_inputs = [low.to(self.device) for low in lows] if model.needs_lr else None
+
+        def draw(seed: int) -> torch.Tensor:
+            noise = None
+            if steps > 0:
+                f = model.factor
+                field = self.noise.get(
+                    seed, model.latent_channels, batch.canvas.canvas_h // f, batch.canvas.canvas_w // f
+                )
+                noise = slice_noise(field, tiles, f).to(self.device)
+            sr = render_batch(
+                model,
+                up,
+                float(p.scale),
+                steps=steps,
+                strength=strength,
+                initial_noise=noise,
+                lr=low_inputs,
+                micro_batch=self.compute_batch,  # the batch that travelled, split as the device runs best
+                dtype=self.autocast_dtype,
             )
-            noise = slice_noise(field, [spec.tile for spec in batch.specs], f).to(self.device)
-        sr = render_batch(
-            model,
-            up,
-            float(p.scale),
-            steps=steps,
-            strength=model.default_strength if p.strength is None else p.strength,
-            initial_noise=noise,
-            lr=[low.to(self.device) for low in lows] if model.needs_lr else None,
-            micro_batch=self.compute_batch,  # the batch that travelled, split as the device runs best
-            dtype=self.autocast_dtype,
-        )
-        sr = check_output(sr, up, floor=self.settings.sharpness_floor)
+            return check_output(sr, up, floor=self.settings.sharpness_floor)
+
+        if p.samples > 1:  # every draw checked; the mean as R, G, B and the spread as a fourth channel
+            sr = mean_and_spread(torch.stack([draw(seed) for seed in sample_seeds(p.seed, p.samples)]))
+        else:
+            sr = draw(p.seed)
         out = quantise_tiles(sr.cpu().numpy().astype(np.float32, copy=False), batch.tile_bits)
         return out, (time.perf_counter() - started) * 1000.0, steps
 

@@ -120,7 +120,11 @@ class HNDSRTransformer(Model):
         return [{"name": "image", "datatype": "BYTES", "shape": [1]}]
 
     def get_output_types(self) -> list[dict[str, Any]]:
-        return [{"name": "image", "datatype": "BYTES", "shape": [1]}]
+        # "uncertainty" only with samples >= 2 and PNG output (a GeoTIFF carries it as its last band).
+        return [
+            {"name": "image", "datatype": "BYTES", "shape": [1]},
+            {"name": "uncertainty", "datatype": "BYTES", "shape": [1]},
+        ]
 
     async def healthy(self) -> bool:
         # KServe's model readiness gates every request: HALF_OPEN must let its one trial through.
@@ -205,8 +209,7 @@ class HNDSRTransformer(Model):
         ticket = CURRENT_TICKET.get()
         if ticket is not None:  # the admission gate learns the drain rate from sizes and service times
             ticket.plan(
-                sum(len(specs) * tile * tile for _, tile, specs in plans) / 1e6,
-                tuple((inp.params.steps, inp.params.strength) for inp in inputs),
+                planned_work(inputs, plans), tuple((inp.params.steps, inp.params.strength) for inp in inputs)
             )
         images = []
         for inp, (canvas, tile, specs) in zip(inputs, plans, strict=True):
@@ -275,17 +278,20 @@ class HNDSRTransformer(Model):
     async def _upscale_image(self, work: ImageWork, request_id: str, progress: Any = None) -> None:
         s = self.settings
         p = work.inp.params
-        params = RenderParams(scale=p.scale, steps=p.steps, seed=p.seed, strength=p.strength)
+        params = RenderParams(
+            scale=p.scale, steps=p.steps, seed=p.seed, strength=p.strength, samples=p.samples
+        )
         rgb = work.raster.rgb()
         lr = torch.from_numpy(rgb)
         # 8-bit sources travel as their 8-bit values (a quarter of the float32 bytes), bit-exact.
         lr_dtype = "uint8" if work.raster.dtype == "uint8" and _holds_8bit_values(rgb) else "float32"
         c = work.canvas
-        stitcher = Stitcher(3, c.canvas_h, c.canvas_w, overlap=s.overlap, halo=s.halo)
+        # R, G, B (and the draws' spread with samples >= 2, blended across tiles like the pixels).
+        stitcher = Stitcher(params.channels, c.canvas_h, c.canvas_w, overlap=s.overlap, halo=s.halo)
         batches = [work.specs[i : i + s.batch_size] for i in range(0, len(work.specs), s.batch_size)]
         # One tile is the whole canvas (no blending follows): an 8-bit image can travel as its 8-bit
         # output pixels, half the bytes of the uint16 tiles that blending needs.
-        bits = 8 if len(work.specs) == 1 and work.raster.dtype == "uint8" else 16
+        bits = 8 if len(work.specs) == 1 and work.raster.dtype == "uint8" and p.samples == 1 else 16
         inflight = asyncio.Semaphore(max(1, s.inflight_batches))
 
         async def send(specs: list[TileSpec], index: int) -> BatchResult:
@@ -312,6 +318,11 @@ class HNDSRTransformer(Model):
                 if result.sr.shape[0] != len(specs):
                     raise PredictorFailed(
                         f"the predictor returned {result.sr.shape[0]} tiles for a batch of {len(specs)}"
+                    )
+                if result.sr.ndim != 4 or result.sr.shape[1] != params.channels:
+                    raise PredictorFailed(
+                        f"the predictor returned tiles of shape {list(result.sr.shape[1:])}, not "
+                        f"{params.channels} channels (samples {p.samples}): is it older than the transformer?"
                     )
                 if result.sr.dtype == np.uint8:  # asked for with bits == 8: these are the output pixels
                     work.pixels = result.sr[0][:, : c.out_h, : c.out_w]
@@ -365,10 +376,13 @@ class HNDSRTransformer(Model):
             self.metrics.observe(total_ms / 1000.0, sum(o["tiles"] for o in outputs), version)
             for work, out in zip(prepared.images, outputs, strict=True):
                 self.metrics.add_psnr(out["cycle_psnr_db"], work.model_version or NO_MODEL)
+                if "uncertainty_mean" in out:
+                    self.metrics.add_uncertainty(out["uncertainty_mean"], work.model_version or NO_MODEL)
         if prepared.protocol == "v1":
             return {"predictions": outputs}
         out = outputs[0]
         image = out.pop("image_b64")
+        spread_png = out.pop("uncertainty_png_b64", None)
         timings = out.pop("timings_ms")
         params: dict[str, Any] = {k: v for k, v in out.items() if v is not None}
         params.update({f"timing_{k}_ms": v for k, v in timings.items()})
@@ -377,14 +391,33 @@ class HNDSRTransformer(Model):
         output.set_data_from_numpy(
             np.array([image.encode("ascii")], dtype=np.object_), binary_data=prepared.binary_output
         )
+        outputs_v2 = [output]
+        if spread_png is not None:  # samples >= 2 with PNG: the std as a second image (serving.image_work)
+            spread = InferOutput(name="uncertainty", shape=[1], datatype="BYTES")
+            spread.set_data_from_numpy(
+                np.array([spread_png.encode("ascii")], dtype=np.object_), binary_data=prepared.binary_output
+            )
+            outputs_v2.append(spread)
         return InferResponse(
             response_id=prepared.request_id,
             model_name=self.name,
-            infer_outputs=[output],
+            infer_outputs=outputs_v2,
             model_version=out.get("model_version") or None,
             parameters=params,
             use_binary_outputs=prepared.binary_output,
         )
+
+
+def planned_work(inputs: list[SRInput], plans: list[tuple[Canvas, int, list[TileSpec]]]) -> float:
+    """A request's work for admission: output tile megapixels, K samples counting K times (each tile
+    is rendered K times); the cost class (steps, strength) prices a megapixel of one draw."""
+    return (
+        sum(
+            inp.params.samples * len(specs) * tile * tile
+            for inp, (_, tile, specs) in zip(inputs, plans, strict=True)
+        )
+        / 1e6
+    )
 
 
 def wants_binary_output(request: InferRequest) -> bool:

@@ -26,14 +26,15 @@ from typing import Any
 
 from hndsr.errors import HNDSRError
 from hndsr.inference import MIN_INPUT_SIDE
+from hndsr.model_pass import MAX_SAMPLES, MIN_SAMPLES
 from hndsr.resample import MAX_SCALE, MIN_SCALE
 from serving.errors import BadRequest, PayloadTooLarge, Unprocessable
 
 OUTPUT_FORMATS = ("png", "geotiff")
 _B64_RE = re.compile(rb"^[A-Za-z0-9+/\r\n]*={0,2}\s*$")
-_KNOWN_KEYS = {"image_b64", "scale", "steps", "seed", "strength", "output_format"}
+_KNOWN_KEYS = {"image_b64", "scale", "steps", "seed", "strength", "output_format", "samples"}
 _V1_KEYS = {"instances"}
-_V2_OUTPUTS = {"image"}
+_V2_OUTPUTS = {"image", "uncertainty"}  # uncertainty: with samples >= 2 and PNG output
 # An encoded image's own signature: binary BYTES elements (the v2 binary tensor extension, e.g.
 # tritonclient's defaults) may carry the file itself instead of its base64 text (which never starts
 # with these bytes: they are outside the base64 alphabet).
@@ -56,6 +57,7 @@ class SRParams:
     seed: int
     strength: float | None
     output_format: str
+    samples: int = 1  # K >= 2: K seeded draws; the mean is the image, their spread an uncertainty output
 
 
 @dataclass
@@ -127,7 +129,29 @@ def parse_params(raw: dict[str, Any], limits: Limits, where: str) -> SRParams:
             f"{where}: output_format {fmt!r} is not supported: use one of {', '.join(OUTPUT_FORMATS)}",
             kind="invalid_output_format",
         )
-    return SRParams(scale=scale, steps=steps, seed=seed, strength=strength, output_format=fmt)
+    samples = parse_samples(raw.get("samples", 1), steps, where)
+    return SRParams(
+        scale=scale, steps=steps, seed=seed, strength=strength, output_format=fmt, samples=samples
+    )
+
+
+def parse_samples(value: Any, steps: int | None, where: str) -> int:
+    """The uncertainty's sample count K: 1 (none), or [2, 16] draws on the diffusion path (steps > 0;
+    steps left to the model's default are checked by the predictor, which knows that default)."""
+    samples = _integer(value, "samples", where)
+    if samples != 1 and not MIN_SAMPLES <= samples <= MAX_SAMPLES:
+        raise Unprocessable(
+            f"{where}: samples {samples} is outside [{MIN_SAMPLES}, {MAX_SAMPLES}]: send 1 (no uncertainty) "
+            f"or {MIN_SAMPLES} to {MAX_SAMPLES} draws for a per-pixel uncertainty output",
+            kind="invalid_samples",
+        )
+    if samples > 1 and steps == 0:
+        raise Unprocessable(
+            f"{where}: samples {samples} needs the diffusion path, and steps 0 is the deterministic one "
+            "(every draw the same image): give steps > 0, or leave steps out for the model's default",
+            kind="invalid_samples",
+        )
+    return samples
 
 
 def decode_b64(value: Any, where: str, limits: Limits) -> bytes:
@@ -219,7 +243,9 @@ def parse_v2(request: Any, limits: Limits) -> list[SRInput]:
         raise BadRequest(f"input 'image' must have shape [1], got {inp.shape}")
     for out in request.request_outputs or []:
         if out.name not in _V2_OUTPUTS:
-            raise BadRequest(f"unknown output {out.name!r} requested: this model has one output, 'image'")
+            raise BadRequest(
+                f"unknown output {out.name!r} requested: this model's outputs are 'image' and 'uncertainty'"
+            )
     raw_params: dict[str, Any] = dict(request.parameters or {})
     raw_params.update(dict(inp.parameters or {}))
     for key in ("binary_data_size", "binary_data_output", "binary_data"):  # the binary tensor extension's
@@ -227,7 +253,8 @@ def parse_v2(request: Any, limits: Limits) -> list[SRInput]:
     unknown = set(raw_params) - (_KNOWN_KEYS - {"image_b64"})
     if unknown:
         raise BadRequest(
-            f"unknown parameters {sorted(unknown)}; allowed: scale, steps, seed, strength, output_format"
+            f"unknown parameters {sorted(unknown)}; allowed: scale, steps, seed, strength, output_format, "
+            "samples"
         )
     params = parse_params(raw_params, limits, "parameters")
     where = "inputs[0].data[0]"

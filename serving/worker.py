@@ -35,13 +35,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hndsr.errors import HNDSRError, InputError, OutputValidationError
 from hndsr.image_read import read_image_bytes
 from hndsr.image_write import encode_image
 from hndsr.inference import Upscaler, upscale_raster
+from hndsr.model_pass import UNCERTAINTY_BAND
 from hndsr.raster import check_pixel_range
 from hndsr.resample import sr_size
 from hndsr.streaming import upscale_raster_to_geotiff
+from serving.image_work import uncertainty_png
 from serving.jobs.metrics import JobMetrics
 from serving.jobs.store import JobConfig, JobStore, Lease
 
@@ -140,6 +144,11 @@ class Worker:
         try:
             with tempfile.TemporaryDirectory(prefix="hndsr-job-", dir=self.settings.scratch_dir) as scratch:
                 data, ext, meta = self._render(lease, Path(scratch))
+                spread_png = meta.pop("uncertainty_png", None)
+                if spread_png is not None:  # samples >= 2 with PNG: the std as a second image
+                    meta["uncertainty"] = self.store.store_result(
+                        lease, spread_png, "png", name="uncertainty"
+                    )
                 ref = self.store.store_result(lease, data, ext)
         except _Abort:
             if self.stop.is_set() and self.store.release(lease):
@@ -200,11 +209,17 @@ class Worker:
             "seed": int(p.get("seed", 0)),
             "progress": self._on_progress,
         }
+        samples = int(p.get("samples", 1))
+        if samples > 1:  # K seeded draws: the engine's last band is their per-pixel std (UNCERTAINTY_BAND)
+            options["samples"] = samples
         if fmt == "geotiff":
             path = scratch / "result.tif"
             upscale_raster_to_geotiff(self.upscaler, raster, path, **options)
             return path, "tif", self._meta(fmt, out_w, out_h, path.stat().st_size)
         out = upscale_raster(self.upscaler, raster, **options)
+        spread = None
+        if samples > 1 and out.band_names[-1:] == (UNCERTAINTY_BAND,):
+            spread = out.data[-1]
         if fmt != "geotiff":  # PNG holds R,G,B only
             out = replace(out, data=out.data[:3], band_names=out.band_names[:3])
         data = encode_image(
@@ -212,7 +227,12 @@ class Worker:
         )
         if not data:
             raise OutputValidationError("the encoder produced an empty image")
-        return data, "png" if fmt == "png" else "tif", self._meta(fmt, out.width, out.height, len(data))
+        meta = self._meta(fmt, out.width, out.height, len(data))
+        if spread is not None:
+            meta["uncertainty_mean"] = round(float(np.mean(spread, dtype=np.float64)), 6)
+            if fmt == "png":  # as the transformer's second PNG (serving.image_work.uncertainty_png)
+                meta["uncertainty_png"] = uncertainty_png(spread, self.settings.png_compress_level)
+        return data, "png" if fmt == "png" else "tif", meta
 
     def _meta(self, fmt: str, width: int, height: int, size: int) -> dict[str, Any]:
         done, total = self._progress

@@ -12,7 +12,8 @@ request it is a 422.
 ``GET /jobs/{id}``: ``{"id", "status": queued | running | done | failed, "attempts", "max_attempts",
 "progress": {"tiles_done", "tiles_total"}, "error" (the reason when failed; the last one while a retry
 waits), "result": {"url", "format", "width", "height", "bytes"} when done}``. ``GET
-/jobs/{id}/result``: the image (from Redis), or a redirect to a presigned S3 URL for large results.
+/jobs/{id}/result``: the image (from Redis), or a redirect to a presigned S3 URL for large results;
+``GET /jobs/{id}/uncertainty``: the per-pixel std PNG of a PNG job with ``samples`` >= 2.
 An unknown or expired id is a 404 (results live ``result_ttl_s``), a result asked for too early a 409.
 """
 
@@ -88,6 +89,8 @@ def submit_request(
     jobs = []
     for inp, n_tiles in zip(inputs, tiles, strict=True):
         params = {k: v for k, v in asdict(inp.params).items() if v is not None}
+        if params.get("samples") == 1:  # one draw: the job (and its idempotency fingerprint) as before
+            del params["samples"]
         image_key = f"{key}#{inp.index}" if key else None
         try:
             submitted = store.submit(
@@ -168,6 +171,10 @@ def job_view(record: dict[str, str]) -> dict[str, Any]:
             "seconds": _number(record, "seconds"),
             "stored_in": "s3" if record.get("result", "").startswith("s3://") else "redis",
         }
+        if record.get("uncertainty_mean"):  # samples >= 2: the std is a last band or a second PNG
+            view["result"]["uncertainty_mean"] = _number(record, "uncertainty_mean")
+        if record.get("uncertainty"):
+            view["result"]["uncertainty_url"] = f"/jobs/{job_id}/uncertainty"
     return view
 
 
@@ -202,7 +209,7 @@ def install_job_routes(app: Any, store: JobStore) -> None:
         record = await asyncio.to_thread(_record, store, job_id)
         return json_response(200, job_view(record))
 
-    async def result(job_id: str) -> Any:
+    async def output(job_id: str, field: str) -> Any:
         record = await asyncio.to_thread(_record, store, job_id)
         state = record.get("status")
         if state == FAILED:
@@ -211,7 +218,9 @@ def install_job_routes(app: Any, store: JobStore) -> None:
             raise NotDone(
                 f"job {job_id} is {state}; poll GET /jobs/{job_id} until it is done", retry_after=5.0
             )
-        ref = record["result"]
+        ref = record.get(field, "")
+        if not ref:
+            raise NotFound(f"job {job_id} has no {field} output: ask for samples >= 2 with PNG output")
         if not ref.startswith(REDIS_REF):  # large results: straight from S3
             url = await asyncio.to_thread(store.blobs.presigned_url, ref, store.config.result_ttl_s)
             return RedirectResponse(url, status_code=307)
@@ -219,9 +228,18 @@ def install_job_routes(app: Any, store: JobStore) -> None:
             data = await asyncio.to_thread(store.blobs.get, ref)
         except BlobError as exc:
             raise NotFound(f"the result of job {job_id} expired; submit the image again") from exc
-        media = _CONTENT_TYPES.get(record.get("format", "png"), "application/octet-stream")
+        fmt = "png" if field == "uncertainty" else record.get("format", "png")
+        media = _CONTENT_TYPES.get(fmt, "application/octet-stream")
         return Response(content=data, media_type=media)
+
+    async def result(job_id: str) -> Any:
+        return await output(job_id, "result")
 
     app.add_exception_handler(JobAccepted, accepted)
     app.add_api_route("/jobs/{job_id}", status, methods=["GET"], include_in_schema=False)
     app.add_api_route("/jobs/{job_id}/result", result, methods=["GET"], include_in_schema=False)
+
+    async def uncertainty(job_id: str) -> Any:
+        return await output(job_id, "uncertainty")
+
+    app.add_api_route("/jobs/{job_id}/uncertainty", uncertainty, methods=["GET"], include_in_schema=False)

@@ -226,17 +226,18 @@ class JobStore:
     def input_of(self, lease: Lease) -> bytes:
         return self.blobs.get(lease.record["input"])
 
-    def store_result(self, lease: Lease, data: bytes | Path, ext: str) -> str:
+    def store_result(self, lease: Lease, data: bytes | Path, ext: str, *, name: str = "result") -> str:
         """The result under a name of this attempt (a stale attempt never overwrites a committed one).
-        ``data`` may be a file (a streamed result): it goes to S3 from disk when large enough."""
+        ``data`` may be a file (a streamed result): it goes to S3 from disk when large enough. ``name``
+        tells a job's other outputs apart (``uncertainty``: the second PNG of samples >= 2)."""
         c = self.config
         size = data.stat().st_size if isinstance(data, Path) else len(data)
         if self.blobs.goes_to_s3(size):
-            uri = self.blobs.s3_uri(lease.id, f"result-{lease.token[:8]}.{ext}")
+            uri = self.blobs.s3_uri(lease.id, f"{name}-{lease.token[:8]}.{ext}")
             return self.blobs.put_s3(uri, data, expires_at=self.now() + c.result_ttl_s)
         if isinstance(data, Path):
             data = data.read_bytes()
-        key = self.key("result", lease.id, lease.token[:8])
+        key = self.key(name, lease.id, lease.token[:8])
         self.redis.set(key, data, ex=int(c.result_ttl_s))
         return REDIS_REF + key
 

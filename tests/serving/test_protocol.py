@@ -298,7 +298,8 @@ def test_tritonclient_infer_works_unmodified(stack: tuple[Server, Server, Path])
     client = th.InferenceServerClient(f"127.0.0.1:{trans.port}")
     meta = client.get_model_metadata("hndsr")
     assert meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [1]}]
-    assert meta["outputs"] == [{"name": "image", "datatype": "BYTES", "shape": [1]}]
+    assert meta["outputs"][0] == {"name": "image", "datatype": "BYTES", "shape": [1]}
+    assert meta["outputs"][1:] == [{"name": "uncertainty", "datatype": "BYTES", "shape": [1]}]  # samples >= 2
     png = png_bytes(16, 16, seed=2)
     for binary_in, binary_out, element in (
         (True, True, png),  # tritonclient's defaults, with the file's own bytes
