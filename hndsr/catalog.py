@@ -32,6 +32,8 @@ CATALOG_COLUMNS: tuple[str, ...] = (
     "band_std",
     "sharpness",  # variance of the Laplacian of Y (BT.601) in 8-bit units
     "nodata_fraction",
+    "stac_item",  # id of the STAC Item the source came from, null for folder sources
+    "stac_asset",  # key of its asset
 )
 REJECT_COLUMNS: tuple[str, ...] = ("source", "source_sha256", "size_bytes", "reason", "detail")
 REJECT_REASONS = (

@@ -114,6 +114,12 @@ def sr(
     device: Annotated[
         str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if present).")
     ] = None,
+    stac: Annotated[
+        bool, typer.Option(help="GeoTIFF outputs: write a STAC Item beside them (<stem>.json).")
+    ] = True,
+    source_item: Annotated[
+        str | None, typer.Option(help="Href of the STAC Item the input came from (derived_from link).")
+    ] = None,
 ) -> None:
     """Super-resolve one image. Bands beyond R,G,B (e.g. NIR) are upsampled bicubically and carried.
 
@@ -127,7 +133,7 @@ def sr(
 
     check_scale(scale)
     raster = read_image(input)
-    model, _ = _load_model(checkpoint)
+    model, checkpoint_config = _load_model(checkpoint)
     upscaler = Upscaler(model, device=device, tile=tile, overlap=overlap, halo=halo)
     kwargs: dict[str, Any] = {"scale": scale, "steps": steps, "strength": strength, "seed": seed}
     if output.suffix.lower() in (".tif", ".tiff"):
@@ -138,6 +144,19 @@ def sr(
         height, width = result.height, result.width
     used_steps = model.default_steps if steps is None else steps
     typer.echo(f"wrote {output} ({width}x{height}, x{scale:g}, steps={used_steps})")
+    if stac and output.suffix.lower() in (".tif", ".tiff"):
+        from hndsr.stac_items import write_output_item
+
+        item = write_output_item(
+            output,
+            source=input,
+            checkpoint_config=checkpoint_config,
+            scale=scale,
+            steps=used_steps,
+            seed=seed,
+            source_item=source_item,
+        )
+        typer.echo(f"wrote {item} (STAC Item)")
 
 
 @app.command()

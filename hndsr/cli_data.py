@@ -53,7 +53,10 @@ def register(app: typer.Typer, *, friendly_errors: Decorator, parse_sets: SetPar
     def prepare_cmd(
         src: Annotated[
             str | None,
-            typer.Option(help="Folder or s3://bucket/prefix of raw HR images (default: prepare.src)."),
+            typer.Option(
+                help="Folder or s3://bucket/prefix of raw HR images, or a STAC Item/Catalog JSON (local or "
+                "s3://): its Items' raster assets (default: prepare.src)."
+            ),
         ] = None,
         out: Annotated[Path | None, typer.Option(help="Output folder (default: prepare.out).")] = None,
         params: ParamsOpt = DEFAULT_PARAMS,
@@ -69,12 +72,18 @@ def register(app: typer.Typer, *, friendly_errors: Decorator, parse_sets: SetPar
         listed with the reason in rejects.parquet; `hndsr validate-data` judges the result.
         """
         from hndsr.prepare import PrepareConfig, prepare
+        from hndsr.stac_items import is_stac_source, raster_assets
 
         p = load_params_or_defaults(params, profile, parse_sets(set_))
         source = src or p.prepare.src
         out_dir = out or Path(p.prepare.out)
         start = time.monotonic()
         prefix = ""
+        stac_document = None
+        if is_stac_source(source):  # the document's folder is the source; its Items name the files
+            source, _, stac_name = source.rstrip("/").rpartition("/")
+            source = source or "."
+            stac_document = stac_name
         scheme, remote, path = source.partition("://")
         if remote:
             fetch = REMOTE_SOURCES.get(scheme)
@@ -88,6 +97,11 @@ def register(app: typer.Typer, *, friendly_errors: Decorator, parse_sets: SetPar
             fetch(source, local)
             prefix = source.rstrip("/") + "/"
             source = str(local)
-        result = prepare(source, out_dir, PrepareConfig.from_params(p), source_prefix=prefix)
+        stac_assets = None
+        if stac_document is not None:
+            stac_assets = raster_assets(Path(source) / stac_document)  # validated: errors before writing
+        result = prepare(
+            source, out_dir, PrepareConfig.from_params(p), source_prefix=prefix, stac_assets=stac_assets
+        )
         result.seconds = time.monotonic() - start
         typer.echo(f"prepared {out_dir}: {result.line()}")

@@ -40,7 +40,7 @@ import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hndsr.catalog import CATALOG_FILE, REJECT_REASONS, REJECTS_FILE, catalog_bytes, rejects_bytes
 from hndsr.config import Params
@@ -49,9 +49,14 @@ from hndsr.errors import ConfigError, InputError
 from hndsr.files import sha256_file
 from hndsr.source_tiles import Outcome, Source, reject, tile_source
 
+if TYPE_CHECKING:
+    from hndsr.stac_items import StacAsset
+
 logger = logging.getLogger(__name__)
 
-PREPARE_VERSION = 1  # bump when the outputs of the same inputs and params change
+PREPARE_VERSION = (
+    2  # 2: stac_item/stac_asset columns; bump when the outputs of the same inputs and params change
+)
 STATE_FILE = ".prepare-state.json"
 SUMMARY_FILE = "summary.json"
 
@@ -120,17 +125,19 @@ def prepare(
     config: PrepareConfig,
     *,
     source_prefix: str = "",
+    stac_assets: list[StacAsset] | None = None,
 ) -> PrepareResult:
     """Prepare every image under the folder ``src`` into ``out_dir``.
 
     ``source_prefix`` (e.g. ``s3://bucket/raw/``) is prepended to the recorded source names when the
-    folder is a local mirror of a remote prefix.
+    folder is a local mirror of a remote prefix. ``stac_assets``: prepare these raster assets of STAC
+    Items instead (``src`` is then the folder of the STAC document, their names are relative to it).
     """
     start = time.monotonic()
     src, out = Path(src), Path(out_dir)
     if not src.is_dir():
         raise InputError(f"source folder {src} does not exist: pass a folder of raw HR images or s3://...")
-    if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
+    if stac_assets is None and (out.resolve() == src.resolve() or src.resolve() in out.resolve().parents):
         raise ConfigError(f"the output folder {out} must not lie inside the source folder {src}")
     out.mkdir(parents=True, exist_ok=True)
     writer = _Writer(out)
@@ -138,7 +145,10 @@ def prepare(
     fingerprint = config.fingerprint()
     new_state: dict[str, Any] = {"version": PREPARE_VERSION, "config": fingerprint, "sources": {}}
 
-    sources, ignored = _scan(src, source_prefix)
+    if stac_assets is None:
+        sources, ignored = _scan(src, source_prefix)
+    else:
+        sources, ignored = _stac_sources(stac_assets, src, source_prefix), 0
     logger.info("prepare: %d candidate files in %s (%d sidecar files ignored)", len(sources), src, ignored)
     for s in sources:  # hashing first: duplicates are decided over the whole set, in path order
         cached = state.get("sources", {}).get(s.rel, {})
@@ -165,6 +175,8 @@ def prepare(
                 reused = tile_source(s, config, writer.write_output)
                 decoded += 1
             outcome = reused
+        if s.stac_item is not None:  # the Item is the source's, not the tiles': cached rows get it too
+            outcome.rows = [{**r, "stac_item": s.stac_item, "stac_asset": s.stac_asset} for r in outcome.rows]
         new_state["sources"][s.rel] = {
             "size": s.size,
             "mtime_ns": s.mtime_ns,
@@ -221,6 +233,35 @@ def _scan(src: Path, source_prefix: str) -> tuple[list[Source], int]:
         rel = path.relative_to(src).as_posix()
         sources.append(Source(path, rel, source_prefix + rel, st.st_size, st.st_mtime_ns))
     return sources, ignored
+
+
+def _stac_sources(assets: list[StacAsset], root: Path, source_prefix: str) -> list[Source]:
+    """Sources for STAC raster assets: local files (relative hrefs resolved by pystac) under ``root``,
+    or anywhere on this machine for a local catalog."""
+    sources: list[Source] = []
+    seen: set[str] = set()
+    root = root.resolve()
+    for a in assets:
+        href = a.href
+        if source_prefix and href.startswith(source_prefix):  # absolute s3:// href inside the mirror
+            href = str(root / href[len(source_prefix) :])
+        if "://" in href and not href.startswith("file://"):
+            raise InputError(
+                f"STAC Item {a.item_id!r}: asset {a.asset_key!r} is at {a.href}, outside the catalog's "
+                f"folder{' ' + source_prefix if source_prefix else ''}: keep assets beside the catalog "
+                "(relative hrefs) or use a local catalog"
+            )
+        path = Path(href.removeprefix("file://")).resolve()
+        if not path.is_file():
+            raise InputError(f"STAC Item {a.item_id!r}: asset {a.asset_key!r} ({a.href}) does not exist")
+        if str(path) in seen:
+            continue
+        seen.add(str(path))
+        rel = path.relative_to(root).as_posix() if root in path.parents else path.as_posix()
+        name = source_prefix + rel if source_prefix else rel
+        st = path.stat()
+        sources.append(Source(path, rel, name, st.st_size, st.st_mtime_ns, "", a.item_id, a.asset_key))
+    return sorted(sources, key=lambda s: s.rel)
 
 
 def _reuse(cached: dict[str, Any], key: str, out: Path) -> Outcome | None:

@@ -38,6 +38,8 @@ class Source:
     size: int
     mtime_ns: int
     sha256: str = ""
+    stac_item: str | None = None  # the STAC Item and asset it came from (``prepare --src item.json``)
+    stac_asset: str | None = None
 
 
 @dataclass
