@@ -31,7 +31,7 @@ from serving.errors import BadRequest, PayloadTooLarge, Unprocessable
 
 OUTPUT_FORMATS = ("png", "geotiff")
 _B64_RE = re.compile(rb"^[A-Za-z0-9+/\r\n]*={0,2}\s*$")
-_KNOWN_KEYS = {"image_b64", "scale", "steps", "seed", "strength", "output_format"}
+_KNOWN_KEYS = {"image_b64", "scale", "steps", "seed", "strength", "output_format", "cog"}
 _V1_KEYS = {"instances"}
 _V2_OUTPUTS = {"image"}
 # An encoded image's own signature: binary BYTES elements (the v2 binary tensor extension, e.g.
@@ -56,6 +56,7 @@ class SRParams:
     seed: int
     strength: float | None
     output_format: str
+    cog: bool = True  # a GeoTIFF output is Cloud-Optimized (false: a plain GeoTIFF)
 
 
 @dataclass
@@ -127,7 +128,13 @@ def parse_params(raw: dict[str, Any], limits: Limits, where: str) -> SRParams:
             f"{where}: output_format {fmt!r} is not supported: use one of {', '.join(OUTPUT_FORMATS)}",
             kind="invalid_output_format",
         )
-    return SRParams(scale=scale, steps=steps, seed=seed, strength=strength, output_format=fmt)
+    cog = raw.get("cog", True)
+    if not isinstance(cog, bool):
+        raise BadRequest(
+            f"{where}: 'cog' must be true or false (a Cloud-Optimized or a plain GeoTIFF), got "
+            f"{type(cog).__name__} {cog!r}"
+        )
+    return SRParams(scale=scale, steps=steps, seed=seed, strength=strength, output_format=fmt, cog=cog)
 
 
 def decode_b64(value: Any, where: str, limits: Limits) -> bytes:
@@ -227,7 +234,7 @@ def parse_v2(request: Any, limits: Limits) -> list[SRInput]:
     unknown = set(raw_params) - (_KNOWN_KEYS - {"image_b64"})
     if unknown:
         raise BadRequest(
-            f"unknown parameters {sorted(unknown)}; allowed: scale, steps, seed, strength, output_format"
+            f"unknown parameters {sorted(unknown)}; allowed: scale, steps, seed, strength, output_format, cog"
         )
     params = parse_params(raw_params, limits, "parameters")
     where = "inputs[0].data[0]"
