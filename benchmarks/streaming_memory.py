@@ -8,6 +8,12 @@ process so that its peak resident memory (VmHWM) is its own:
 - ``stream``: :func:`hndsr.streaming.upscale_raster_to_geotiff` (what ``hndsr sr`` does for .tif);
 - ``memory``: :func:`hndsr.inference.upscale_raster` + :func:`hndsr.image_write.write_image` (the
   in-memory path: the whole float32 canvas).
+- ``stream-plain``: ``stream`` with ``cog=False`` (``hndsr sr --no-cog``: no overviews, no COG step);
+- ``cog``: only the COG step (:func:`hndsr.cog.to_cog`) on ``stream-plain``'s file, without the model.
+
+``stream`` and ``memory`` write Cloud-Optimized GeoTIFFs (the default): the cost of the overviews is
+``stream`` vs ``stream-plain`` (``python benchmarks/streaming_memory.py --size 1024 --modes stream
+stream-plain cog --out benchmarks/results/cog_cost.json``).
 
 It prints seconds, output MP/min, VmHWM and VmHWM after loading the model and the input (the part
 that does not depend on the output path), and checks that both files hold the same pixels. Run it
@@ -34,6 +40,7 @@ import numpy as np
 from _results import Measurement
 
 ROOT = Path(__file__).resolve().parents[1]
+MODES = ["stream", "memory", "stream-plain", "cog"]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
@@ -58,6 +65,8 @@ def write_input(path: Path, size: int) -> None:
 
 
 def child(mode: str, src: Path, dst: Path, scale: float, tile: int, threads: int) -> dict[str, float]:
+    if mode == "cog":
+        return cog_child(src, dst)
     import torch
 
     from hndsr.checkpoint import load_release_checkpoint
@@ -72,14 +81,29 @@ def child(mode: str, src: Path, dst: Path, scale: float, tile: int, threads: int
     upscaler = Upscaler(model, device="cpu", tile=tile)
     base = vm_hwm()
     t0 = time.perf_counter()
-    if mode == "stream":
-        out_h, out_w = upscale_raster_to_geotiff(upscaler, raster, dst, scale=scale, steps=0)
+    if mode.startswith("stream"):
+        cog = mode == "stream"
+        out_h, out_w = upscale_raster_to_geotiff(upscaler, raster, dst, scale=scale, steps=0, cog=cog)
     else:
         result = upscale_raster(upscaler, raster, scale=scale, steps=0)
         write_image(dst, result)
         out_h, out_w = result.height, result.width
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "out_mp": out_h * out_w / 1e6, "vm_hwm": vm_hwm(), "vm_hwm_base": base}
+
+
+def cog_child(src: Path, dst: Path) -> dict[str, float]:
+    import rasterio
+
+    from hndsr.cog import to_cog
+
+    with rasterio.open(src) as ds:
+        out_mp = ds.width * ds.height / 1e6
+    base = vm_hwm()
+    t0 = time.perf_counter()
+    to_cog(src, dst, in_memory=False)
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "out_mp": out_mp, "vm_hwm": vm_hwm(), "vm_hwm_base": base}
 
 
 def same_pixels(a: Path, b: Path) -> bool:
@@ -101,7 +125,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, nargs="+", default=[2048])
     parser.add_argument("--memory-max-mp", type=float, default=150.0, help="skip the in-memory mode above")
     parser.add_argument("--scale", type=float, default=4.0)
-    parser.add_argument("--modes", nargs="+", default=["stream", "memory"], choices=["stream", "memory"])
+    parser.add_argument("--modes", nargs="+", default=["stream", "memory"], choices=MODES)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tile", type=int, default=1024)
     parser.add_argument("--child", nargs=3, metavar=("MODE", "SRC", "DST"), help=argparse.SUPPRESS)
@@ -122,7 +146,7 @@ def main() -> None:
 def bench(size: int, args: argparse.Namespace) -> dict[str, object]:
     result: dict[str, object] = {"input_px": size, "modes": {}}
     out_mp = round(size * args.scale) ** 2 / 1e6
-    modes = [m for m in args.modes if m == "stream" or out_mp <= args.memory_max_mp]
+    modes = [m for m in args.modes if m != "memory" or out_mp <= args.memory_max_mp]
     if modes != args.modes:
         limit = f"--memory-max-mp {args.memory_max_mp:g}"
         print(f"{size}: {out_mp:.1f} MP of output is over {limit}: memory mode skipped")
@@ -137,7 +161,11 @@ def bench(size: int, args: argparse.Namespace) -> dict[str, object]:
         outputs = {}
         for mode in modes:
             dst = Path(tmp) / f"{mode}.tif"
-            cmd = [sys.executable, __file__, "--child", mode, str(src), str(dst)]
+            source = outputs.get("stream-plain", src) if mode == "cog" else src
+            if mode == "cog" and source == src:
+                print("cog: needs stream-plain first (--modes stream-plain cog)")
+                continue
+            cmd = [sys.executable, __file__, "--child", mode, str(source), str(dst)]
             cmd += ["--scale", str(args.scale), "--tile", str(args.tile), "--threads", str(args.threads)]
             run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
             if run.returncode != 0:
@@ -156,9 +184,14 @@ def bench(size: int, args: argparse.Namespace) -> dict[str, object]:
             )
         load = Path("/proc/loadavg").read_text().split()[:3]
         print(f"load average after: {' '.join(load)}")
-        if len(outputs) == 2:
-            result["identical"] = same_pixels(outputs["stream"], outputs["memory"])
+        if len(outputs) >= 2:
+            first, *rest = outputs.values()
+            result["identical"] = all(same_pixels(first, other) for other in rest)
             print(f"identical pixels and georeferencing: {result['identical']}")
+        from hndsr.cog import is_cog
+
+        result["valid_cog"] = {mode: is_cog(path) for mode, path in outputs.items()}
+        print(f"valid COG (rio-cogeo): {result['valid_cog']}")
     return result
 
 

@@ -120,6 +120,9 @@ def sr(
     source_item: Annotated[
         str | None, typer.Option(help="Href of the STAC Item the input came from (derived_from link).")
     ] = None,
+    cog: Annotated[
+        bool, typer.Option("--cog/--no-cog", help="GeoTIFF as a Cloud-Optimized GeoTIFF (--no-cog: plain).")
+    ] = True,
 ) -> None:
     """Super-resolve one image. Bands beyond R,G,B (e.g. NIR) are upsampled bicubically and carried.
 
@@ -137,7 +140,7 @@ def sr(
     upscaler = Upscaler(model, device=device, tile=tile, overlap=overlap, halo=halo)
     kwargs: dict[str, Any] = {"scale": scale, "steps": steps, "strength": strength, "seed": seed}
     if output.suffix.lower() in (".tif", ".tiff"):
-        height, width = upscale_raster_to_geotiff(upscaler, raster, output, **kwargs)
+        height, width = upscale_raster_to_geotiff(upscaler, raster, output, cog=cog, **kwargs)
     else:
         result = upscale_raster(upscaler, raster, **kwargs)
         write_image(output, result)

@@ -14,6 +14,7 @@ import rasterio
 import rasterio.windows
 from rasterio.errors import NotGeoreferencedWarning
 
+from hndsr.cog import to_cog
 from hndsr.errors import (
     InputError,
     OutputValidationError,
@@ -41,6 +42,9 @@ class GeoTIFFRowWriter:
     ``dtype``) and its nodata is rescaled like :func:`write_image` does; ``profile`` is the output's
     georeferencing. Rows are buffered up to whole 256-row block strips, so every compressed block is
     written once. Use as a context manager: the file appears only when the block exits cleanly.
+
+    With ``cog`` (the default) the finished rows are then turned into a Cloud-Optimized GeoTIFF
+    (:func:`hndsr.cog.to_cog`, block by block through an on-disk intermediate, GDAL's cache bounded).
     """
 
     def __init__(
@@ -54,6 +58,7 @@ class GeoTIFFRowWriter:
         profile: GeoInfo | None,
         band_names: tuple[str, ...],
         dtype: str | None = None,
+        cog: bool = True,
     ) -> None:
         p = Path(path)
         if p.suffix.lower() not in (".tif", ".tiff"):
@@ -68,6 +73,7 @@ class GeoTIFFRowWriter:
         self.band_names = band_names if len(band_names) == bands else default_band_names(bands)
         self.strip = GTIFF_BLOCK
         self.tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex[:12]}.tmp")
+        self.cog_tmp = self.tmp.with_suffix(".cog.tmp") if cog else None
         self.rows_written = 0
         self._pending: list[np.ndarray] = []
         self._pending_rows = 0
@@ -132,6 +138,10 @@ class GeoTIFFRowWriter:
                     self._dst.descriptions = self.band_names
                     dst, self._dst = self._dst, None
                     dst.close()
+                    if self.cog_tmp is not None:
+                        to_cog(self.tmp, self.cog_tmp, in_memory=False)
+                        self.tmp.unlink()
+                        self.tmp = self.cog_tmp
                 try:
                     with open(self.tmp, "rb+") as fh:
                         os.fsync(fh.fileno())
@@ -150,4 +160,6 @@ class GeoTIFFRowWriter:
                     logger.debug("closing %s after a failure also failed", self.tmp, exc_info=True)
                 self._dst = None
             self.tmp.unlink(missing_ok=True)
+            if self.cog_tmp is not None:
+                self.cog_tmp.unlink(missing_ok=True)
             self._env.__exit__(None, None, None)

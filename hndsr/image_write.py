@@ -73,8 +73,9 @@ class _Prepared:
     nodata: float | None
 
 
-def write_image(path: str | Path, raster: Raster, *, dtype: str | None = None) -> None:
+def write_image(path: str | Path, raster: Raster, *, dtype: str | None = None, cog: bool = True) -> None:
     """Write by suffix (.png, .jpg/.jpeg, .tif/.tiff), atomically: on failure no output is left behind.
+    TIFF is a Cloud-Optimized GeoTIFF (:mod:`hndsr.cog`) unless ``cog=False``.
 
     ``dtype`` defaults to the raster's source dtype when it is uint8/uint16, else uint8. TIFF also takes
     "float32". Non-finite values raise OutputValidationError before anything touches the disk.
@@ -90,7 +91,7 @@ def write_image(path: str | Path, raster: Raster, *, dtype: str | None = None) -
     prepared = _prepare(raster, fmt, dtype, str(path))
     tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        _encode_to(prepared, fmt, tmp, str(path))
+        _encode_to(prepared, fmt, tmp, str(path), cog=cog)
         with open(tmp, "rb+") as fh:  # flush to disk so the rename never exposes an empty file after a crash
             os.fsync(fh.fileno())
         os.replace(tmp, p)
@@ -103,8 +104,11 @@ def write_image(path: str | Path, raster: Raster, *, dtype: str | None = None) -
     logger.debug("wrote %s (%s, %d bands, %s)", path, fmt, prepared.pixels.shape[0], prepared.dtype)
 
 
-def encode_image(raster: Raster, fmt: str, *, dtype: str | None = None, png_level: int = PNG_LEVEL) -> bytes:
-    """Encode to "png", "jpeg"/"jpg" or "tiff"/"geotiff" bytes (TIFF keeps georeferencing when present).
+def encode_image(
+    raster: Raster, fmt: str, *, dtype: str | None = None, png_level: int = PNG_LEVEL, cog: bool = True
+) -> bytes:
+    """Encode to "png", "jpeg"/"jpg" or "tiff"/"geotiff" bytes (TIFF keeps georeferencing when present
+    and is a Cloud-Optimized GeoTIFF unless ``cog=False``).
 
     ``png_level`` is the zlib level of PNG output (1 is ~3x faster than the default for ~5-10% more
     bytes; a server answering a client pays the encode on every request)."""
@@ -112,7 +116,7 @@ def encode_image(raster: Raster, fmt: str, *, dtype: str | None = None, png_leve
     if key is None:
         raise UnsupportedFormatError(f"unsupported output format '{fmt}': use png, jpeg, tiff or geotiff")
     prepared = _prepare(raster, key, dtype, f"<{key} bytes>")
-    return _encode_to(prepared, key, None, f"<{key} bytes>", png_level=png_level)
+    return _encode_to(prepared, key, None, f"<{key} bytes>", png_level=png_level, cog=cog)
 
 
 def _prepare(raster: Raster, fmt: str, dtype: str | None, name: str) -> _Prepared:
@@ -219,7 +223,13 @@ def _dtype_max(name: str) -> float:
 
 
 def _encode_to(
-    prepared: _Prepared, fmt: str, target: Path | None, name: str, *, png_level: int = PNG_LEVEL
+    prepared: _Prepared,
+    fmt: str,
+    target: Path | None,
+    name: str,
+    *,
+    png_level: int = PNG_LEVEL,
+    cog: bool = True,
 ) -> bytes:
     """Write to ``target`` (returns b"") or, when target is None, return the encoded bytes."""
     with encoder_errors(name, to_disk=target is not None):
@@ -230,7 +240,7 @@ def _encode_to(
             target.write_bytes(data)
             return b""
         if fmt == "tiff":
-            return _encode_geotiff(prepared, target)
+            return _encode_geotiff(prepared, target, cog=cog)
         return _encode_pillow(prepared, fmt, target)
 
 
@@ -325,12 +335,26 @@ def gtiff_profile(
     return profile
 
 
-def _encode_geotiff(prepared: _Prepared, target: Path | None) -> bytes:
+def _encode_geotiff(prepared: _Prepared, target: Path | None, *, cog: bool = True) -> bytes:
     count, height, width = prepared.pixels.shape
     profile = gtiff_profile(count, height, width, prepared.dtype, prepared.profile, prepared.nodata)
     # PAM off: no .aux.xml sidecar next to the temporary file (it would be orphaned by the rename).
     with rasterio.Env(GDAL_PAM_ENABLED="NO"), warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        if cog:
+            from hndsr.cog import to_cog
+
+            # The plain GeoTIFF in memory first: rio-cogeo builds the overviews and the layout from it.
+            with MemoryFile() as plain:
+                with plain.open(**profile) as dst:
+                    _fill(dst, prepared)
+                with plain.open() as src:
+                    if target is not None:
+                        to_cog(src, target, in_memory=True)
+                        return b""
+                    with MemoryFile() as out:
+                        to_cog(src, out.name, in_memory=True)
+                        return bytes(out.read())
         if target is not None:
             with rasterio.open(target, "w", **profile) as dst:
                 _fill(dst, prepared)

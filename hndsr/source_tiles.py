@@ -174,4 +174,5 @@ def _tile_geo(geo: GeoInfo | None, x: int, y: int, sx: float, sy: float) -> GeoI
 
 def _encode(pixels: np.ndarray, source: Raster, geo: GeoInfo | None, suffix: str) -> bytes:
     tile = Raster(data=pixels, dtype=source.dtype, profile=geo, band_names=source.band_names)
-    return encode_image(tile, "tiff" if suffix == ".tif" else "png", dtype=source.dtype)
+    # Training tiles stay plain GeoTIFFs: too small for overviews, read whole by the data loader.
+    return encode_image(tile, "tiff" if suffix == ".tif" else "png", dtype=source.dtype, cog=False)

@@ -45,10 +45,11 @@ def upscale_raster_to_geotiff(
     dtype: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     band: Callable[[BandStitcher], None] | None = None,
+    cog: bool = True,
 ) -> tuple[int, int]:
     """Write ``upscale_raster(upscaler, raster, ...)`` to the GeoTIFF ``path`` as ``write_image`` would,
     streaming rows; returns the output (height, width). ``band`` receives the engine's accumulation
-    band (instrumentation)."""
+    band (instrumentation); ``cog=False`` keeps a plain tiled GeoTIFF (no overviews)."""
     check_scale(scale)
     out_h, out_w = sr_size((raster.height, raster.width), scale)
     rgb = _tensor(raster.rgb())  # views of the raster: no second copy of the input
@@ -76,6 +77,7 @@ def upscale_raster_to_geotiff(
         profile=profile,
         band_names=raster.band_names,
         dtype=dtype,
+        cog=cog,
     ) as writer:
         for y0, sr in rows:
             parts = [sr.cpu()]

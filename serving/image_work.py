@@ -60,10 +60,10 @@ def cycle_psnr(lr: torch.Tensor, sr: torch.Tensor, window: int = 96) -> float:
     return 100.0 if mse <= 1e-10 else 10.0 * math.log10(1.0 / mse)
 
 
-def encode_output(raster: Raster, fmt: str, png_level: int) -> bytes:
+def encode_output(raster: Raster, fmt: str, png_level: int, cog: bool = True) -> bytes:
     """PNG (zlib level ``png_level``: encoding is the largest serving cost after the model) or
-    GeoTIFF with georeferencing, through the core's writer."""
-    return encode_image(raster, "png" if fmt == "png" else "geotiff", png_level=png_level)
+    GeoTIFF with georeferencing (Cloud-Optimized unless ``cog`` is false), through the core's writer."""
+    return encode_image(raster, "png" if fmt == "png" else "geotiff", png_level=png_level, cog=cog)
 
 
 def image_result(work: ImageWork, png_level: int) -> dict[str, Any]:
@@ -86,7 +86,7 @@ def image_result(work: ImageWork, png_level: int) -> dict[str, Any]:
         # What encode_output would write (k/255 quantises back to k), minus two full-image passes.
         encoded = png_bytes(np.ascontiguousarray(work.pixels), level=png_level)
     else:
-        encoded = encode_output(out_raster, fmt, png_level)
+        encoded = encode_output(out_raster, fmt, png_level, cog=p.cog)
     work.timings_ms["encode"] = (time.perf_counter() - t0) * 1000.0
     psnr = cycle_psnr(torch.from_numpy(raster.rgb()), sr)
     return {

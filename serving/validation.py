@@ -32,7 +32,7 @@ from serving.errors import BadRequest, PayloadTooLarge, Unprocessable
 
 OUTPUT_FORMATS = ("png", "geotiff")
 _B64_RE = re.compile(rb"^[A-Za-z0-9+/\r\n]*={0,2}\s*$")
-_KNOWN_KEYS = {"image_b64", "scale", "steps", "seed", "strength", "output_format", "samples"}
+_KNOWN_KEYS = {"image_b64", "scale", "steps", "seed", "strength", "output_format", "samples", "cog"}
 _V1_KEYS = {"instances"}
 _V2_OUTPUTS = {"image", "uncertainty"}  # uncertainty: with samples >= 2 and PNG output
 # An encoded image's own signature: binary BYTES elements (the v2 binary tensor extension, e.g.
@@ -58,6 +58,7 @@ class SRParams:
     strength: float | None
     output_format: str
     samples: int = 1  # K >= 2: K seeded draws; the mean is the image, their spread an uncertainty output
+    cog: bool = True  # a GeoTIFF output is Cloud-Optimized (false: a plain GeoTIFF)
 
 
 @dataclass
@@ -130,8 +131,14 @@ def parse_params(raw: dict[str, Any], limits: Limits, where: str) -> SRParams:
             kind="invalid_output_format",
         )
     samples = parse_samples(raw.get("samples", 1), steps, where)
+    cog = raw.get("cog", True)
+    if not isinstance(cog, bool):
+        raise BadRequest(
+            f"{where}: 'cog' must be true or false (a Cloud-Optimized or a plain GeoTIFF), got "
+            f"{type(cog).__name__} {cog!r}"
+        )
     return SRParams(
-        scale=scale, steps=steps, seed=seed, strength=strength, output_format=fmt, samples=samples
+        scale=scale, steps=steps, seed=seed, strength=strength, output_format=fmt, samples=samples, cog=cog
     )
 
 
@@ -254,7 +261,7 @@ def parse_v2(request: Any, limits: Limits) -> list[SRInput]:
     if unknown:
         raise BadRequest(
             f"unknown parameters {sorted(unknown)}; allowed: scale, steps, seed, strength, output_format, "
-            "samples"
+            "samples, cog"
         )
     params = parse_params(raw_params, limits, "parameters")
     where = "inputs[0].data[0]"

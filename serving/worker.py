@@ -214,7 +214,7 @@ class Worker:
             options["samples"] = samples
         if fmt == "geotiff":
             path = scratch / "result.tif"
-            upscale_raster_to_geotiff(self.upscaler, raster, path, **options)
+            upscale_raster_to_geotiff(self.upscaler, raster, path, cog=bool(p.get("cog", True)), **options)
             return path, "tif", self._meta(fmt, out_w, out_h, path.stat().st_size)
         out = upscale_raster(self.upscaler, raster, **options)
         spread = None
@@ -223,7 +223,10 @@ class Worker:
         if fmt != "geotiff":  # PNG holds R,G,B only
             out = replace(out, data=out.data[:3], band_names=out.band_names[:3])
         data = encode_image(
-            out, "png" if fmt == "png" else "geotiff", png_level=self.settings.png_compress_level
+            out,
+            "png" if fmt == "png" else "geotiff",
+            png_level=self.settings.png_compress_level,
+            cog=bool(p.get("cog", True)),
         )
         if not data:
             raise OutputValidationError("the encoder produced an empty image")

@@ -260,6 +260,28 @@ def test_geotiff_results_are_streamed_from_a_scratch_file_to_s3(
     expected = upscale_raster(upscaler, read_image_bytes(data), scale=4.0, steps=0)
     assert np.array_equal(_pixels(result), _pixels(encode_image(expected, "geotiff")))
     assert list(tmp_path.iterdir()) == []  # the scratch file is gone
+    assert _is_cog(result, tmp_path / "check")
+
+
+def _is_cog(data: bytes, path: Path) -> bool:
+    from hndsr.cog import is_cog
+
+    path.write_bytes(data)
+    return is_cog(path)
+
+
+def test_geotiff_job_with_cog_false_is_a_plain_geotiff(redis_server, upscaler, tmp_path: Path) -> None:
+    store = JobStore(fresh_config(redis_server.url))
+    data = png_bytes(40, 36, seed=8)
+    cog_job = store.submit(data, GEOTIFF).id
+    plain_job = store.submit(data, {**GEOTIFF, "cog": False}).id
+    settings = WorkerSettings(http_port=None, tile=128, scratch_dir=str(tmp_path / "scratch"))
+    (tmp_path / "scratch").mkdir()
+    worker = Worker(store, upscaler, settings)
+    assert worker.run_once(block_s=1.0) == worker.run_once(block_s=1.0) == "done"
+    cog, plain = (store.blobs.get(store.get(j)["result"]) for j in (cog_job, plain_job))  # type: ignore[index]
+    assert _is_cog(cog, tmp_path / "cog.tif") and not _is_cog(plain, tmp_path / "plain.tif")
+    assert np.array_equal(_pixels(cog), _pixels(plain))
 
 
 def test_streamed_geotiff_has_its_own_limit_and_png_refusal_points_to_it(redis_server, upscaler) -> None:

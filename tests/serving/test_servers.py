@@ -134,6 +134,24 @@ def test_v2_geotiff_keeps_georeferencing_bands_and_depth(
     np.testing.assert_allclose(out.data, np.rint(np.clip(want, 0, 1) * 65535) / 65535, atol=1.5 / 65535)
 
 
+def test_geotiff_output_is_a_cog_unless_cog_is_false(
+    stack: tuple[Server, Server], http: httpx.Client, tmp_path
+) -> None:
+    from hndsr.cog import is_cog
+
+    _, trans = stack
+    image = {"image_b64": b64(png_bytes(150, 170, seed=5)), "scale": 4, "output_format": "geotiff"}
+    r = http.post(trans.url + V1, json={"instances": [image, image | {"cog": False}]})
+    assert r.status_code == 200, r.text
+    for i, out in enumerate(r.json()["predictions"]):
+        (tmp_path / f"{i}.tif").write_bytes(base64.b64decode(out["image_b64"]))
+    assert is_cog(tmp_path / "0.tif") and not is_cog(tmp_path / "1.tif")
+    with rasterio.open(tmp_path / "0.tif") as cog, rasterio.open(tmp_path / "1.tif") as plain:
+        assert cog.overviews(1) == [2] and plain.overviews(1) == []  # 680 x 600: one level under 512
+        assert cog.descriptions == plain.descriptions == ("red", "green", "blue")
+        np.testing.assert_array_equal(cog.read(), plain.read())
+
+
 def test_predictor_speaks_v1_and_v2_encodings_alike(stack: tuple[Server, Server], http: httpx.Client) -> None:
     import torch
 
@@ -228,6 +246,7 @@ BAD_INPUTS: list[tuple[str, object, int, str]] = [
     (V1, v1(strength=0), 422, "strength"),
     (V1, v1(output_format="jpeg"), 422, "png, geotiff"),
     (V1, v1(colour="red"), 400, "unknown keys"),
+    (V1, v1(output_format="geotiff", cog="yes"), 400, "'cog' must be true or false"),
     (V1, {"instances": [{"image_b64": GOOD}] * 5}, 413, "split the request"),
     (V2, b"[]", 400, "v2 request"),
     (V2, {"inputs": "image"}, 400, "v2 request"),
@@ -243,6 +262,7 @@ BAD_INPUTS: list[tuple[str, object, int, str]] = [
     (V2, v2(scale=9), 422, "between 2 and 4"),
     (V2, v2(output_format="webp"), 422, "png, geotiff"),
     (V2, v2(colour="red"), 400, "unknown parameters"),
+    (V2, v2(cog=1), 400, "'cog' must be true or false"),
     (V2, {"inputs": [], "parameters": {"scale": {"nested": 1}}}, 400, "parameters"),
 ]
 
@@ -318,6 +338,7 @@ _params = {
     "seed": _often(st.integers(0, 2**32 - 1), st.one_of(st.integers(-5, -1), st.just(2**40), _json)),
     "strength": _often(st.floats(min_value=-0.5, max_value=1.5), _json),
     "output_format": _often(st.sampled_from(["png", "geotiff", "PNG"]), st.one_of(st.just("bmp"), _json)),
+    "cog": _often(st.booleans(), _json),
 }
 _instance = _often(
     st.fixed_dictionaries({"image_b64": _image}, optional=_params),

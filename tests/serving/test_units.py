@@ -444,6 +444,7 @@ def test_v1_parsing_errors_say_what_to_change() -> None:
         ({"instances": [{"image_b64": good, "output_format": "bmp"}]}, Unprocessable, "png, geotiff"),
         ({"instances": [{"image_b64": "%%%"}]}, BadRequest, "base64"),
         ({"instances": [{"image_b64": good, "colour": 1}]}, BadRequest, "unknown keys"),
+        ({"instances": [{"image_b64": good, "cog": "false"}]}, BadRequest, "'cog' must be true or false"),
         ({"instances": [{"image_b64": good}] * 5}, PayloadTooLarge, "split"),
     ]
     for payload, error, message in cases:
