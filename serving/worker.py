@@ -93,12 +93,14 @@ class Worker:
         *,
         metrics: JobMetrics | None = None,
         model_version: str = "",
+        checkpoint_sha256: str = "",
     ) -> None:
         self.store = store
         self.upscaler = upscaler
         self.settings = settings
         self.metrics = metrics
         self.model_version = model_version
+        self.checkpoint_sha256 = checkpoint_sha256  # named by each GeoTIFF result's STAC Item
         self.name = settings.name or f"{socket.gethostname()}-{os.getpid()}"
         self.stop = threading.Event()
         self.last_tick = time.monotonic()
@@ -149,6 +151,9 @@ class Worker:
                     meta["uncertainty"] = self.store.store_result(
                         lease, spread_png, "png", name="uncertainty"
                     )
+                item = meta.pop("stac_item", None)
+                if item is not None:  # a GeoTIFF result: its STAC Item beside it
+                    meta["stac"] = self.store.store_result(lease, item, "json", name="stac")
                 ref = self.store.store_result(lease, data, ext)
         except _Abort:
             if self.stop.is_set() and self.store.release(lease):
@@ -214,8 +219,11 @@ class Worker:
             options["samples"] = samples
         if fmt == "geotiff":
             path = scratch / "result.tif"
-            upscale_raster_to_geotiff(self.upscaler, raster, path, cog=bool(p.get("cog", True)), **options)
-            return path, "tif", self._meta(fmt, out_w, out_h, path.stat().st_size)
+            cog = bool(p.get("cog", True))
+            upscale_raster_to_geotiff(self.upscaler, raster, path, cog=cog, **options)
+            meta = self._meta(fmt, out_w, out_h, path.stat().st_size)
+            meta["stac_item"] = self._stac_item(lease, path, scale=scale, samples=samples, cog=cog)
+            return path, "tif", meta
         out = upscale_raster(self.upscaler, raster, **options)
         spread = None
         if samples > 1 and out.band_names[-1:] == (UNCERTAINTY_BAND,):
@@ -236,6 +244,28 @@ class Worker:
             if fmt == "png":  # as the transformer's second PNG (serving.image_work.uncertainty_png)
                 meta["uncertainty_png"] = uncertainty_png(spread, self.settings.png_compress_level)
         return data, "png" if fmt == "png" else "tif", meta
+
+    def _stac_item(self, lease: Lease, path: Path, *, scale: float, samples: int, cog: bool) -> bytes:
+        """The result's STAC Item: its id is the job's, its data asset the job's result URL."""
+        from hndsr.stac_items import DATA_ASSET, item_for_output, item_json
+
+        p = lease.params
+        steps = p.get("steps")
+        item = item_for_output(
+            path,
+            scale=scale,
+            model_version=self.model_version,
+            checkpoint_sha256=self.checkpoint_sha256,
+            steps=self.upscaler.model.default_steps if steps is None else int(steps),
+            seed=int(p.get("seed", 0)),
+            samples=samples,
+            source=None,
+            cog=cog,
+        )
+        item.id = lease.id
+        item.properties["processing:lineage"] += f" (asynchronous job {lease.id})"
+        item.assets[DATA_ASSET].href = f"/jobs/{lease.id}/result"
+        return item_json(item)
 
     def _meta(self, fmt: str, width: int, height: int, size: int) -> dict[str, Any]:
         done, total = self._progress
@@ -365,7 +395,8 @@ class HealthServer:
         self.httpd.server_close()
 
 
-def load_upscaler(settings: WorkerSettings) -> tuple[Upscaler, str]:
+def load_upscaler(settings: WorkerSettings) -> tuple[Upscaler, str, str]:
+    """The engine, the model version and the checkpoint's sha256."""
     from hndsr.checkpoint import load_checkpoint
     from serving.storage import resolve_storage_uri
 
@@ -374,7 +405,7 @@ def load_upscaler(settings: WorkerSettings) -> tuple[Upscaler, str]:
     sha = str(config.get("sha256", ""))
     meta = config.get("metadata") or {}
     version = str(meta.get("version") or f"{config.get('package_version', '?')}+{sha[:12]}")
-    return Upscaler(model, device=settings.device, tile=settings.tile), version
+    return Upscaler(model, device=settings.device, tile=settings.tile), version, sha
 
 
 def run_worker(config: JobConfig, settings: WorkerSettings) -> None:
@@ -387,13 +418,15 @@ def run_worker(config: JobConfig, settings: WorkerSettings) -> None:
         health = HealthServer(settings.http_host, settings.http_port, metrics.registry).start()
     try:
         try:
-            upscaler, version = load_upscaler(settings)
+            upscaler, version, sha256 = load_upscaler(settings)
         except Exception as exc:
             if health is not None:
                 health.loading_error = f"model not loaded: {exc}"
             raise
         metrics.model_version = version
-        worker = Worker(store, upscaler, settings, metrics=metrics, model_version=version)
+        worker = Worker(
+            store, upscaler, settings, metrics=metrics, model_version=version, checkpoint_sha256=sha256
+        )
 
         def on_signal(signum: int, _frame: Any) -> None:
             logger.info(

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 MAX_IDEMPOTENCY_KEY = 200
-_CONTENT_TYPES = {"png": "image/png", "geotiff": "image/tiff"}
+_CONTENT_TYPES = {"png": "image/png", "geotiff": "image/tiff", "stac": "application/geo+json"}
 
 
 class JobAccepted(Exception):  # not an error: the 202 leaves KServe's chain this way
@@ -175,6 +175,8 @@ def job_view(record: dict[str, str]) -> dict[str, Any]:
             view["result"]["uncertainty_mean"] = _number(record, "uncertainty_mean")
         if record.get("uncertainty"):
             view["result"]["uncertainty_url"] = f"/jobs/{job_id}/uncertainty"
+        if record.get("stac"):  # GeoTIFF results: the STAC Item describing it
+            view["result"]["stac_url"] = f"/jobs/{job_id}/stac"
     return view
 
 
@@ -220,7 +222,8 @@ def install_job_routes(app: Any, store: JobStore) -> None:
             )
         ref = record.get(field, "")
         if not ref:
-            raise NotFound(f"job {job_id} has no {field} output: ask for samples >= 2 with PNG output")
+            need = "output_format geotiff" if field == "stac" else "samples >= 2 with PNG output"
+            raise NotFound(f"job {job_id} has no {field} output: ask for {need}")
         if not ref.startswith(REDIS_REF):  # large results: straight from S3
             url = await asyncio.to_thread(store.blobs.presigned_url, ref, store.config.result_ttl_s)
             return RedirectResponse(url, status_code=307)
@@ -228,7 +231,7 @@ def install_job_routes(app: Any, store: JobStore) -> None:
             data = await asyncio.to_thread(store.blobs.get, ref)
         except BlobError as exc:
             raise NotFound(f"the result of job {job_id} expired; submit the image again") from exc
-        fmt = "png" if field == "uncertainty" else record.get("format", "png")
+        fmt = {"uncertainty": "png", "stac": "stac"}.get(field) or record.get("format", "png")
         media = _CONTENT_TYPES.get(fmt, "application/octet-stream")
         return Response(content=data, media_type=media)
 
@@ -243,3 +246,8 @@ def install_job_routes(app: Any, store: JobStore) -> None:
         return await output(job_id, "uncertainty")
 
     app.add_api_route("/jobs/{job_id}/uncertainty", uncertainty, methods=["GET"], include_in_schema=False)
+
+    async def stac(job_id: str) -> Any:
+        return await output(job_id, "stac")
+
+    app.add_api_route("/jobs/{job_id}/stac", stac, methods=["GET"], include_in_schema=False)

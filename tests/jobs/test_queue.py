@@ -296,3 +296,30 @@ def test_streamed_geotiff_has_its_own_limit_and_png_refusal_points_to_it(redis_s
     tif_error, png_error = store.get(tif)["error"], store.get(png)["error"]  # type: ignore[index]
     assert "streamed GeoTIFF" in tif_error and "--max-stream-output-mp" in tif_error
     assert "PNG results are rendered in memory" in png_error and "geotiff" in png_error
+
+
+def test_a_geotiff_result_links_its_stac_item(redis_server, upscaler, tmp_path: Path) -> None:
+    """The worker stores a valid STAC Item beside each GeoTIFF result; the job's view links it, and a
+    PNG job has none."""
+    import json
+
+    from hndsr.stac_items import validate_core
+
+    store = JobStore(fresh_config(redis_server.url))
+    tif = store.submit(png_bytes(40, 36, seed=9), {**GEOTIFF, "seed": 5}).id
+    png = store.submit(png_bytes(40, 36, seed=9), PARAMS).id
+    settings = WorkerSettings(http_port=None, tile=128, scratch_dir=str(tmp_path))
+    worker = Worker(store, upscaler, settings, model_version="tiny", checkpoint_sha256="ab" * 32)
+    assert worker.run_once(block_s=1.0) == worker.run_once(block_s=1.0) == "done"
+
+    record = store.get(tif)
+    assert record is not None and job_view(record)["result"]["stac_url"] == f"/jobs/{tif}/stac"
+    item = json.loads(store.blobs.get(record["stac"]))
+    validate_core(item, name="the job's Item")
+    assert item["id"] == tif and item["assets"]["data"]["href"] == f"/jobs/{tif}/result"
+    props = item["properties"]
+    assert props["hndsr:checkpoint_sha256"] == "ab" * 32 and props["hndsr:model_version"] == "tiny"
+    assert (props["hndsr:scale"], props["hndsr:steps"], props["hndsr:seed"]) == (4.0, 0, 5)
+    assert props["proj:shape"] == [160, 144] and tif in props["processing:lineage"]
+    png_record = store.get(png)
+    assert png_record is not None and "stac_url" not in job_view(png_record)["result"]

@@ -4,6 +4,7 @@ idempotency key, and a clear 413 where no Redis is configured."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def test_large_requests_become_jobs_with_status_and_result(
 
         v2 = {
             "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [b64(image)]}],
-            "parameters": {"scale": 2, "steps": 0},
+            "parameters": {"scale": 2, "steps": 0, "output_format": "geotiff"},
         }
         r2 = http.post("/v2/models/hndsr/infer", json=v2)
         assert r2.status_code == 202, r2.text
@@ -99,6 +100,13 @@ def test_large_requests_become_jobs_with_status_and_result(
             assert time.monotonic() < deadline, job_worker.log_tail()
             time.sleep(0.2)
         assert (v2_status["result"]["width"], v2_status["result"]["height"]) == (96, 80)
+        # A GeoTIFF result links its STAC Item (the worker's checkpoint named in it); a PNG has none.
+        item = http.get(v2_status["result"]["stac_url"])
+        assert item.status_code == 200 and item.headers["content-type"] == "application/geo+json"
+        sha = json.loads((tmp_path / "tiny" / "config.json").read_text())["sha256"]
+        assert item.json()["id"] == v2_id and item.json()["properties"]["hndsr:checkpoint_sha256"] == sha
+        no_item = http.get(f"/jobs/{job_id}/stac")
+        assert no_item.status_code == 404 and "output_format geotiff" in no_item.json()["error"]
 
         unknown = http.get("/jobs/AAAAAAAAAAAAAAAAAAAAAAAA")
         assert unknown.status_code == 404 and "results expire" in unknown.json()["error"]
