@@ -12,7 +12,7 @@ Raw result: benchmarks/results/uncertainty_calibration.json; figure (SR mean, |e
 side for a few images): benchmarks/results/uncertainty_calibration.png.
 
 Usage:
-  python benchmarks/uncertainty_calibration.py --data ../shared/data/rsscn7 --limit 12 [--samples 8]
+  python benchmarks/uncertainty_calibration.py --data ../shared/data/rsscn7 --limit 21 [--samples 8]
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="default: the model's")
     parser.add_argument("--strength", type=float, default=None, help="default: the model's")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--limit", type=int, default=12, help="held-out images (0 = all)")
+    parser.add_argument("--limit", type=int, default=21, help="held-out images, evenly spaced (0 = all)")
     parser.add_argument("--figure-images", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--name", default="uncertainty_calibration")
@@ -120,8 +120,8 @@ def main() -> None:
     paths = images_in_split(
         args.data, args.split, val_fraction=fr.val_fraction, test_fraction=fr.test_fraction
     )
-    if args.limit:
-        paths = paths[: args.limit]
+    if args.limit and args.limit < len(paths):  # evenly spaced: the split is sorted by class folder
+        paths = [paths[int(i)] for i in np.linspace(0, len(paths) - 1, args.limit).round()]
     model, config = load_release_checkpoint() if args.checkpoint is None else load_checkpoint(args.checkpoint)
     upscaler = Upscaler(model)
     steps = model.default_steps if args.steps is None else args.steps
