@@ -128,6 +128,9 @@ def main() -> None:
     strength = model.default_strength if args.strength is None else args.strength
 
     errors, stds, grads, per_image, figure_rows = [], [], [], [], []
+    shown = set(
+        np.linspace(0, len(paths) - 1, min(args.figure_images, len(paths))).round().astype(int).tolist()
+    )
     started = time.perf_counter()
     for i, path in enumerate(paths):
         hr = load_rgb(path)
@@ -159,7 +162,7 @@ def main() -> None:
                 "std_vs_error_top10": top_vs_rest(std, error),
             }
         )
-        if i < args.figure_images:
+        if i in shown:  # spread over the classes, like the images
             figure_rows.append({"name": path.name, "sr": sr, "error": error, "std": std, "rho": r})
         logging.info("%d/%d %s: rho %.3f, mean std %.4f", i + 1, len(paths), path.name, r, std.mean())
     seconds = time.perf_counter() - started
