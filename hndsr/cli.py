@@ -108,6 +108,13 @@ def sr(
     ] = None,
     strength: Annotated[float | None, typer.Option(help="Diffusion strength in (0, 1].")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the diffusion noise.")] = 0,
+    samples: Annotated[
+        int,
+        typer.Option(
+            help="Seeded diffusion draws K in [2, 16]: the image is their mean, their per-pixel std an "
+            "uncertainty band (GeoTIFF) or <stem>.uncertainty.png; 1 = none. K times the work."
+        ),
+    ] = 1,
     tile: Annotated[int, typer.Option(help="Tile size in output pixels; 0 = whole image, no tiling.")] = 1024,
     overlap: Annotated[int, typer.Option(help="Blend width between tiles, in output pixels.")] = 32,
     halo: Annotated[int, typer.Option(help="Context margin of interior tile sides, in output pixels.")] = 32,
@@ -127,26 +134,40 @@ def sr(
     """Super-resolve one image. Bands beyond R,G,B (e.g. NIR) are upsampled bicubically and carried.
 
     GeoTIFF outputs (.tif/.tiff) are streamed to disk row band by row band (the same pixels as in
-    memory, without the output canvas in memory: scene-size outputs fit); PNG/JPEG are rendered whole."""
+    memory, without the output canvas in memory: scene-size outputs fit); PNG/JPEG are rendered whole.
+    ``--samples K`` adds the per-pixel uncertainty: a last GeoTIFF band, or <stem>.uncertainty.png."""
     from hndsr.image_read import read_image
-    from hndsr.image_write import write_image
     from hndsr.inference import Upscaler, upscale_raster
+    from hndsr.model_pass import check_samples
     from hndsr.resample import check_scale
     from hndsr.streaming import upscale_raster_to_geotiff
+    from hndsr.uncertainty_output import write_image_and_uncertainty
 
     check_scale(scale)
+    # Before reading anything; the engine checks again with the model's default steps, before writing.
+    check_samples(samples, 1 if steps is None else steps)
     raster = read_image(input)
     model, checkpoint_config = _load_model(checkpoint)
     upscaler = Upscaler(model, device=device, tile=tile, overlap=overlap, halo=halo)
-    kwargs: dict[str, Any] = {"scale": scale, "steps": steps, "strength": strength, "seed": seed}
+    kwargs: dict[str, Any] = {
+        "scale": scale,
+        "steps": steps,
+        "strength": strength,
+        "seed": seed,
+        "samples": samples,
+    }
+    second = None
     if output.suffix.lower() in (".tif", ".tiff"):
         height, width = upscale_raster_to_geotiff(upscaler, raster, output, cog=cog, **kwargs)
     else:
         result = upscale_raster(upscaler, raster, **kwargs)
-        write_image(output, result)
+        second = write_image_and_uncertainty(output, result)
         height, width = result.height, result.width
     used_steps = model.default_steps if steps is None else steps
-    typer.echo(f"wrote {output} ({width}x{height}, x{scale:g}, steps={used_steps})")
+    drawn = f", mean of {samples} draws + uncertainty band" if samples > 1 and second is None else ""
+    typer.echo(f"wrote {output} ({width}x{height}, x{scale:g}, steps={used_steps}{drawn})")
+    if second is not None:
+        typer.echo(f"wrote {second} (per-pixel std of {samples} draws, 16-bit: 65535 = 1.0)")
     if stac and output.suffix.lower() in (".tif", ".tiff"):
         from hndsr.stac_items import write_output_item
 
@@ -157,7 +178,9 @@ def sr(
             scale=scale,
             steps=used_steps,
             seed=seed,
+            samples=samples,
             source_item=source_item,
+            cog=cog,
         )
         typer.echo(f"wrote {item} (STAC Item)")
 

@@ -18,10 +18,14 @@ import torch
 
 from hndsr.errors import ImageTooSmallError, InputError
 from hndsr.model_pass import (
+    UNCERTAINTY_BAND,
     autocast_dtype,
+    check_samples,
+    mean_and_spread,
     noise_fields,
     pick_device,
     render_batch,
+    sample_seeds,
     slice_noise,
     validate_output,
 )
@@ -58,6 +62,7 @@ class UpscaleOptions(TypedDict, total=False):
     strength: float | None
     eta: float  # 0.0
     seed: int  # 0
+    samples: int  # 1; K in [2, 16]: K seeded draws -> their mean + the per-pixel std as a 4th channel
     tile: int | None
     overlap: int | None
     halo: int | None
@@ -81,7 +86,12 @@ class _Job:
     steps: int
     strength: float
     eta: float
-    noise: list[torch.Tensor]
+    draws: list[list[torch.Tensor]]  # the canvas noise fields of each draw (one draw unless samples > 1)
+
+    @property
+    def channels(self) -> int:
+        """R, G, B, plus the uncertainty channel when several draws are combined."""
+        return 4 if len(self.draws) > 1 else 3
 
 
 class Upscaler:
@@ -116,12 +126,19 @@ class Upscaler:
         """``lr`` ``(3, h, w)`` in [0, 1] -> SR ``(3, H, W)`` in [0, 1].
 
         ``out_size`` (H, W) overrides the size implied by ``scale``; the scale the model is
-        conditioned on is then the actual ratio.
+        conditioned on is then the actual ratio. With ``samples`` K >= 2 each tile is rendered K times
+        (draw k with the canvas noise of seed ``seed + k``) and the result is ``(4, H, W)``: the mean of
+        the draws, then their per-pixel standard deviation (:func:`hndsr.model_pass.mean_and_spread`).
         """
         started = time.perf_counter()
         job = self._plan(lr, options)
         stitcher = Stitcher(
-            3, job.canvas_h, job.canvas_w, overlap=job.overlap, halo=job.halo, device=str(self.device)
+            job.channels,
+            job.canvas_h,
+            job.canvas_w,
+            overlap=job.overlap,
+            halo=job.halo,
+            device=str(self.device),
         )
         for t, values in self._render(job, options):
             stitcher.add(t, values)
@@ -138,19 +155,20 @@ class Upscaler:
         band: Callable[[BandStitcher], None] | None = None,
         **options: Unpack[UpscaleOptions],
     ) -> Iterator[tuple[int, torch.Tensor]]:
-        """:meth:`upscale` as a stream of finished output rows ``(y0, (3, n, W))``, top to bottom.
+        """:meth:`upscale` as a stream of finished output rows ``(y0, (C, n, W))``, top to bottom.
 
         The rows equal the same rows of :meth:`upscale` exactly (same tiles, batches, noise and
         blending), but only a band of (tallest tile) x (canvas width) accumulators is held instead
         of the whole canvas. The diffusion path's noise is still drawn per canvas in latent space
         (``latent_channels / factor**2`` floats per output pixel, times ``1 + steps`` when eta > 0),
-        so that it stays identical. ``band`` receives the :class:`BandStitcher` (instrumentation).
+        so that it stays identical; ``samples`` K draws hold K such fields. ``band`` receives the
+        :class:`BandStitcher` (instrumentation).
         """
         started = time.perf_counter()
         job = self._plan(lr, options)
         tallest = max(t.height for t in job.tiles)
         stitcher = BandStitcher(
-            3,
+            job.channels,
             job.canvas_h,
             job.canvas_w,
             rows=tallest,
@@ -182,6 +200,7 @@ class Upscaler:
         scale, out_size = options.get("scale"), options.get("out_size")
         steps, strength = options.get("steps"), options.get("strength")
         eta, seed = options.get("eta", 0.0), options.get("seed", 0)
+        samples = options.get("samples", 1)
         tile, overlap, halo = options.get("tile"), options.get("overlap"), options.get("halo")
         if lr.ndim != 3 or lr.shape[0] != 3:
             raise InputError(f"expected an RGB image (3, h, w), got shape {tuple(lr.shape)}")
@@ -202,6 +221,7 @@ class Upscaler:
         strength = self.model.default_strength if strength is None else strength
         if not 0 <= steps <= MAX_STEPS:
             raise InputError(f"steps must be in [0, {MAX_STEPS}] (0 = deterministic path), got {steps}")
+        check_samples(samples, steps)
 
         factor = self.model.factor
         canvas_h, canvas_w = round_up(out_h, factor), round_up(out_w, factor)
@@ -222,33 +242,41 @@ class Upscaler:
             steps=steps,
             strength=strength,
             eta=eta,
-            noise=self._noise(canvas_h // factor, canvas_w // factor, steps, eta, seed),
+            draws=[
+                self._noise(canvas_h // factor, canvas_w // factor, steps, eta, s)
+                for s in (sample_seeds(seed, samples) if samples > 1 else [seed])
+            ],
         )
 
     def _render(self, job: _Job, options: UpscaleOptions) -> Iterator[tuple[Tile, torch.Tensor]]:
-        """Each tile's validated model output, in plan order, batch by batch."""
+        """Each tile's validated model output, in plan order, batch by batch: ``(3, th, tw)``, or with
+        several draws their mean and spread ``(4, th, tw)``."""
         progress, stats = options.get("progress"), options.get("stats")
-        tiles, noise, f = job.tiles, job.noise, self.model.factor
+        tiles, f = job.tiles, self.model.factor
         model_seconds = 0.0
         for start in range(0, len(tiles), self.batch_size):
             batch = tiles[start : start + self.batch_size]
             up = torch.stack([self._bicubic_tile(job.lr, t, job.out_h, job.out_w) for t in batch])
+            lr = [self._lr_tile(job, t) for t in batch] if self.model.needs_lr else None
             t0 = time.perf_counter()
-            sr = render_batch(
-                self.model,
-                up,
-                job.effective,
-                steps=job.steps,
-                strength=job.strength,
-                eta=job.eta,
-                initial_noise=slice_noise(noise[0], batch, f).to(self.device) if noise else None,
-                step_noise=[slice_noise(field_, batch, f).to(self.device) for field_ in noise[1:]],
-                lr=[self._lr_tile(job, t) for t in batch] if self.model.needs_lr else None,
-                micro_batch=len(batch),
-                dtype=self.autocast_dtype,
-            )
+            outputs = []
+            for noise in job.draws:
+                sr = render_batch(
+                    self.model,
+                    up,
+                    job.effective,
+                    steps=job.steps,
+                    strength=job.strength,
+                    eta=job.eta,
+                    initial_noise=slice_noise(noise[0], batch, f).to(self.device) if noise else None,
+                    step_noise=[slice_noise(field_, batch, f).to(self.device) for field_ in noise[1:]],
+                    lr=lr,
+                    micro_batch=len(batch),
+                    dtype=self.autocast_dtype,
+                )
+                outputs.append(validate_output(sr))  # each draw clamped: draw 0 is the single-sample output
             model_seconds += time.perf_counter() - t0
-            sr = validate_output(sr)
+            sr = outputs[0] if len(outputs) == 1 else mean_and_spread(torch.stack(outputs))
             yield from zip(batch, sr, strict=True)
             if progress is not None:
                 progress(min(start + len(batch), len(tiles)), len(tiles))
@@ -284,17 +312,26 @@ def upscale_raster(
     steps: int | None = None,
     strength: float | None = None,
     seed: int = 0,
+    samples: int = 1,
     progress: Callable[[int, int], None] | None = None,
 ) -> Raster:
     """Super-resolve the R,G,B bands with the model; bands beyond them (e.g. NIR) are upsampled
     bicubically and carried in their original order. Georeferencing keeps its CRS and origin, with
     the pixel size divided by the actual scale of each axis. ``progress(tiles_done, tiles_total)``
-    is called after each batch of tiles."""
+    is called after each batch of tiles. ``samples`` K >= 2: R,G,B are the mean of K seeded draws and
+    their per-pixel std is appended as a last band named :data:`UNCERTAINTY_BAND`."""
     check_scale(scale)
     rgb = torch.from_numpy(raster.rgb().copy())
     out_size = sr_size((raster.height, raster.width), scale)
     sr = upscaler.upscale(
-        rgb, scale=scale, out_size=out_size, steps=steps, strength=strength, seed=seed, progress=progress
+        rgb,
+        scale=scale,
+        out_size=out_size,
+        steps=steps,
+        strength=strength,
+        seed=seed,
+        samples=samples,
+        progress=progress,
     ).cpu()
     return sr_raster(raster, sr, out_size)
 
@@ -304,15 +341,18 @@ def sr_raster(
 ) -> Raster:
     """The output raster of ``source``'s super-resolved R,G,B ``sr`` (3, H, W): bands beyond R,G,B
     upsampled bicubically and carried (unless ``carry_extra`` is off, e.g. for PNG), georeferencing with
-    the pixel size divided by the actual scale of each axis, the band names kept."""
-    bands = [sr]
+    the pixel size divided by the actual scale of each axis, the band names kept. A fourth channel of
+    ``sr`` (the std of K draws) becomes the last band, :data:`UNCERTAINTY_BAND`, after the carried ones."""
+    bands = [sr[:3]]
     extra = source.extra_bands() if carry_extra else None
     if extra is not None:
         bands.append(resize(torch.from_numpy(np.ascontiguousarray(extra)), out_size).clamp(0.0, 1.0))
+    names = source.band_names[: 3 + (0 if extra is None else extra.shape[0])]
+    if sr.shape[0] > 3:
+        bands.append(sr[3:4])
+        names = (*names, UNCERTAINTY_BAND)
     data = torch.cat(bands).numpy() if len(bands) > 1 else sr.numpy()
     profile = None
     if source.profile is not None:
         profile = source.profile.scaled(out_size[1] / source.width, out_size[0] / source.height)
-    return Raster(
-        data=data, dtype=source.dtype, profile=profile, band_names=source.band_names[: data.shape[0]]
-    )
+    return Raster(data=data, dtype=source.dtype, profile=profile, band_names=names)

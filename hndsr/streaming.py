@@ -13,7 +13,9 @@ carrying bands and quantising at most ``ROW_CHUNK`` (256) rows at a time, a stri
 quantised rows, the model's activations on one batch of tiles, and on the diffusion path the
 canvas-wide latent noise field (``latent_channels / factor**2`` floats per output pixel: 4 bytes per
 output pixel for the release model, times ``1 + steps`` when eta > 0, which :func:`upscale_raster`
-never uses) — it is drawn per canvas so that the result stays identical.
+never uses) — it is drawn per canvas so that the result stays identical. ``samples`` K >= 2 holds K
+such fields (one per draw: ``latent_channels / factor**2 * K`` floats per output pixel) and K draws'
+outputs of one batch of tiles; the band is then 4 channels wide instead of 3 (20 bytes per pixel).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 
 from hndsr.geotiff_stream import GeoTIFFRowWriter
 from hndsr.inference import Upscaler
+from hndsr.model_pass import UNCERTAINTY_BAND, check_samples
 from hndsr.raster import Raster
 from hndsr.resample import check_scale, resize, sr_size
 from hndsr.tiling import BandStitcher
@@ -42,6 +45,7 @@ def upscale_raster_to_geotiff(
     steps: int | None = None,
     strength: float | None = None,
     seed: int = 0,
+    samples: int = 1,
     dtype: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     band: Callable[[BandStitcher], None] | None = None,
@@ -49,8 +53,10 @@ def upscale_raster_to_geotiff(
 ) -> tuple[int, int]:
     """Write ``upscale_raster(upscaler, raster, ...)`` to the GeoTIFF ``path`` as ``write_image`` would,
     streaming rows; returns the output (height, width). ``band`` receives the engine's accumulation
-    band (instrumentation); ``cog=False`` keeps a plain tiled GeoTIFF (no overviews)."""
+    band (instrumentation); ``cog=False`` keeps a plain tiled GeoTIFF (no overviews). ``samples`` K >= 2
+    appends the uncertainty band last, as ``upscale_raster``."""
     check_scale(scale)
+    check_samples(samples, upscaler.model.default_steps if steps is None else steps)  # before any file
     out_h, out_w = sr_size((raster.height, raster.width), scale)
     rgb = _tensor(raster.rgb())  # views of the raster: no second copy of the input
     extra_np = raster.extra_bands()
@@ -65,25 +71,30 @@ def upscale_raster_to_geotiff(
         steps=steps,
         strength=strength,
         seed=seed,
+        samples=samples,
         progress=progress,
         band=band,
     )
+    uncertain = samples > 1
     with GeoTIFFRowWriter(
         path,
-        bands=raster.bands,
+        bands=raster.bands + (1 if uncertain else 0),
         height=out_h,
         width=out_w,
         like=raster,
         profile=profile,
-        band_names=raster.band_names,
+        band_names=(*raster.band_names, UNCERTAINTY_BAND) if uncertain else raster.band_names,
         dtype=dtype,
         cog=cog,
     ) as writer:
         for y0, sr in rows:
-            parts = [sr.cpu()]
+            sr = sr.cpu()
+            parts = [sr[:3]]
             if extra is not None:
                 window = slice(y0, y0 + sr.shape[1])
                 parts.append(resize(extra, (out_h, out_w), rows=window).clamp(0.0, 1.0))
+            if uncertain:
+                parts.append(sr[3:])  # last, after the carried bands, as in sr_raster
             writer.write(y0, torch.cat(parts).numpy())
     return out_h, out_w
 
