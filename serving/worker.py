@@ -222,6 +222,8 @@ class Worker:
             cog = bool(p.get("cog", True))
             upscale_raster_to_geotiff(self.upscaler, raster, path, cog=cog, **options)
             meta = self._meta(fmt, out_w, out_h, path.stat().st_size)
+            if samples > 1:
+                meta["uncertainty_mean"] = round(last_band_mean(path), 6)
             meta["stac_item"] = self._stac_item(lease, path, scale=scale, samples=samples, cog=cog)
             return path, "tif", meta
         out = upscale_raster(self.upscaler, raster, **options)
@@ -393,6 +395,23 @@ class HealthServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def last_band_mean(path: Path) -> float:
+    """Mean of a GeoTIFF's last band in [0, 1] units (the uncertainty of samples >= 2), block by block:
+    a scene-size result is never read whole."""
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        band = ds.count
+        kind = np.dtype(ds.dtypes[band - 1])
+        full = float(np.iinfo(kind).max) if kind.kind in "ui" else 1.0
+        total, count = 0.0, 0
+        for _, window in ds.block_windows(band):
+            block = ds.read(band, window=window)
+            total += float(block.sum(dtype=np.float64))
+            count += block.size
+    return total / max(count, 1) / full
 
 
 def load_upscaler(settings: WorkerSettings) -> tuple[Upscaler, str, str]:
