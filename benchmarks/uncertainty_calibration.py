@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 from _results import RESULTS, Measurement
+from scipy.ndimage import uniform_filter
 from scipy.stats import spearmanr
 
 from hndsr.checkpoint import load_checkpoint, load_release_checkpoint
@@ -35,6 +36,7 @@ from hndsr.inference import Upscaler
 from hndsr.resample import degrade, resize
 
 TOP_FRACTION = 0.10
+WINDOWS = (3, 5, 9)  # diagnostic: the variance pooled over w x w neighbours (less sampling noise)
 
 
 def gradient_magnitude(image: np.ndarray) -> np.ndarray:
@@ -128,6 +130,7 @@ def main() -> None:
     strength = model.default_strength if args.strength is None else args.strength
 
     errors, stds, grads, per_image, figure_rows = [], [], [], [], []
+    smoothed: dict[int, list[np.ndarray]] = {w: [] for w in WINDOWS}
     shown = set(
         np.linspace(0, len(paths) - 1, min(args.figure_images, len(paths))).round().astype(int).tolist()
     )
@@ -150,6 +153,8 @@ def main() -> None:
         grad = gradient_magnitude(resize(lr, size).clamp(0.0, 1.0).numpy())
         errors.append(error.ravel())
         stds.append(std.ravel())
+        for w in WINDOWS:
+            smoothed[w].append(np.sqrt(uniform_filter(std**2, size=w, mode="reflect")).ravel())
         grads.append(grad.ravel())
         r = rho(std, error)
         per_image.append(
@@ -190,6 +195,13 @@ def main() -> None:
             "top10": top_vs_rest(grad_all, error_all),
         },
         "bar": {"spearman": 0.3, "met": rho(std_all, error_all) >= 0.3},
+        "diagnostic_std_window_mean": {
+            f"{w}x{w}": {
+                "spearman_pooled": rho(np.concatenate(smoothed[w]), error_all),
+                "top10": top_vs_rest(np.concatenate(smoothed[w]), error_all),
+            }
+            for w in WINDOWS
+        },
         "mean_std": float(std_all.mean()),
         "per_image": per_image,
         "figure": f"benchmarks/results/{args.name}.png",

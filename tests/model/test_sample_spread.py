@@ -40,3 +40,13 @@ def test_bad_sample_counts(samples: int, steps: int, match: str) -> None:
 def test_one_sample_is_the_plain_path() -> None:
     check_samples(1, 0)
     check_samples(2, 10)
+
+
+def test_a_pixels_variance_is_pooled_with_its_neighbours() -> None:
+    """One pixel where the draws disagree: its variance spreads over its 3 x 3 neighbourhood only."""
+    draws = torch.zeros(2, 1, 3, 7, 7)
+    draws[1, :, :, 3, 3] = 0.6  # var = 0.18 at (3, 3), in every band
+    spread = mean_and_spread(draws)[0, 3]
+    expected = (0.18 / 9) ** 0.5
+    assert torch.allclose(spread[2:5, 2:5], torch.full((3, 3), expected))
+    assert float(spread[:, :2].abs().max()) == float(spread[:, 5:].abs().max()) == 0.0
