@@ -287,6 +287,12 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
         steps: Annotated[int | None, typer.Option(help="DDIM steps; 0 = deterministic path.")] = None,
         seed: Annotated[int, typer.Option(help="Seed of the diffusion noise.")] = 0,
         strength: Annotated[float | None, typer.Option(help="Diffusion strength in (0, 1].")] = None,
+        samples: Annotated[
+            int, typer.Option(help="K in [2, 16]: mean of K draws + per-pixel uncertainty (1 = none).")
+        ] = 1,
+        cog: Annotated[
+            bool, typer.Option("--cog/--no-cog", help="GeoTIFF as a Cloud-Optimized GeoTIFF (or plain).")
+        ] = True,
         protocol: Annotated[str, typer.Option(help="v1 | v2")] = "v1",
         model_name: Annotated[str, typer.Option(help="Model name.")] = "hndsr",
         api_key: Annotated[
@@ -304,9 +310,8 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
         with SRClient(
             url, model=model_name, protocol=protocol, api_key=api_key, timeout_s=timeout_s
         ) as client:
-            result = client.upscale_file(
-                input, output, scale=scale, steps=steps, seed=seed, strength=strength
-            )
+            options = {"scale": scale, "steps": steps, "seed": seed, "strength": strength}
+            result = client.upscale_file(input, output, samples=samples, cog=cog, **options)
         meta = result.meta
         timings = meta.get("timings_ms", {})
         typer.echo(
@@ -314,3 +319,7 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
             f"steps={meta.get('steps')}, "
             f"model {meta.get('model_version')}, {meta.get('tiles')} tiles, {timings.get('total', 0):.0f} ms)"
         )
+        if result.uncertainty is not None:
+            from hndsr.uncertainty_output import uncertainty_path
+
+            typer.echo(f"wrote {uncertainty_path(output)} (per-pixel std of {samples} draws, 65535 = 1.0)")

@@ -36,6 +36,7 @@ class ServiceError(HNDSRError):
 class SRResult:
     image: bytes
     meta: dict[str, Any]
+    uncertainty: bytes | None = None  # samples >= 2 with PNG output: the 16-bit std image
 
 
 class SRClient:
@@ -76,12 +77,18 @@ class SRClient:
         seed: int = 0,
         strength: float | None = None,
         output_format: str = "png",
+        samples: int = 1,
+        cog: bool = True,
     ) -> SRResult:
         params: dict[str, Any] = {"scale": scale, "seed": seed, "output_format": output_format}
         if steps is not None:
             params["steps"] = steps
         if strength is not None:
             params["strength"] = strength
+        if samples != 1:
+            params["samples"] = samples
+        if not cog:
+            params["cog"] = False
         image_b64 = base64.b64encode(data).decode("ascii")
         if self.protocol == "v1":
             url = f"{self.url}/v1/models/{self.model}:predict"
@@ -96,14 +103,20 @@ class SRClient:
         if self.protocol == "v1":
             pred = dict(doc["predictions"][0])
             image = base64.b64decode(pred.pop("image_b64"))
-            return SRResult(image=image, meta=pred)
-        out = doc["outputs"][0]
+            spread = pred.pop("uncertainty_png_b64", None)
+            return SRResult(image=image, meta=pred, uncertainty=base64.b64decode(spread) if spread else None)
+        outputs = {out["name"]: out for out in doc["outputs"]}
         meta = dict(doc.get("parameters") or {})
         timings = {
             k[len("timing_") : -len("_ms")]: meta.pop(k) for k in list(meta) if k.startswith("timing_")
         }
         meta["timings_ms"] = timings
-        return SRResult(image=base64.b64decode(out["data"][0]), meta=meta)
+        spread_out = outputs.get("uncertainty")
+        return SRResult(
+            image=base64.b64decode(outputs["image"]["data"][0]),
+            meta=meta,
+            uncertainty=base64.b64decode(spread_out["data"][0]) if spread_out else None,
+        )
 
     def upscale_file(self, input: str | Path, output: str | Path, **options: Any) -> SRResult:
         output = Path(output)
@@ -115,9 +128,15 @@ class SRClient:
         except OSError as exc:
             raise HNDSRError(f"cannot read {input}: {exc}") from exc
         result = self.upscale_bytes(data, output_format=fmt, **options)
-        tmp = output.with_name(f".{output.name}.tmp")
-        tmp.write_bytes(result.image)
-        tmp.replace(output)
+        files = [(output, result.image)]
+        if result.uncertainty is not None:  # beside the image, as `hndsr sr` writes it
+            from hndsr.uncertainty_output import uncertainty_path
+
+            files.append((uncertainty_path(output), result.uncertainty))
+        for path, content in files:
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_bytes(content)
+            tmp.replace(path)
         return result
 
     def health(self) -> dict[str, Any]:

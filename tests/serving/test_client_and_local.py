@@ -141,6 +141,27 @@ def test_client_sr_command_writes_png_and_geotiff(stack: Server, tmp_path: Path)
         assert (ds.width, ds.height, ds.count) == (112, 80, 3)
 
 
+def test_client_sr_samples_write_the_uncertainty_png_and_no_cog_a_plain_geotiff(
+    stack: Server, tmp_path: Path
+) -> None:
+    from hndsr.cog import is_cog
+
+    src = tmp_path / "lr.png"
+    src.write_bytes(png_bytes(20, 28, seed=5))
+    for protocol in ("v1", "v2"):
+        out = tmp_path / f"sr-{protocol}.png"
+        opts = ("--samples", "2", "--steps", "2", "--protocol", protocol, "--api-key", f"cli-k-{protocol}")
+        run = _hndsr("client", "sr", str(src), str(out), "--url", stack.url, *opts, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr[-3000:]
+        spread = Image.open(tmp_path / f"sr-{protocol}.uncertainty.png")
+        assert spread.mode.startswith("I;16") and spread.size == Image.open(out).size == (112, 80)
+    plain = tmp_path / "plain.tif"
+    opts = ("--no-cog", "--scale", "2", "--api-key", "cli-plain")
+    run = _hndsr("client", "sr", str(src), str(plain), "--url", stack.url, *opts, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert plain.is_file() and not is_cog(plain)
+
+
 def test_client_sr_against_no_service_is_one_line_exit_2(tmp_path: Path) -> None:
     src = tmp_path / "lr.png"
     src.write_bytes(png_bytes(16, 16))
