@@ -98,6 +98,20 @@ def engine_png(data: bytes, tile: int) -> bytes:
     return encode_image(raster, "png", png_level=1)
 
 
+def rgbn_geotiff(h: int = 40, w: int = 48) -> bytes:
+    """A 16-bit R,G,B,NIR GeoTIFF in UTM 33N (10 m pixels): the georeferenced input of the servers' tests."""
+    import rasterio
+    from rasterio.transform import Affine
+
+    rgbn = np.concatenate([lr_image(h, w, seed=7), lr_image(h, w, seed=8)[:1]])
+    buf = io.BytesIO()
+    profile = {"driver": "GTiff", "width": w, "height": h, "count": 4, "dtype": "uint16", "crs": "EPSG:32633"}
+    utm = Affine(10.0, 0.0, 300000.0, 0.0, -10.0, 5000000.0)
+    with rasterio.open(buf, "w", transform=utm, **profile) as dst:
+        dst.write(np.rint(rgbn * 65535).astype(np.uint16))
+    return buf.getvalue()
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 

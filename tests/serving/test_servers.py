@@ -4,7 +4,6 @@ a property-based fuzz of malformed requests, metrics and health (overload: test_
 from __future__ import annotations
 
 import base64
-import io
 import json
 import struct
 from collections.abc import Iterator
@@ -13,7 +12,6 @@ import httpx
 import numpy as np
 import pytest
 import rasterio
-from affine import Affine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from servingstack import (
@@ -22,6 +20,7 @@ from servingstack import (
     lr_image,
     png_bytes,
     predictor,
+    rgbn_geotiff,
     serving_pair,
     tiny_model,
     transformer,
@@ -98,22 +97,8 @@ def test_v2_geotiff_keeps_georeferencing_bands_and_depth(
     stack: tuple[Server, Server], http: httpx.Client
 ) -> None:
     _, trans = stack
-    rgbn = np.concatenate([lr_image(40, 48, seed=7), lr_image(40, 48, seed=8)[:1]])
-    buf = io.BytesIO()
-    profile = {
-        "driver": "GTiff",
-        "width": 48,
-        "height": 40,
-        "count": 4,
-        "dtype": "uint16",
-        "crs": "EPSG:32633",
-    }
-    with rasterio.open(
-        buf, "w", transform=Affine(10.0, 0.0, 300000.0, 0.0, -10.0, 5000000.0), **profile
-    ) as dst:
-        dst.write(np.rint(rgbn * 65535).astype(np.uint16))
     body = {
-        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [b64(buf.getvalue())]}],
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [b64(rgbn_geotiff())]}],
         "parameters": {"scale": 2.5, "steps": 2, "seed": 11, "output_format": "geotiff"},
     }
     r = http.post(trans.url + V2, json=body)
@@ -128,7 +113,7 @@ def test_v2_geotiff_keeps_georeferencing_bands_and_depth(
     assert "32633" in str(out.profile.crs) or "UTM zone 33N" in str(out.profile.crs)
     a, _, c, _, e, f = out.profile.transform
     assert (a, e, c, f) == pytest.approx((4.0, -4.0, 300000.0, 5000000.0))
-    source = read_image_bytes(buf.getvalue())
+    source = read_image_bytes(rgbn_geotiff())
     engine = Upscaler(tiny_model(), tile=params["tile_size"], overlap=32, halo=32, batch_size=1)
     want = upscale_raster(engine, source, scale=2.5, steps=2, seed=11).data  # diffusion path, same noise
     np.testing.assert_allclose(out.data, np.rint(np.clip(want, 0, 1) * 65535) / 65535, atol=1.5 / 65535)

@@ -16,14 +16,13 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from affine import Affine
 from PIL import Image
 from servingstack import (
     Server,
     b64,
-    lr_image,
     png_bytes,
     predictor,
+    rgbn_geotiff,
     serving_pair,
     transformer,
     write_checkpoint,
@@ -199,22 +198,8 @@ def test_v2_geotiff_gets_a_last_uncertainty_band_with_georeferencing(
     stack: tuple[Server, Server], http: httpx.Client
 ) -> None:
     _, trans = stack
-    rgbn = np.concatenate([lr_image(40, 48, seed=7), lr_image(40, 48, seed=8)[:1]])
-    buf = io.BytesIO()
-    profile = {
-        "driver": "GTiff",
-        "width": 48,
-        "height": 40,
-        "count": 4,
-        "dtype": "uint16",
-        "crs": "EPSG:32633",
-    }
-    with rasterio.open(
-        buf, "w", transform=Affine(10.0, 0.0, 300000.0, 0.0, -10.0, 5000000.0), **profile
-    ) as dst:
-        dst.write(np.rint(rgbn * 65535).astype(np.uint16))
     body = {
-        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [b64(buf.getvalue())]}],
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [b64(rgbn_geotiff())]}],
         "parameters": {"scale": 2.5, "steps": 2, "seed": 11, "samples": 3, "output_format": "geotiff"},
     }
     r = http.post(trans.url + V2, json=body)
