@@ -19,12 +19,8 @@ from servingstack import (
     b64,
     lr_image,
     png_bytes,
-    predictor,
     rgbn_geotiff,
-    serving_pair,
     tiny_model,
-    transformer,
-    write_checkpoint,
 )
 
 pytest.importorskip("kserve")
@@ -37,15 +33,6 @@ from serving.metrics import sample_value
 V1 = "/v1/models/hndsr:predict"
 V2 = "/v2/models/hndsr/infer"
 
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
-    tmp = tmp_path_factory.mktemp("servers")
-    ckpt = write_checkpoint(tmp / "ckpt")
-    # Small tiles: small test images still span many tiles.
-    args = ("--rate-limit-rps", "1000", "--rate-limit-burst", "1000", "--tile", "256")
-    with serving_pair(predictor(tmp, ckpt).start(), lambda p: transformer(tmp, p.url, *args).start()) as pair:
-        yield pair
 
 
 def expected_uint8(raster: Raster, tile: int, scale: float, steps: int = 0, seed: int = 0) -> np.ndarray:

@@ -8,7 +8,6 @@ import asyncio
 import base64
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -21,10 +20,7 @@ from servingstack import (
     Server,
     b64,
     png_bytes,
-    predictor,
     rgbn_geotiff,
-    serving_pair,
-    transformer,
     write_checkpoint,
 )
 
@@ -152,14 +148,6 @@ def test_predictor_refuses_samples_on_the_default_deterministic_path(tmp_path: P
 
 # ------------------------------------------------------------------------------------ real servers
 
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
-    tmp = tmp_path_factory.mktemp("servers")
-    ckpt = write_checkpoint(tmp / "ckpt")
-    args = ("--rate-limit-rps", "1000", "--rate-limit-burst", "1000", "--tile", "256")
-    with serving_pair(predictor(tmp, ckpt).start(), lambda p: transformer(tmp, p.url, *args).start()) as pair:
-        yield pair
 
 
 def grey16(data: bytes) -> np.ndarray:
