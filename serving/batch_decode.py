@@ -240,7 +240,9 @@ def decode_v1_request(payload: Any, limits: BatchLimits) -> DecodedBatch:
     return DecodedBatch(canvas, specs, crops, rp, request_id, False, tile_bits(params))
 
 
-def encode_v1_response(sr: np.ndarray, model_version: str, model_ms: float, steps: int) -> dict[str, Any]:
+def encode_v1_response(
+    sr: np.ndarray, model_version: str, model_ms: float, steps: int, checkpoint_sha256: str = ""
+) -> dict[str, Any]:
     return {
         "predictions": [
             {
@@ -251,6 +253,7 @@ def encode_v1_response(sr: np.ndarray, model_version: str, model_ms: float, step
             for t in sr
         ],
         "model_version": model_version,
+        "checkpoint_sha256": checkpoint_sha256,  # named by the STAC Item of a GeoTIFF output
         "model_ms": round(model_ms, 3),
         "steps": steps,
     }

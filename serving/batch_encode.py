@@ -44,6 +44,7 @@ class BatchResult:
     model_version: str = ""
     model_ms: float = 0.0
     steps: int | None = None
+    checkpoint_sha256: str = ""  # "" from a predictor older than the field
 
 
 def _b64(array: np.ndarray, lr_dtype: str = "float32") -> str:
@@ -149,6 +150,7 @@ def decode_v2_response(content: bytes, headers: Any) -> BatchResult:
             model_version=str(meta.get("model_version", "")),
             model_ms=float(meta.get("model_ms", 0.0)),
             steps=int(steps) if steps is not None else None,
+            checkpoint_sha256=str(meta.get("checkpoint_sha256", "")),
         )
     except (ValueError, KeyError, TypeError, StopIteration, orjson.JSONDecodeError) as exc:
         raise PredictorFailed(
@@ -170,6 +172,7 @@ def decode_v1_response(content: bytes) -> BatchResult:
             model_version=str(doc.get("model_version", "")),
             model_ms=float(doc.get("model_ms", 0.0)),
             steps=int(steps) if steps is not None else None,
+            checkpoint_sha256=str(doc.get("checkpoint_sha256", "")),
         )
     except (ValueError, KeyError, TypeError, binascii.Error, orjson.JSONDecodeError) as exc:
         raise PredictorFailed(

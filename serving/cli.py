@@ -319,6 +319,8 @@ def register(app: typer.Typer, *, friendly_errors: Callable[[Any], Any]) -> None
             f"steps={meta.get('steps')}, "
             f"model {meta.get('model_version')}, {meta.get('tiles')} tiles, {timings.get('total', 0):.0f} ms)"
         )
+        if result.item_path is not None:
+            typer.echo(f"wrote {result.item_path} (STAC Item)")
         if result.uncertainty is not None:
             from hndsr.uncertainty_output import uncertainty_path
 

@@ -37,6 +37,7 @@ class SRResult:
     image: bytes
     meta: dict[str, Any]
     uncertainty: bytes | None = None  # samples >= 2 with PNG output: the 16-bit std image
+    item_path: Path | None = None  # where upscale_file wrote a GeoTIFF's STAC Item
 
 
 class SRClient:
@@ -133,6 +134,15 @@ class SRClient:
             from hndsr.uncertainty_output import uncertainty_path
 
             files.append((uncertainty_path(output), result.uncertainty))
+        item = result.meta.pop("stac_item", None)
+        if item is not None:  # a GeoTIFF's STAC Item, its data asset pointed at the saved file
+            from hndsr.stac_items import DATA_ASSET, item_path
+
+            doc = orjson.loads(item) if isinstance(item, str) else dict(item)
+            doc["id"] = output.stem
+            doc["assets"][DATA_ASSET]["href"] = output.name
+            result.item_path = item_path(output)
+            files.append((result.item_path, orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"))
         for path, content in files:
             tmp = path.with_name(f".{path.name}.tmp")
             tmp.write_bytes(content)

@@ -21,19 +21,21 @@ Request (Open Inference Protocol v2, ``POST /v2/models/{name}/infer``)::
 * The response carries ``sr`` UINT16 ``[B, 3, th, tw]`` (values in [0, 1] quantised to 1/65535: half
   the bytes of FP32, and 256x finer than the 8-bit images it becomes) through the binary tensor
   extension when asked (raw bytes after the JSON header, ``Inference-Header-Content-Length``), JSON
-  numbers otherwise, and ``parameters`` ``model_version``, ``model_ms``. Decoders also take FP32.
+  numbers otherwise, and ``parameters`` ``model_version``, ``checkpoint_sha256`` (named by a GeoTIFF
+  answer's STAC Item), ``model_ms``. Decoders also take FP32.
 * Uncertainty: with the parameter ``samples`` K in [2, 16] (absent or 1: one draw, the format above
   unchanged) the predictor renders every tile K times, draw k with the canvas noise of seed
   ``seed + k`` (:func:`hndsr.model_pass.sample_seeds`; draw 0 is the one-sample output), and ``sr`` is
   ``[B, 4, th, tw]``: the mean of the draws as R, G, B, and as a fourth channel their per-pixel
-  standard deviation (ddof 1, averaged over R, G, B), quantised like the pixels (65535 = 1.0).
+  standard deviation (:func:`hndsr.model_pass.mean_and_spread`: ddof 1, pooled over 3 x 3 pixels,
+  averaged over R, G, B), quantised like the pixels (65535 = 1.0).
   ``samples`` > 1 needs steps > 0 (the deterministic path draws the same image every time): a 422.
 
 The v1 form (``POST /v1/models/{name}:predict``) carries the same::
 
     {"instances": [{"lr_b64": "...", "geometry": [8 ints]}, ...], "parameters": {...}}
     -> {"predictions": [{"sr_b64": "...", "dtype": "uint16", "shape": [3, th, tw]}, ...],
-        "model_version": ..., "model_ms": ...}
+        "model_version": ..., "checkpoint_sha256": ..., "model_ms": ...}
 
 The transformer's side is :mod:`serving.batch_encode`; the predictor's :mod:`serving.batch_decode`, with
 its parameters parsed by :mod:`serving.batch_params`.

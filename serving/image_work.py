@@ -34,6 +34,7 @@ class ImageWork:
     timings_ms: dict[str, float] = field(default_factory=dict)
     sr: torch.Tensor | None = None
     model_version: str = ""
+    checkpoint_sha256: str = ""
     model_ms: float = 0.0
     steps: int | None = None
     pixels: np.ndarray | None = None  # the final uint8 pixels, when one 8-bit tile is the output
@@ -74,19 +75,21 @@ def image_result(work: ImageWork, png_level: int) -> dict[str, Any]:
     fmt = p.output_format
     sr, spread = (work.sr[:3], work.sr[3]) if work.sr.shape[0] > 3 else (work.sr, None)
     out_raster = sr_raster(raster, sr, (c.out_h, c.out_w), carry_extra=fmt == "geotiff")
-    uncertainty: dict[str, Any] = {}
+    extra: dict[str, Any] = {}  # the uncertainty's fields; a GeoTIFF's STAC Item
     if spread is not None:
         std = spread.clamp(0.0, 1.0).numpy()
-        uncertainty = {"samples": p.samples, "uncertainty_mean": round(float(std.mean(dtype=np.float64)), 6)}
+        extra = {"samples": p.samples, "uncertainty_mean": round(float(std.mean(dtype=np.float64)), 6)}
         if fmt == "geotiff":
             out_raster = with_uncertainty_band(out_raster, std)
         else:
-            uncertainty["uncertainty_png_b64"] = base64.b64encode(uncertainty_png(std, png_level)).decode()
+            extra["uncertainty_png_b64"] = base64.b64encode(uncertainty_png(std, png_level)).decode()
     if work.pixels is not None and fmt == "png":
         # What encode_output would write (k/255 quantises back to k), minus two full-image passes.
         encoded = png_bytes(np.ascontiguousarray(work.pixels), level=png_level)
     else:
         encoded = encode_output(out_raster, fmt, png_level, cog=p.cog)
+    if fmt == "geotiff":
+        extra["stac_item"] = geotiff_item(encoded, work)
     work.timings_ms["encode"] = (time.perf_counter() - t0) * 1000.0
     psnr = cycle_psnr(torch.from_numpy(raster.rgb()), sr)
     return {
@@ -102,7 +105,35 @@ def image_result(work: ImageWork, png_level: int) -> dict[str, Any]:
         "tile_size": work.tile,
         "cycle_psnr_db": round(psnr, 3),
         "timings_ms": {k: round(v, 2) for k, v in work.timings_ms.items()},
-    } | uncertainty
+    } | extra
+
+
+def geotiff_item(encoded: bytes, work: ImageWork) -> dict[str, Any]:
+    """The STAC Item of a GeoTIFF answer (read from its header). A response has no address, so the
+    data asset's href is ``image.tif``: a client that saves the file points it there
+    (``hndsr client sr`` does, writing the Item beside it)."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from hndsr.stac_items import item_for_output, item_json
+
+    p = work.inp.params
+    with tempfile.TemporaryDirectory(prefix="hndsr-item-") as tmp:
+        path = Path(tmp) / "image.tif"
+        path.write_bytes(encoded)
+        item = item_for_output(
+            path,
+            scale=p.scale,
+            model_version=work.model_version,
+            checkpoint_sha256=work.checkpoint_sha256,
+            steps=work.steps if work.steps is not None else int(p.steps or 0),
+            seed=p.seed,
+            samples=p.samples,
+            cog=p.cog,
+        )
+    doc: dict[str, Any] = json.loads(item_json(item))
+    return doc
 
 
 def with_uncertainty_band(out: Raster, std: np.ndarray) -> Raster:

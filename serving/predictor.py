@@ -384,7 +384,9 @@ class HNDSRPredictor(Model):
     ) -> Any:
         protocol, batch, sr, model_ms, steps = result
         if protocol == "v1":
-            return await asyncio.to_thread(encode_v1_response, sr, self.model_version, model_ms, steps)
+            return await asyncio.to_thread(
+                encode_v1_response, sr, self.model_version, model_ms, steps, self.checkpoint_sha256
+            )
         out = InferOutput(
             name="sr", shape=list(sr.shape), datatype="UINT8" if sr.dtype == np.uint8 else "UINT16"
         )
@@ -399,6 +401,7 @@ class HNDSRPredictor(Model):
             model_version=self.model_version,
             parameters={
                 "model_version": self.model_version,
+                "checkpoint_sha256": self.checkpoint_sha256,
                 "model_ms": round(model_ms, 3),
                 "tiles": len(batch.specs),
                 "steps": steps,

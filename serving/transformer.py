@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import orjson
 import torch
 from kserve import InferOutput, InferRequest, InferResponse, Model
 
@@ -331,6 +332,7 @@ class HNDSRTransformer(Model):
                 stitch_s += time.perf_counter() - t0
                 work.model_ms += result.model_ms
                 work.model_version = result.model_version or work.model_version
+                work.checkpoint_sha256 = result.checkpoint_sha256 or work.checkpoint_sha256
                 work.steps = result.steps if result.steps is not None else work.steps
                 if progress is not None:
                     progress(len(specs))
@@ -384,6 +386,8 @@ class HNDSRTransformer(Model):
         image = out.pop("image_b64")
         spread_png = out.pop("uncertainty_png_b64", None)
         timings = out.pop("timings_ms")
+        if "stac_item" in out:  # parameters hold scalars: the Item travels as JSON text
+            out["stac_item"] = orjson.dumps(out["stac_item"]).decode()
         params: dict[str, Any] = {k: v for k, v in out.items() if v is not None}
         params.update({f"timing_{k}_ms": v for k, v in timings.items()})
         output = InferOutput(name="image", shape=[1], datatype="BYTES")

@@ -5,6 +5,7 @@ and ``SRClient``'s retry after a 429's ``Retry-After`` from the transformer's ow
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import socket
@@ -139,6 +140,13 @@ def test_client_sr_command_writes_png_and_geotiff(stack: Server, tmp_path: Path)
 
     with rasterio.open(tmp_path / "sr.tif") as ds:
         assert (ds.width, ds.height, ds.count) == (112, 80, 3)
+    # The answer's STAC Item, written beside the file and pointed at it (v2: JSON text in parameters).
+    from hndsr.stac_items import validate_core
+
+    item = json.loads((tmp_path / "sr.json").read_text())
+    validate_core(item, name="sr.json")
+    assert item["id"] == "sr" and item["assets"]["data"]["href"] == "sr.tif"
+    assert len(item["properties"]["hndsr:checkpoint_sha256"]) == 64 and "sr.json (STAC Item)" in run.stdout
 
 
 def test_client_sr_samples_write_the_uncertainty_png_and_no_cog_a_plain_geotiff(

@@ -28,11 +28,11 @@ pytest.importorskip("kserve")
 from hndsr.image_read import read_image_bytes
 from hndsr.inference import Upscaler, upscale_raster
 from hndsr.raster import Raster
+from hndsr.stac_items import validate_core
 from serving.metrics import sample_value
 
 V1 = "/v1/models/hndsr:predict"
 V2 = "/v2/models/hndsr/infer"
-
 
 
 def expected_uint8(raster: Raster, tile: int, scale: float, steps: int = 0, seed: int = 0) -> np.ndarray:
@@ -104,6 +104,36 @@ def test_v2_geotiff_keeps_georeferencing_bands_and_depth(
     engine = Upscaler(tiny_model(), tile=params["tile_size"], overlap=32, halo=32, batch_size=1)
     want = upscale_raster(engine, source, scale=2.5, steps=2, seed=11).data  # diffusion path, same noise
     np.testing.assert_allclose(out.data, np.rint(np.clip(want, 0, 1) * 65535) / 65535, atol=1.5 / 65535)
+    # Its STAC Item (JSON text in the parameters): the served checkpoint, the raster's projection.
+    item = json.loads(params["stac_item"])
+    validate_core(item, name="the v2 response's Item")
+    props = item["properties"]
+    assert props["hndsr:checkpoint_sha256"] == tiny_checkpoint_sha(stack) and props["hndsr:seed"] == 11
+    assert props["proj:code"] == "EPSG:32633" and props["proj:shape"] == [100, 120]
+    assert item["assets"]["data"]["href"] == "image.tif" and len(item["bbox"]) == 4
+
+
+def tiny_checkpoint_sha(stack: tuple[Server, Server]) -> str:
+    """The sha256 of the checkpoint the stack's predictor serves, from its /health."""
+    return str(httpx.get(stack[0].url + "/health").json()["checkpoint_sha256"])
+
+
+def test_v1_geotiff_answers_carry_their_stac_item_and_png_ones_none(
+    stack: tuple[Server, Server], http: httpx.Client
+) -> None:
+    _, trans = stack
+    image = {"image_b64": b64(png_bytes(40, 36, seed=2)), "scale": 2, "steps": 0}
+    r = http.post(trans.url + V1, json={"instances": [image | {"output_format": "geotiff"}, image]})
+    assert r.status_code == 200, r.text
+    tif, png = r.json()["predictions"]
+    validate_core(tif["stac_item"], name="the v1 answer's Item")
+    props = tif["stac_item"]["properties"]
+    assert (
+        props["hndsr:checkpoint_sha256"] == tiny_checkpoint_sha(stack)
+        and len(props["hndsr:checkpoint_sha256"]) == 64
+    )
+    assert tif["stac_item"]["geometry"] is None  # a PNG input has no georeferencing
+    assert "stac_item" not in png
 
 
 def test_geotiff_output_is_a_cog_unless_cog_is_false(

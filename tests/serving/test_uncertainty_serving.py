@@ -149,7 +149,6 @@ def test_predictor_refuses_samples_on_the_default_deterministic_path(tmp_path: P
 # ------------------------------------------------------------------------------------ real servers
 
 
-
 def grey16(data: bytes) -> np.ndarray:
     img = Image.open(io.BytesIO(data))
     assert img.mode in ("I;16", "I;16B", "I"), img.mode
