@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from hndsr.image_write import write_image
 from hndsr.model_pass import UNCERTAINTY_BAND
 from hndsr.raster import Raster
@@ -51,3 +53,20 @@ def write_image_and_uncertainty(path: str | Path, raster: Raster) -> Path | None
         Path(path).unlink(missing_ok=True)
         raise
     return second
+
+
+def last_band_mean(path: str | Path) -> float:
+    """Mean of a GeoTIFF's last band in [0, 1] units (the uncertainty of ``--samples`` K >= 2), block by
+    block: a scene-size output is never read whole."""
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        band = ds.count
+        kind = np.dtype(ds.dtypes[band - 1])
+        full = float(np.iinfo(kind).max) if kind.kind in "ui" else 1.0
+        total, count = 0.0, 0
+        for _, window in ds.block_windows(band):
+            block = ds.read(band, window=window)
+            total += float(block.sum(dtype=np.float64))
+            count += block.size
+    return total / max(count, 1) / full

@@ -18,9 +18,8 @@ from typing import Any
 
 import httpx
 import numpy as np
-import orjson
 import torch
-from kserve import InferOutput, InferRequest, InferResponse, Model
+from kserve import InferRequest, Model
 
 from hndsr.image_read import read_image_bytes
 from hndsr.raster import Raster, check_pixel_range, to_unit_float
@@ -47,6 +46,7 @@ from serving.predictor_client import PredictorClient, breaker_counts
 from serving.rate_limit import RateLimiter
 from serving.request_stats import RequestStatsRecorder, open_sink
 from serving.tile_crops import Canvas, TileSpec, choose_tile, crop, plan
+from serving.transformer_response import v2_response, wants_binary_output
 from serving.transformer_settings import TransformerSettings
 from serving.validation import SRInput, parse_v1, parse_v2, probe_image
 
@@ -382,34 +382,7 @@ class HNDSRTransformer(Model):
                     self.metrics.add_uncertainty(out["uncertainty_mean"], work.model_version or NO_MODEL)
         if prepared.protocol == "v1":
             return {"predictions": outputs}
-        out = outputs[0]
-        image = out.pop("image_b64")
-        spread_png = out.pop("uncertainty_png_b64", None)
-        timings = out.pop("timings_ms")
-        if "stac_item" in out:  # parameters hold scalars: the Item travels as JSON text
-            out["stac_item"] = orjson.dumps(out["stac_item"]).decode()
-        params: dict[str, Any] = {k: v for k, v in out.items() if v is not None}
-        params.update({f"timing_{k}_ms": v for k, v in timings.items()})
-        output = InferOutput(name="image", shape=[1], datatype="BYTES")
-        # The base64 text either way: JSON or a binary BYTES element (tritonclient's default).
-        output.set_data_from_numpy(
-            np.array([image.encode("ascii")], dtype=np.object_), binary_data=prepared.binary_output
-        )
-        outputs_v2 = [output]
-        if spread_png is not None:  # samples >= 2 with PNG: the std as a second image (serving.image_work)
-            spread = InferOutput(name="uncertainty", shape=[1], datatype="BYTES")
-            spread.set_data_from_numpy(
-                np.array([spread_png.encode("ascii")], dtype=np.object_), binary_data=prepared.binary_output
-            )
-            outputs_v2.append(spread)
-        return InferResponse(
-            response_id=prepared.request_id,
-            model_name=self.name,
-            infer_outputs=outputs_v2,
-            model_version=out.get("model_version") or None,
-            parameters=params,
-            use_binary_outputs=prepared.binary_output,
-        )
+        return v2_response(outputs[0], prepared.request_id, self.name, prepared.binary_output)
 
 
 def planned_work(inputs: list[SRInput], plans: list[tuple[Canvas, int, list[TileSpec]]]) -> float:
@@ -422,17 +395,6 @@ def planned_work(inputs: list[SRInput], plans: list[tuple[Canvas, int, list[Tile
         )
         / 1e6
     )
-
-
-def wants_binary_output(request: InferRequest) -> bool:
-    """The binary tensor extension for the answer: asked per output (``binary_data``) or for all
-    (``binary_data_output``, what tritonclient sends when no outputs are named)."""
-    binary = bool((request.parameters or {}).get("binary_data_output", False))
-    for out in request.request_outputs or []:
-        params = out.parameters or {}
-        if "binary_data" in params:
-            binary = bool(params["binary_data"])
-    return binary
 
 
 def _request_stats_recorder(

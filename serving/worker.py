@@ -22,7 +22,6 @@ A small HTTP server (``--http-port``, default 8082) serves ``/metrics`` (Prometh
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -31,7 +30,6 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +43,11 @@ from hndsr.model_pass import UNCERTAINTY_BAND
 from hndsr.raster import check_pixel_range
 from hndsr.resample import sr_size
 from hndsr.streaming import upscale_raster_to_geotiff
+from hndsr.uncertainty_output import last_band_mean
 from serving.image_work import uncertainty_png
 from serving.jobs.metrics import JobMetrics
 from serving.jobs.store import JobConfig, JobStore, Lease
+from serving.worker_health import HealthServer
 
 logger = logging.getLogger(__name__)
 
@@ -334,84 +334,6 @@ class Worker:
             "tiles_done": progress[0],
             "tiles_total": progress[1],
         }
-
-
-class HealthServer:
-    """``/metrics``, ``/health`` (readiness), ``/live`` (liveness) on a thread."""
-
-    def __init__(self, host: str, port: int, registry: Any) -> None:
-        self.worker: Worker | None = None
-        self.loading_error: str | None = None
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-                    self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-                elif path == "/health":
-                    body = server.status()
-                    self._send(200 if body["ready"] else 503, json.dumps(body).encode(), "application/json")
-                elif path == "/live":
-                    ok = server.live()
-                    self._send(200 if ok else 503, json.dumps({"live": ok}).encode(), "application/json")
-                else:
-                    msg = {"error": f"no route {path}: use /metrics, /health or /live", "status": 404}
-                    self._send(404, json.dumps(msg).encode(), "application/json")
-
-            def _send(self, code: int, body: bytes, content_type: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                if code == 503:
-                    self.send_header("Retry-After", "5")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:  # probes every few seconds: quiet
-                return
-
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="worker-http", daemon=True)
-
-    def start(self) -> HealthServer:
-        self.thread.start()
-        return self
-
-    def status(self) -> dict[str, Any]:
-        if self.worker is None:
-            reason = self.loading_error or "loading the model"
-            return {"status": "degraded", "ready": False, "reason": reason}
-        return self.worker.status()
-
-    def live(self) -> bool:
-        if self.worker is None:
-            return self.loading_error is None
-        return time.monotonic() - self.worker.last_tick < max(60.0, 5 * self.worker.settings.maintenance_s)
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def last_band_mean(path: Path) -> float:
-    """Mean of a GeoTIFF's last band in [0, 1] units (the uncertainty of samples >= 2), block by block:
-    a scene-size result is never read whole."""
-    import rasterio
-
-    with rasterio.open(path) as ds:
-        band = ds.count
-        kind = np.dtype(ds.dtypes[band - 1])
-        full = float(np.iinfo(kind).max) if kind.kind in "ui" else 1.0
-        total, count = 0.0, 0
-        for _, window in ds.block_windows(band):
-            block = ds.read(band, window=window)
-            total += float(block.sum(dtype=np.float64))
-            count += block.size
-    return total / max(count, 1) / full
 
 
 def load_upscaler(settings: WorkerSettings) -> tuple[Upscaler, str, str]:
