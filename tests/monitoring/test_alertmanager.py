@@ -35,6 +35,7 @@ INTENDED = {
     "HNDSRInferenceFailures": "hndsr-pager",
     "HNDSRCircuitBreakerOpen": "hndsr-pager",
     "HNDSRQualityProxyLow": "hndsr-serving-chat",
+    "HNDSRUncertaintyShift": "hndsr-serving-chat",
     "HNDSRDataDrift": "hndsr-data-chat",
     "HNDSRDriftJobStale": "hndsr-data-chat",
     "HNDSRDriftJobAbsent": "hndsr-data-chat",
