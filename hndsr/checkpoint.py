@@ -67,6 +67,14 @@ def save_checkpoint(
     return directory
 
 
+def checkpoint_version(config: dict[str, Any]) -> str:
+    """The model version a checkpoint config names: its metadata's ``version``, else
+    ``<package version>+<first 12 hex of the weights' sha256>`` (what servers and Items report)."""
+    meta = config.get("metadata") or {}
+    sha = str(config.get("sha256") or "")
+    return str(meta.get("version") or f"{config.get('package_version', '?')}+{sha[:12]}")
+
+
 def read_checkpoint_config(directory: str | Path) -> dict[str, Any]:
     directory = Path(directory)
     config_path = directory / CONFIG_FILE

@@ -244,7 +244,7 @@ class Upscaler:
             eta=eta,
             draws=[
                 self._noise(canvas_h // factor, canvas_w // factor, steps, eta, s)
-                for s in (sample_seeds(seed, samples) if samples > 1 else [seed])
+                for s in sample_seeds(seed, samples)
             ],
         )
 

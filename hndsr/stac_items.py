@@ -22,6 +22,7 @@ import pystac
 from pystac.extensions.projection import ProjectionExtension
 
 from hndsr import __version__
+from hndsr.checkpoint import checkpoint_version
 from hndsr.errors import ConfigError, InputError
 
 logger = logging.getLogger(__name__)
@@ -40,11 +41,8 @@ def item_path(output: str | Path) -> Path:
 
 
 def model_identity(config: dict[str, Any]) -> tuple[str, str, str]:
-    """(name, version, weights sha256) of a checkpoint config (as the worker names its version)."""
-    sha = str(config.get("sha256") or "")
-    meta = config.get("metadata") or {}
-    version = str(meta.get("version") or f"{config.get('package_version', '?')}+{sha[:12]}")
-    return MODEL_NAME, version, sha
+    """(name, version, weights sha256) of a checkpoint config."""
+    return MODEL_NAME, checkpoint_version(config), str(config.get("sha256") or "")
 
 
 def item_for_output(

@@ -55,13 +55,13 @@ def render_params(params: dict[str, Any]) -> RenderParams:
     return RenderParams(scale=scale, steps=steps, seed=seed, strength=strength, samples=samples)
 
 
-def check_render_samples(samples: int, steps: int | None) -> None:
+def check_render_samples(samples: int, steps: int | None, where: str = "") -> None:
     """The sample count against the steps (None: the model's default, checked once it is known): a
-    422 saying what to send instead."""
+    422 saying what to send instead, prefixed with ``where`` in the request."""
     try:
         check_samples(samples, 1 if steps is None else steps)
     except InputError as exc:
-        raise Unprocessable(str(exc), kind="invalid_samples") from exc
+        raise Unprocessable(f"{where}: {exc}" if where else str(exc), kind="invalid_samples") from exc
 
 
 def tile_bits(params: dict[str, Any]) -> int:

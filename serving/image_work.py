@@ -15,7 +15,6 @@ import torch
 
 from hndsr.image_write import encode_image, png_bytes
 from hndsr.inference import sr_raster
-from hndsr.model_pass import UNCERTAINTY_BAND
 from hndsr.raster import Raster
 from hndsr.resample import resize
 from serving.tile_crops import Canvas, TileSpec
@@ -74,14 +73,14 @@ def image_result(work: ImageWork, png_level: int) -> dict[str, Any]:
     raster, p, c = work.raster, work.inp.params, work.canvas
     fmt = p.output_format
     sr, spread = (work.sr[:3], work.sr[3]) if work.sr.shape[0] > 3 else (work.sr, None)
-    out_raster = sr_raster(raster, sr, (c.out_h, c.out_w), carry_extra=fmt == "geotiff")
+    # GeoTIFF: the whole stitch, the std (if any) becoming the last band; PNG holds R, G, B only.
+    geotiff = fmt == "geotiff"
+    out_raster = sr_raster(raster, work.sr if geotiff else sr, (c.out_h, c.out_w), carry_extra=geotiff)
     extra: dict[str, Any] = {}  # the uncertainty's fields; a GeoTIFF's STAC Item
     if spread is not None:
         std = spread.clamp(0.0, 1.0).numpy()
         extra = {"samples": p.samples, "uncertainty_mean": round(float(std.mean(dtype=np.float64)), 6)}
-        if fmt == "geotiff":
-            out_raster = with_uncertainty_band(out_raster, std)
-        else:
+        if not geotiff:
             extra["uncertainty_png_b64"] = base64.b64encode(uncertainty_png(std, png_level)).decode()
     if work.pixels is not None and fmt == "png":
         # What encode_output would write (k/255 quantises back to k), minus two full-image passes.
@@ -113,17 +112,15 @@ def geotiff_item(encoded: bytes, work: ImageWork) -> dict[str, Any]:
     data asset's href is ``image.tif``: a client that saves the file points it there
     (``hndsr client sr`` does, writing the Item beside it)."""
     import json
-    import tempfile
-    from pathlib import Path
+
+    from rasterio.io import MemoryFile
 
     from hndsr.stac_items import item_for_output, item_json
 
     p = work.inp.params
-    with tempfile.TemporaryDirectory(prefix="hndsr-item-") as tmp:
-        path = Path(tmp) / "image.tif"
-        path.write_bytes(encoded)
+    with MemoryFile(encoded, filename="image.tif") as memory:  # a /vsimem/.../image.tif path
         item = item_for_output(
-            path,
+            memory.name,
             scale=p.scale,
             model_version=work.model_version,
             checkpoint_sha256=work.checkpoint_sha256,
@@ -134,17 +131,6 @@ def geotiff_item(encoded: bytes, work: ImageWork) -> dict[str, Any]:
         )
     doc: dict[str, Any] = json.loads(item_json(item))
     return doc
-
-
-def with_uncertainty_band(out: Raster, std: np.ndarray) -> Raster:
-    """``out`` with the per-pixel std ``(H, W)`` as its last band, named (the GeoTIFF band description)
-    ``uncertainty``: after R, G, B and any carried bands, in the raster's own dtype and scale."""
-    return Raster(
-        data=np.concatenate([out.data, std[None].astype(out.data.dtype, copy=False)]),
-        dtype=out.dtype,
-        profile=out.profile,
-        band_names=(*out.band_names, UNCERTAINTY_BAND),
-    )
 
 
 def uncertainty_png(std: np.ndarray, png_level: int) -> bytes:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from kserve import InferOutput, InferRequest, InferResponse, Model
 
-from hndsr.checkpoint import load_checkpoint
+from hndsr.checkpoint import checkpoint_version, load_checkpoint
 from hndsr.errors import CheckpointError, HNDSRError, OutputValidationError
 from hndsr.model_pass import (
     autocast_dtype,
@@ -158,8 +158,7 @@ class HNDSRPredictor(Model):
             return False
         self.model = model
         self.checkpoint_sha256 = sha
-        meta = config.get("metadata") or {}
-        self.model_version = str(meta.get("version") or f"{config.get('package_version', '?')}+{sha[:12]}")
+        self.model_version = checkpoint_version(config)
         self.load_error = None
         self.unloaded = False
         self.ready = True

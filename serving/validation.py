@@ -26,8 +26,8 @@ from typing import Any
 
 from hndsr.errors import HNDSRError
 from hndsr.inference import MIN_INPUT_SIDE
-from hndsr.model_pass import MAX_SAMPLES, MIN_SAMPLES
 from hndsr.resample import MAX_SCALE, MIN_SCALE
+from serving.batch_params import check_render_samples
 from serving.errors import BadRequest, PayloadTooLarge, Unprocessable
 
 OUTPUT_FORMATS = ("png", "geotiff")
@@ -146,18 +146,7 @@ def parse_samples(value: Any, steps: int | None, where: str) -> int:
     """The uncertainty's sample count K: 1 (none), or [2, 16] draws on the diffusion path (steps > 0;
     steps left to the model's default are checked by the predictor, which knows that default)."""
     samples = _integer(value, "samples", where)
-    if samples != 1 and not MIN_SAMPLES <= samples <= MAX_SAMPLES:
-        raise Unprocessable(
-            f"{where}: samples {samples} is outside [{MIN_SAMPLES}, {MAX_SAMPLES}]: send 1 (no uncertainty) "
-            f"or {MIN_SAMPLES} to {MAX_SAMPLES} draws for a per-pixel uncertainty output",
-            kind="invalid_samples",
-        )
-    if samples > 1 and steps == 0:
-        raise Unprocessable(
-            f"{where}: samples {samples} needs the diffusion path, and steps 0 is the deterministic one "
-            "(every draw the same image): give steps > 0, or leave steps out for the model's default",
-            kind="invalid_samples",
-        )
+    check_render_samples(samples, steps, where)
     return samples
 
 

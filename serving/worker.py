@@ -338,14 +338,12 @@ class Worker:
 
 def load_upscaler(settings: WorkerSettings) -> tuple[Upscaler, str, str]:
     """The engine, the model version and the checkpoint's sha256."""
-    from hndsr.checkpoint import load_checkpoint
+    from hndsr.checkpoint import checkpoint_version, load_checkpoint
     from serving.storage import resolve_storage_uri
 
     directory = resolve_storage_uri(settings.storage_uri, cache_dir=settings.cache_dir)
     model, config = load_checkpoint(directory)
-    sha = str(config.get("sha256", ""))
-    meta = config.get("metadata") or {}
-    version = str(meta.get("version") or f"{config.get('package_version', '?')}+{sha[:12]}")
+    sha, version = str(config.get("sha256", "")), checkpoint_version(config)
     return Upscaler(model, device=settings.device, tile=settings.tile), version, sha
 
 
